@@ -1,0 +1,242 @@
+"""AgenConfig: every hyper-parameter of AGEN (Zhang et al., CJE 2023) with the paper's value.
+
+Symbols follow the paper: ``C`` foreground classes (``num_labels - 1``), ``∂`` the background
+exponent of eq. 4 (``cam_alpha``), ``δ`` the seed thresholds of section IV.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+STAGES = (3, 4, 5)
+CRF_BACKENDS = ("pydensecrf", "torch")
+
+
+@dataclass
+class AgenConfig:
+    """Configuration of :class:`agen_hf.AgenModel`.
+
+    Labels
+        num_labels: classes of the segmentation output, background included (``C + 1``; VOC: 21).
+        id2label / label2id: class names; VOC's when ``num_labels == 21`` and none are given.
+        ignore_index: label value of unassigned, conflicting and boundary pixels (255, as VOC).
+
+    Classification branch A (DeepLab-style VGG16, output stride 8, section III.1)
+        vgg_channels: output channels of VGG blocks conv1..conv5 (64, 128, 256, 512, 512).
+        vgg_depths: 3x3 convolutions per block (2, 2, 3, 3, 3).
+        vgg_stage5_dilation: dilation of conv5 once pool4 has stride 1 (2).
+        fc_channels: channels of the two 3x3 convolutions replacing fc6/fc7 (1024).
+        fc6_dilation: dilation of the first of them (12, DeepLab-LargeFOV's fc6).
+
+    Segmentation branch B (shares conv1-conv2 with A; the rest is the wide ResNet-38 of Wu et al.)
+        resnet_widths: output channels of blocks b3, b4, b5, b6, b7 (256, 512, 1024, 2048, 4096).
+        resnet_depths: residual units in b3, b4, b5 (3, 6, 3); b6 and b7 have one each.
+        resnet_dropout: dropout in the bottleneck units b6 and b7 (0.3, 0.5).
+        seg_head_channels / seg_head_dilation: the 3x3 dilated conv before the 1x1 classifier
+            of branch B (512, 12, as RRM's segmentation head).
+
+    Attention guided modules (AGM, Fig. 2) and context attention (CoAM, eq. 5-9)
+        agm_stages: stages n in {3, 4, 5} that get an AGM-n (all: the paper's full model).
+        coam_stages: stages whose AGM maps are enhanced by CoAM-n (needs AGM-n).
+        agm_cls_channels: channels of branch C's two 3x3 convolutions (256).
+        agm_seg_channels: channels of branch D's two 3x3 convolutions (512).
+
+    Pseudo labels (eq. 2-4, section IV.1)
+        cam_alpha: ∂ of eq. 4 (8).
+        threshold_a, threshold_agm5: δ for branch A and AGM-5 (0.3).
+        threshold_agm4, threshold_agm3: δ for AGM-4 and AGM-3 (0.4).
+
+    Boundary loss (eq. 14)
+        use_boundary_loss: add L_boundary to the total loss (True).
+        boundary_crf: ``"pydensecrf"`` (the dense CRF of Krähenbühl & Koltun, needs the ``crf``
+            extra) or ``"torch"`` (the same mean-field model with an exact Gaussian kernel in
+            pure torch, for machines without pydensecrf).
+        crf_iterations, crf_pos_xy_std, crf_pos_w, crf_bi_xy_std, crf_bi_rgb_std, crf_bi_w:
+            mean-field iterations and kernel parameters in input-image pixels (SEC/DSRG: 10, 3,
+            3, 80, 13, 10); spatial standard deviations are divided by the input/logits ratio.
+
+    Input normalisation
+        image_mean / image_std: ImageNet statistics, used to recover the RGB image for the CRF.
+    """
+
+    num_labels: int = 21
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    ignore_index: int = 255
+
+    vgg_channels: tuple[int, ...] = (64, 128, 256, 512, 512)
+    vgg_depths: tuple[int, ...] = (2, 2, 3, 3, 3)
+    vgg_stage5_dilation: int = 2
+    fc_channels: int = 1024
+    fc6_dilation: int = 12
+
+    resnet_widths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
+    resnet_depths: tuple[int, ...] = (3, 6, 3)
+    resnet_dropout: tuple[float, ...] = (0.3, 0.5)
+    seg_head_channels: int = 512
+    seg_head_dilation: int = 12
+
+    agm_stages: tuple[int, ...] = (3, 4, 5)
+    coam_stages: tuple[int, ...] = (3, 4, 5)
+    agm_cls_channels: int = 256
+    agm_seg_channels: int = 512
+
+    cam_alpha: float = 8.0
+    threshold_a: float = 0.3
+    threshold_agm5: float = 0.3
+    threshold_agm4: float = 0.4
+    threshold_agm3: float = 0.4
+
+    use_boundary_loss: bool = True
+    boundary_crf: str = "pydensecrf"
+    crf_iterations: int = 10
+    crf_pos_xy_std: float = 3.0
+    crf_pos_w: float = 3.0
+    crf_bi_xy_std: float = 80.0
+    crf_bi_rgb_std: float = 13.0
+    crf_bi_w: float = 10.0
+
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        for name in ("vgg_channels", "vgg_depths", "resnet_widths", "resnet_depths",
+                     "resnet_dropout", "agm_stages", "coam_stages", "image_mean", "image_std"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ValueError(f"{name}: expected a sequence, got {value!r}")
+            setattr(self, name, tuple(value))
+        self.agm_stages = tuple(sorted(self._int_set("agm_stages")))
+        self.coam_stages = tuple(sorted(self._int_set("coam_stages")))
+        self._validate()
+        if self.id2label is None:
+            names = VOC_CLASSES if self.num_labels == len(VOC_CLASSES) else [
+                f"LABEL_{i}" for i in range(self.num_labels)]
+            self.id2label = dict(enumerate(names))
+        else:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if sorted(self.id2label) != list(range(self.num_labels)):
+            raise ValueError(f"id2label: keys must be 0..{self.num_labels - 1}, got "
+                             f"{sorted(self.id2label)}")
+        expected = {v: k for k, v in self.id2label.items()}
+        if self.label2id is None:
+            self.label2id = expected
+        else:
+            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+            if self.label2id != expected:
+                raise ValueError("label2id: must be the inverse of id2label")
+
+    def _int_set(self, name: str) -> set[int]:
+        values = getattr(self, name)
+        out = set()
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v not in STAGES:
+                raise ValueError(f"{name}: unknown stage {v!r}; stages are 3, 4 and 5")
+            out.add(v)
+        return out
+
+    def _validate(self) -> None:
+        def fail(name: str, why: str) -> None:
+            raise ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
+
+        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) \
+                or self.num_labels < 2:
+            fail("num_labels", "must be an integer >= 2 (background + at least one class)")
+        if not isinstance(self.ignore_index, int) or self.ignore_index < self.num_labels:
+            fail("ignore_index", f"must be >= num_labels ({self.num_labels})")
+        missing = set(self.coam_stages) - set(self.agm_stages)
+        if missing:
+            raise ValueError(f"coam_stages: CoAM-{min(missing)} needs AGM-{min(missing)}; "
+                             f"agm_stages is {self.agm_stages}")
+        lengths = {"vgg_channels": 5, "vgg_depths": 5, "resnet_widths": 5, "resnet_depths": 3,
+                   "resnet_dropout": 2, "image_mean": 3, "image_std": 3}
+        for name, n in lengths.items():
+            if len(getattr(self, name)) != n:
+                fail(name, f"needs {n} values")
+        for name in ("vgg_channels", "vgg_depths", "resnet_widths", "resnet_depths"):
+            if any(not isinstance(v, int) or v < 1 for v in getattr(self, name)):
+                fail(name, "values must be positive integers")
+        for name in ("vgg_stage5_dilation", "fc_channels", "fc6_dilation", "seg_head_channels",
+                     "seg_head_dilation", "agm_cls_channels", "agm_seg_channels",
+                     "crf_iterations"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                fail(name, "must be a positive integer")
+        if any(not 0 <= p < 1 for p in self.resnet_dropout):
+            fail("resnet_dropout", "probabilities must be in [0, 1)")
+        if not self.cam_alpha >= 1:
+            fail("cam_alpha", "∂ of eq. 4 must be >= 1")
+        for name in ("threshold_a", "threshold_agm5", "threshold_agm4", "threshold_agm3"):
+            if not 0 < getattr(self, name) < 1:
+                fail(name, "a seed threshold must lie in (0, 1)")
+        if self.boundary_crf not in CRF_BACKENDS:
+            fail("boundary_crf", f"must be one of {CRF_BACKENDS}")
+        for name in ("crf_pos_xy_std", "crf_pos_w", "crf_bi_xy_std", "crf_bi_rgb_std",
+                     "crf_bi_w"):
+            if not getattr(self, name) > 0:
+                fail(name, "must be > 0")
+        if any(not s > 0 for s in self.image_std):
+            fail("image_std", "values must be > 0")
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of foreground classes."""
+        return self.num_labels - 1
+
+    def threshold(self, head: str) -> float:
+        """δ of a head: ``"A"`` or ``"agm3"``/``"agm4"``/``"agm5"``."""
+        return getattr(self, f"threshold_{head.lower()}")
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "AgenConfig":
+        """The same network at toy width and depth: runs on a CPU in milliseconds at 64x64."""
+        values = dict(
+            vgg_channels=(8, 16, 16, 32, 32), vgg_depths=(1, 1, 1, 1, 1), fc_channels=32,
+            fc6_dilation=1, resnet_widths=(16, 32, 32, 64, 64), resnet_depths=(1, 1, 1),
+            seg_head_channels=16, seg_head_dilation=1, agm_cls_channels=16,
+            agm_seg_channels=16,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.to_json_string())
+
+    def to_json_string(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "AgenConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown AgenConfig field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "AgenConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string() + "\n")
+
+
+__all__ = ["AgenConfig", "VOC_CLASSES", "STAGES", "CRF_BACKENDS"]

@@ -1,0 +1,66 @@
+"""AGEN's losses (eq. 10-15). Pure functions on tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .crf import CrfParams, crf_refine
+
+
+def multilabel_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 10: sigmoid cross-entropy, summed over the C classes, mean over the batch.
+
+    scores: the logits ``GAP(F_c)`` (B, C), so ``p_c = sigmoid(GAP(F_c))`` (eq. 1 with its sign
+    typo fixed); labels: multi-hot (B, C). Computed stably from the logits.
+    """
+    if scores.shape != labels.shape:
+        raise ValueError(f"multilabel_loss: scores {tuple(scores.shape)} and labels "
+                         f"{tuple(labels.shape)} differ in shape")
+    per_class = F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype),
+                                                   reduction="none")
+    return per_class.sum(dim=1).mean()
+
+
+def balanced_seeding_loss(seg_logits: torch.Tensor, seeds: torch.Tensor,
+                          ignore_index: int = 255) -> torch.Tensor:
+    """Eq. 12 over the whole batch: the mean of ``-log S_{u,c}`` over foreground seed pixels
+    (each at its seed's class) plus the same mean over background seed pixels (class 0).
+
+    seg_logits: (B, C+1, H, W); seeds: (B, H, W) int64 with 0 = background, 1..C foreground,
+    ``ignore_index`` unassigned. A term with no seed pixels contributes 0.
+    """
+    if seg_logits.shape[-2:] != seeds.shape[-2:] or seg_logits.shape[0] != seeds.shape[0]:
+        raise ValueError(f"balanced_seeding_loss: seg_logits {tuple(seg_logits.shape)} and seeds "
+                         f"{tuple(seeds.shape)} must share batch and spatial size")
+    log_probs = F.log_softmax(seg_logits.float(), dim=1)
+    valid = seeds != ignore_index
+    target = torch.where(valid, seeds, torch.zeros_like(seeds))
+    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+    loss = log_probs.new_zeros(())
+    for group in (valid & (seeds == 0), valid & (seeds > 0)):
+        count = group.sum()
+        loss = loss + (nll * group).sum() / count.clamp_min(1)
+    return loss
+
+
+def boundary_loss(images: torch.Tensor, seg_logits: torch.Tensor,
+                  image_labels: torch.Tensor | None = None, params: CrfParams = CrfParams(),
+                  backend: str = "pydensecrf") -> torch.Tensor:
+    """Eq. 14: ``mean_u sum_c R_uc log(R_uc / S_uc)`` with ``R = CRF(I, S)`` held constant.
+
+    images: (B, 3, H, W) RGB in 0..255 at input resolution; seg_logits: (B, C+1, h, w). The CRF
+    runs at the logits' resolution on the image resized to it (kernel stds scaled by H / h),
+    restricted to background + the classes in ``image_labels`` (B, C) (all when None).
+    """
+    b, k, h, w = seg_logits.shape
+    log_s = F.log_softmax(seg_logits.float(), dim=1)
+    small = F.interpolate(images.float(), size=(h, w), mode="bilinear", align_corners=False,
+                          antialias=True)
+    present = torch.ones(b, k, dtype=torch.bool, device=seg_logits.device)
+    if image_labels is not None:
+        present[:, 1:] = image_labels.bool()
+    factor = images.shape[-2] / h
+    refined = crf_refine(small, log_s.detach().exp(), present, params.scaled(factor), backend)
+    kl = torch.xlogy(refined, refined) - refined * log_s
+    return kl.sum(dim=1).mean()

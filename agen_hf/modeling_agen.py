@@ -1,0 +1,199 @@
+"""AgenModel: the attention guided enhancement network (Fig. 1), loadable the Hugging Face way."""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from torch.nn import functional as F
+
+from .backbones import DeepLabVGG16, ResNet38, SharedStem
+from .cam import pseudo_labels
+from .configuration_agen import AgenConfig
+from .crf import CrfParams
+from .losses import balanced_seeding_loss, boundary_loss, multilabel_loss
+from .modules import AttentionGuidedModule, ContextAttention
+
+logger = logging.getLogger(__name__)
+
+MODEL_CARD = """
+---
+{{ card_data }}
+---
+
+# AGEN: Attention Guided Enhancement Network
+
+Weakly supervised semantic segmentation model trained from image-level labels only
+(Zhang et al., *Attention Guided Enhancement Network for Weakly Supervised Semantic
+Segmentation*, Chinese Journal of Electronics 2023, doi:10.23919/cje.2021.00.230),
+packaged with [agen_hf](https://github.com/agen-hf/agen_hf).
+
+```python
+from agen_hf import AgenModel
+model = AgenModel.from_pretrained("REPO_ID")
+logits = model(pixel_values, segmentation_only=True).logits  # (B, 21, H/8, W/8)
+```
+
+## Evaluation
+
+{{ metrics | default("No evaluation results recorded yet.", true) }}
+
+## Training
+
+{{ training | default("[More Information Needed]", true) }}
+"""
+
+
+@dataclass
+class AgenOutput:
+    """What :meth:`AgenModel.forward` returns.
+
+    Heads are named ``"A"`` (classification branch A, paired with segmentation branch B) and
+    ``"agm3"``/``"agm4"``/``"agm5"``.
+
+    Attributes:
+        loss: L_total of eq. 15 (when labels are given).
+        loss_terms: every term by name: ``cls_A``, ``cls_agm5``..., ``seg_B``, ``seg_agm5``...,
+            ``boundary``.
+        logits: branch B's segmentation logits (B, num_labels, ceil(H/8), ceil(W/8)).
+        class_logits: ``GAP(F_c)`` of every head (B, C); ``sigmoid`` gives ``p`` of eq. 1.
+        class_maps: class-aware maps ``F_c`` of every head (B, C, h, w), after CoAM where on.
+        class_maps_before_coam: AGM maps before CoAM, for the stages that have one.
+        agm_logits: segmentation logits of every AGM's branch D at input size (B, C+1, H, W).
+        seeds: pseudo labels of every head at input size (B, H, W) (when labels are given).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+    class_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    class_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    class_maps_before_coam: dict[str, torch.Tensor] = field(default_factory=dict)
+    agm_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    seeds: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class AgenModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="agen_hf",
+    tags=["image-segmentation", "weakly-supervised-segmentation", "agen", "pascal-voc"],
+    pipeline_tag="image-segmentation",
+    license="mit",
+    paper_url="https://doi.org/10.23919/cje.2021.00.230",
+    model_card_template=MODEL_CARD,
+):
+    """AGEN (Fig. 1): shared VGG stem; classification branch A (DeepLab-VGG16); segmentation
+    branch B (ResNet-38); AGM-n on the stage-n taps of A and B for n in ``config.agm_stages``;
+    CoAM-n on AGM-n's class-aware maps for n in ``config.coam_stages``, accumulated top-down."""
+
+    def __init__(self, config: AgenConfig) -> None:
+        super().__init__()
+        if not isinstance(config, AgenConfig):
+            raise TypeError(f"config: expected an AgenConfig, got {type(config).__name__}")
+        self.config = config
+        self.stem = SharedStem(config)
+        self.branch_a = DeepLabVGG16(config)
+        self.branch_b = ResNet38(config, self.stem.out_channels)
+        self.agm = AttentionGuidedModule(
+            config.agm_stages, self.branch_a.stage_channels, self.branch_b.stage_channels,
+            config.num_classes, config.agm_cls_channels, config.agm_seg_channels,
+        ) if config.agm_stages else None
+        self.coam = nn.ModuleDict({str(n): ContextAttention() for n in config.coam_stages})
+        mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(config.image_std).view(1, 3, 1, 1)
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
+        if config.use_boundary_loss and config.boundary_crf == "torch":
+            logger.warning("AGEN boundary loss uses the pure-torch dense CRF "
+                           "(config.boundary_crf='torch'), not pydensecrf")
+
+    @property
+    def heads(self) -> list[str]:
+        """Head names in the top-down order CoAM is accumulated: A, agm5, agm4, agm3."""
+        return ["A"] + [f"agm{n}" for n in sorted(self.config.agm_stages, reverse=True)]
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                segmentation_only: bool = False) -> AgenOutput:
+        """pixel_values: normalised images (B, 3, H, W); labels: image-level multi-hot (B, C).
+
+        ``segmentation_only=True`` is the inference path: branch B alone, no maps, no loss.
+        """
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        stem = self.stem(pixel_values)
+        taps_b, logits = self.branch_b(stem)
+        if segmentation_only:
+            return AgenOutput(logits=logits)
+
+        size = tuple(pixel_values.shape[-2:])
+        taps_a, maps_a = self.branch_a(stem)
+        out = AgenOutput(logits=logits, class_maps={"A": maps_a})
+        high = maps_a
+        for n in sorted(self.config.agm_stages, reverse=True):
+            name = f"agm{n}"
+            maps = self.agm.class_maps(n, taps_a[n])
+            if str(n) in self.coam:
+                out.class_maps_before_coam[name] = maps
+                maps = self.coam[str(n)](maps, high)
+            out.class_maps[name] = high = maps
+            out.agm_logits[name] = F.interpolate(self.agm.segment(n, taps_b[n]), size=size,
+                                                 mode="bilinear", align_corners=False)
+        out.class_logits = {name: m.mean(dim=(2, 3)) for name, m in out.class_maps.items()}
+        if labels is not None:
+            self._add_loss(out, pixel_values, labels)
+        return out
+
+    def _add_loss(self, out: AgenOutput, pixel_values: torch.Tensor,
+                  labels: torch.Tensor) -> None:
+        """Eq. 11 + 13 + 14 = L_total (eq. 15)."""
+        cfg = self.config
+        if labels.shape != (pixel_values.shape[0], cfg.num_classes):
+            raise ValueError(f"labels: expected multi-hot ({pixel_values.shape[0]}, "
+                             f"{cfg.num_classes}), got {tuple(labels.shape)}")
+        size = tuple(pixel_values.shape[-2:])
+        terms = {}
+        for head in self.heads:
+            terms[f"cls_{head}"] = multilabel_loss(out.class_logits[head], labels)
+        for head in self.heads:
+            seeds = pseudo_labels(out.class_maps[head], labels, size, cfg.cam_alpha,
+                                  cfg.threshold(head), cfg.ignore_index)
+            out.seeds[head] = seeds
+            if head == "A":
+                seg = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)
+                terms["seg_B"] = balanced_seeding_loss(seg, seeds, cfg.ignore_index)
+            else:
+                terms[f"seg_{head}"] = balanced_seeding_loss(out.agm_logits[head], seeds,
+                                                             cfg.ignore_index)
+        if cfg.use_boundary_loss:
+            terms["boundary"] = boundary_loss(self.unnormalize(pixel_values), out.logits, labels,
+                                              self.crf_params(), cfg.boundary_crf)
+        out.loss_terms = terms
+        out.loss = torch.stack(list(terms.values())).sum()
+
+    def unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> RGB in 0..255."""
+        return (pixel_values * self.image_std + self.image_mean) * 255.0
+
+    def crf_params(self) -> CrfParams:
+        c = self.config
+        return CrfParams(c.crf_iterations, c.crf_pos_xy_std, c.crf_pos_w, c.crf_bi_xy_std,
+                         c.crf_bi_rgb_std, c.crf_bi_w)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"backbone"``: layers initialised from ImageNet (VGG16 conv1-conv5, ResNet-38);
+        ``"new"``: everything else (fc6/fc7, classifiers, heads, AGMs, CoAMs), which the paper
+        trains with a 10x learning rate."""
+        pretrained = [self.stem, *self.branch_a.pretrained_modules(),
+                      *self.branch_b.pretrained_modules()]
+        ids = {id(p) for m in pretrained for p in m.parameters()}
+        params = list(self.parameters())
+        return {"backbone": [p for p in params if id(p) in ids],
+                "new": [p for p in params if id(p) not in ids]}
+
+    @classmethod
+    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
+        # The mixin loads non-strictly by default; a checkpoint that misses or adds weights is
+        # an error here unless the caller passes strict=False.
+        return super()._from_pretrained(strict=strict, **kwargs)

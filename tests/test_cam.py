@@ -1,0 +1,65 @@
+import pytest
+import torch
+from torch.nn import functional as F
+
+from agen_hf.cam import background_map, class_activation_maps, pseudo_labels
+
+
+def test_class_activation_maps_by_hand():
+    maps = torch.tensor([[[[2.0, -1.0], [1.0, 0.0]], [[-3.0, -1.0], [-2.0, -5.0]]]])
+    cam = class_activation_maps(maps, (2, 2))
+    torch.testing.assert_close(cam[0, 0], torch.tensor([[1.0, 0.0], [0.5, 0.0]]), atol=1e-4,
+                               rtol=0)
+    assert torch.equal(cam[0, 1], torch.zeros(2, 2))  # an all-negative map stays zero
+
+
+def test_class_activation_maps_upsample_then_normalise():
+    maps = torch.randn(2, 3, 5, 7)
+    cam = class_activation_maps(maps, (20, 28))
+    ref = F.interpolate(maps.relu(), size=(20, 28), mode="bilinear", align_corners=False)
+    ref = ref / ref.amax(dim=(2, 3), keepdim=True)
+    assert cam.shape == (2, 3, 20, 28)
+    torch.testing.assert_close(cam, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cam.amax(dim=(2, 3)), torch.ones(2, 3), atol=1e-4, rtol=0)
+
+
+def test_background_map_by_hand():
+    fg = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]], [[0.0, 0.2], [0.1, 0.0]]]])
+    bg = background_map(fg, alpha=2)
+    assert bg.shape == (1, 1, 2, 2)
+    torch.testing.assert_close(bg[0, 0], torch.tensor([[0.0, 0.64], [0.25, 1.0]]))
+
+
+def test_pseudo_labels_by_hand():
+    maps = torch.zeros(2, 3, 2, 2)
+    # image 0: classes 0 and 1 present, class 2 absent (its strong map must be ignored)
+    maps[0, 0] = torch.tensor([[4.0, 0.0], [2.0, 0.0]])  # -> [[1, 0], [.5, 0]]
+    maps[0, 1] = torch.tensor([[0.0, 0.0], [3.0, 3.0]])  # -> [[0, 0], [1, 1]]
+    maps[0, 2] = 5.0
+    # image 1: only class 2
+    maps[1, 2] = torch.tensor([[5.0, 1.0], [2.0, 0.0]])  # -> [[1, .2], [.4, 0]]
+    labels = torch.tensor([[1, 1, 0], [0, 0, 1]])
+    seeds = pseudo_labels(maps, labels, (2, 2), alpha=2, threshold=0.45)
+    # image 0: bg = (1 - max)^2 = [[0, 1], [0, 0]]; (1, 0) has two maps above -> ignore
+    # image 1: bg = [[0, .64], [.36, 1]]; (1, 0) has none above (.4, .36) -> ignore
+    expected = torch.tensor([[[1, 0], [255, 2]], [[3, 0], [255, 0]]])
+    assert seeds.dtype == torch.int64
+    assert torch.equal(seeds, expected)
+
+
+def test_pseudo_labels_custom_ignore_and_no_gradient():
+    maps = torch.randn(1, 4, 3, 3, requires_grad=True)
+    seeds = pseudo_labels(maps, torch.ones(1, 4), (12, 12), alpha=8, threshold=0.3,
+                          ignore_index=-1)
+    assert seeds.shape == (1, 12, 12) and not seeds.requires_grad
+    assert set(seeds.unique().tolist()) <= {-1, 0, 1, 2, 3, 4}
+
+
+def test_image_without_foreground_is_all_background():
+    seeds = pseudo_labels(torch.randn(1, 3, 4, 4), torch.zeros(1, 3), (8, 8), 8, 0.3)
+    assert torch.equal(seeds, torch.zeros(1, 8, 8, dtype=torch.int64))
+
+
+def test_label_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="image_labels"):
+        pseudo_labels(torch.randn(1, 3, 4, 4), torch.zeros(1, 20), (8, 8), 8, 0.3)

@@ -1,0 +1,33 @@
+"""The README's promises that tests can check."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- test-command -->\n```bash\n(.+?)\n```\n<!-- /test-command -->",
+                      readme, re.S)
+    assert block and "pytest" in block.group(1)
+    extracted = subprocess.run(
+        ["bash", "-c", "sed -n '/<!-- test-command -->/,/<!-- \\/test-command -->/p' README.md"
+                       " | grep -v -e '^<!--' -e '^```'"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert extracted == block.group(1)
+    assert "README.md" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_model_example_runs(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## The model in ten lines\n\n```python\n(.+?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 13
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["mask"].shape == (2, 8, 8) and scope["mask"].dtype == torch.int64
+    assert (tmp_path / "agen-tiny" / "model.safetensors").exists()
