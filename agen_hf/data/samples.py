@@ -1,0 +1,118 @@
+"""One sample of the VOC schema: checks and decoding shared by the loader, the transforms and
+the validator. Every problem is a :class:`VocDataError` naming the file."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+NUM_CLASSES = 20  # VOC foreground classes; mask value c + 1 is class c, 0 background
+IGNORE_INDEX = 255
+
+
+class VocDataError(ValueError):
+    """A bad sample: ``path`` is the file at fault, ``problem`` what is wrong with it."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def _open(source: dict | str, role: str) -> tuple[Image.Image, str]:
+    """Open (header only) an image given as a path or a ``datasets.Image`` storage dict."""
+    if isinstance(source, str):
+        path, data = source, None
+    else:
+        path, data = source.get("path") or f"<{role} bytes>", source.get("bytes")
+    try:
+        img = Image.open(io.BytesIO(data)) if data is not None else Image.open(path)
+    except FileNotFoundError:
+        raise VocDataError(path, f"{role} file is missing") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise VocDataError(path, f"cannot be read as an image ({e})") from None
+    return img, path
+
+
+def check_image_header(img: Image.Image, path: str) -> None:
+    if img.mode != "RGB":
+        kind = {"I;16": "16-bit", "I": "32-bit integer", "I;16B": "16-bit", "CMYK": "CMYK",
+                "L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA", "P": "palette",
+                "1": "1-bit"}.get(img.mode, img.mode)
+        raise VocDataError(path, f"{kind} image (mode {img.mode!r}); expected 8-bit RGB")
+
+
+def mask_values(mask: np.ndarray, path: str, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Unique values of a decoded mask, checked to lie in 0..num_classes or 255."""
+    values = np.unique(mask)
+    bad = values[(values > num_classes) & (values != IGNORE_INDEX)]
+    if bad.size:
+        raise VocDataError(path, f"mask values {bad.tolist()} outside 0..{num_classes} and "
+                                 f"{IGNORE_INDEX}")
+    return values
+
+
+def decode_mask(source: dict | str, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Decode a class-index mask (palette ``P`` or grayscale ``L`` PNG) to (H, W) uint8."""
+    img, path = _open(source, "mask")
+    if img.mode not in ("P", "L"):
+        raise VocDataError(path, f"mask mode {img.mode!r}; expected a palette (P) or 8-bit (L) "
+                                 "PNG of class indices")
+    try:
+        mask = np.array(img, dtype=np.uint8)
+    except OSError as e:
+        raise VocDataError(path, f"truncated or corrupt mask ({e})") from None
+    mask_values(mask, path, num_classes)
+    return mask
+
+
+def decode_image(source: dict | str) -> Image.Image:
+    """Fully decode an RGB image, or raise naming the file and the problem."""
+    img, path = _open(source, "image")
+    check_image_header(img, path)
+    try:
+        img.load()
+    except OSError as e:
+        raise VocDataError(path, f"truncated or corrupt image ({e})") from None
+    return img
+
+
+def decode_sample(image: dict | str, mask: dict | str | None,
+                  num_classes: int = NUM_CLASSES) -> tuple[Image.Image, np.ndarray | None]:
+    """Decode an image and its mask (if any), checking that their sizes agree."""
+    img = decode_image(image)
+    if mask is None:
+        return img, None
+    m = decode_mask(mask, num_classes)
+    if m.shape != (img.height, img.width):
+        path = mask if isinstance(mask, str) else mask.get("path") or "<mask bytes>"
+        raise VocDataError(path, f"mask size {m.shape[1]}x{m.shape[0]} differs from image size "
+                                 f"{img.width}x{img.height}")
+    return img, m
+
+
+def labels_from_mask(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> list[int]:
+    """Image-level multi-hot labels (num_classes,) from a class-index mask."""
+    present = np.zeros(num_classes, dtype=np.uint8)
+    values = np.unique(mask)
+    values = values[(values >= 1) & (values <= num_classes)]
+    present[values.astype(np.int64) - 1] = 1
+    return present.tolist()
+
+
+def voc_palette() -> list[int]:
+    """The 256-colour VOC palette (flat RGB list): class c gets the bit-interleaved colour of
+    the devkit's ``VOClabelcolormap``, 255 (ignore) is (224, 224, 192)."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette += [r, g, b]
+    return palette

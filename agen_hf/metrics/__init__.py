@@ -1,0 +1,5 @@
+"""Segmentation metrics: a streaming confusion-matrix mean IoU."""
+
+from .streaming import StreamingMeanIoU
+
+__all__ = ["StreamingMeanIoU"]

@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from agen_hf.data import load_voc
+from agen_hf.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, collate, eval_transform,
+                                     train_transform, with_transforms)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BLOCK = 16
+
+
+def coordinate_pair(h=144, w=208):
+    """Image colour encodes the 16x16 block (bx, by); the mask encodes a function of it."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    bx, by = xs // BLOCK, ys // BLOCK
+    image = np.stack([bx * 18 + 5, by * 25 + 5, np.full_like(bx, 128)], -1).astype(np.uint8)
+    mask = ((bx * 3 + by) % 20 + 1).astype(np.uint8)
+    return image, mask
+
+
+def decode_blocks(pixel_values):
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (pixel_values * std + mean) * 255
+    bx = torch.round((rgb[0] - 5) / 18).long()
+    by = torch.round((rgb[1] - 5) / 25).long()
+    return (bx * 3 + by) % 20 + 1
+
+
+def run(transform, image, mask):
+    return transform(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+                     tv_tensors.Mask(torch.from_numpy(mask)))
+
+
+def test_train_transform_keeps_image_and_mask_aligned():
+    image, mask = coordinate_pair()
+    transform = train_transform(crop_size=161, scale_range=(161, 241))
+    flips = set()
+    torch.manual_seed(0)
+    for _ in range(12):
+        pv, m = run(transform, image, mask)
+        assert pv.shape == (3, 161, 161) and m.shape == (161, 161) and m.dtype == torch.uint8
+        m = m.long()
+        # block interiors: the mask is constant in a 5x5 window there
+        windows = torch.nn.functional.unfold(m[None, None].float(), 5, padding=2)[0]
+        interior = (windows == m.flatten()[None].float()).all(0).view(161, 161) & (m != 255)
+        assert interior.float().mean() > 0.2
+        assert torch.equal(decode_blocks(pv)[interior], m[interior])
+        row = pv[0, 80]
+        flips.add(bool(row[10] > row[150]))  # red grows with x unless flipped
+    assert flips == {True, False}
+
+
+def test_train_transform_pads_image_with_mean_and_mask_with_255():
+    image, mask = coordinate_pair(60, 80)
+    pv, m = run(train_transform(crop_size=121, scale_range=(80, 80)), image, mask)
+    padded = m == 255
+    assert padded.float().mean() > 0.5  # 80x60 inside 121x121
+    assert pv[:, padded].abs().max() < 0.02  # the mean colour normalises to about 0
+
+
+def test_eval_transform_keeps_size():
+    image, mask = coordinate_pair(50, 70)
+    pv, m = run(eval_transform(), image, mask)
+    assert pv.shape == (3, 50, 70) and torch.equal(m.long(), torch.from_numpy(mask).long())
+
+
+def test_collate_pads_different_sizes():
+    samples = [{"id": "x", "pixel_values": torch.ones(3, 4, 6), "mask": torch.zeros(4, 6).long(),
+                "labels": torch.ones(20)},
+               {"id": "y", "pixel_values": torch.ones(3, 5, 3), "mask": torch.ones(5, 3).long(),
+                "labels": torch.zeros(20)},
+               {"id": "bad", "pixel_values": None, "mask": None, "labels": torch.zeros(20)}]
+    batch = collate(samples)
+    assert batch["pixel_values"].shape == (2, 3, 5, 6) and batch["ids"] == ["x", "y"]
+    assert batch["sizes"].tolist() == [[4, 6], [5, 3]]
+    assert batch["valid"][0].sum() == 24 and batch["valid"][1].sum() == 15
+    assert (batch["mask"][0][4] == 255).all() and (batch["mask"][1][:, 3:] == 255).all()
+    assert batch["pixel_values"][1, :, :, 3:].abs().sum() == 0
+    assert collate([samples[2]]) is None
+
+
+def test_synthetic_through_the_training_transform(tmp_path):
+    from agen_hf.data import make_synthetic
+
+    ds = with_transforms(make_synthetic(4, image_size=64, cache_dir=tmp_path),
+                         train_transform(crop_size=56, scale_range=(56, 80)))
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["pixel_values"].shape == (4, 3, 56, 56) and batch["labels"].shape == (4, 20)
+
+
+@pytest.mark.skipif(not (SHARED / "voc_sample").is_dir(), reason="../shared/data not present")
+def test_real_voc_masks_survive_the_transforms(tmp_path):
+    ds = load_voc(SHARED / "voc_sample", "val", cache_dir=tmp_path)
+    torch.manual_seed(0)
+    for split_ds in (with_transforms(ds, train_transform()), with_transforms(ds, eval_transform())):
+        for i in range(len(ds)):
+            sample = split_ds[i]
+            original = np.unique(np.array(ds[i]["mask"]))
+            values = set(sample["mask"].unique().tolist())
+            assert values <= set(original.tolist()) | {255}
+            assert 255 in values  # the VOC boundary band is kept (or padding was added)
+            assert sample["labels"].tolist() == [float(v) for v in ds[i]["labels"]]

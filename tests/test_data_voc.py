@@ -1,0 +1,170 @@
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from agen_hf.configuration_agen import VOC_CLASSES
+from agen_hf.data import FEATURES, VocDataError, load_voc
+from agen_hf.data.transforms import collate, eval_transform, with_transforms
+from agen_hf.data.validate import main as validate_main
+from agen_hf.data.voc import packaged_train_aug_ids
+from voc_fixtures import BAD_CASES, make_voc
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def hot(*classes):
+    out = [0] * 20
+    for c in classes:
+        out[c - 1] = 1
+    return out
+
+
+def test_splits_schema_and_labels_from_masks(tmp_path):
+    root = make_voc(tmp_path / "VOC2012")
+    train = load_voc(tmp_path, "train", cache_dir=tmp_path / "cache")  # parent folder works too
+    assert train.features == FEATURES
+    assert train["id"] == ["a", "b"]
+    assert train["labels"] == [hot(1), hot(2, 15)]
+    assert train[0]["mask"].mode == "P" and train[0]["image"].size == (48, 40)
+    val = load_voc(root, "val", cache_dir=tmp_path / "cache")
+    assert val["id"] == ["c", "d"] and val["labels"] == [hot(3), hot(20)]
+    aug = load_voc(root, "train_aug", cache_dir=tmp_path / "cache")
+    assert aug["id"] == ["a", "b", "e"] and aug["labels"][2] == hot(7)
+    assert aug[2]["mask"] is not None  # e's mask comes from SegmentationClassAug
+
+
+def test_index_references_files_and_is_cached(tmp_path):
+    root = make_voc(tmp_path / "voc")
+    cache = tmp_path / "cache"
+    first = load_voc(root, "train", cache_dir=cache)
+    table = first.data.table
+    assert table.column("image")[0].as_py()["bytes"] is None  # referenced, not decoded/copied
+    assert table.column("image")[0].as_py()["path"].endswith("JPEGImages/a.jpg")
+    entries = [p.name for p in cache.iterdir()]
+    assert len(entries) == 1 and entries[0].startswith("voc-train-")
+    second = load_voc(root, "train", cache_dir=cache)
+    assert second.cache_files and str(cache) in second.cache_files[0]["filename"]
+    assert second["labels"] == first["labels"]
+
+
+def test_labels_file_for_ids_without_masks(tmp_path):
+    root = make_voc(tmp_path / "voc")
+    (root / "SegmentationClassAug" / "e.png").unlink()
+    with pytest.raises(VocDataError, match="no mask and no image-level label"):
+        load_voc(root, "train_aug", cache_dir=tmp_path / "c1")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"e": ["bus", "person"]}))
+    aug = load_voc(root, "train_aug", labels_file=labels, cache_dir=tmp_path / "c2")
+    assert aug["labels"][2] == hot(6, 15) and aug[2]["mask"] is None
+    labels.write_text(json.dumps({"e": [5, 14]}))  # class indices 0..19 work too
+    assert load_voc(root, "train_aug", labels_file=labels,
+                    cache_dir=tmp_path / "c3")["labels"][2] == hot(6, 15)
+
+
+def test_packaged_train_aug_list():
+    ids = packaged_train_aug_ids()
+    assert len(ids) == 10582 and len(set(ids)) == 10582
+    assert ids[0] == "2007_000032"
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CASES))
+def test_bad_samples_are_named_or_skipped(tmp_path, bad, caplog):
+    words, at_build = BAD_CASES[bad]
+    root = make_voc(tmp_path / "voc", bad=bad)
+    bad_file = "b.png" if bad in ("size", "values", "no_foreground") else "b.jpg"
+    if at_build:
+        with pytest.raises(VocDataError) as err:
+            load_voc(root, "train", cache_dir=tmp_path / "cache")
+        assert bad_file in err.value.path and words in str(err.value)
+        assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+        with caplog.at_level(logging.WARNING):
+            ds = load_voc(root, "train", skip_bad_samples=True, cache_dir=tmp_path / "cache")
+        assert ds["id"] == ["a"]
+        assert "skipped 1 of 2 samples" in caplog.text and words in caplog.text
+    else:
+        ds = load_voc(root, "train", cache_dir=tmp_path / "cache")  # headers are fine
+        loader = with_transforms(ds, eval_transform())
+        with pytest.raises(VocDataError, match=words) as err:
+            loader[1]
+        assert bad_file in err.value.path
+        skipping = with_transforms(ds, eval_transform(), skip_bad_samples=True)
+        with caplog.at_level(logging.WARNING):
+            batch = collate([skipping[0], skipping[1]])
+        assert batch["ids"] == ["a"] and "skipped bad sample b" in caplog.text
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CASES))
+def test_validate_reports_every_problem(tmp_path, bad, capsys):
+    root = make_voc(tmp_path / "voc", bad=bad)
+    assert validate_main([str(root)]) == 1
+    out = capsys.readouterr().out
+    words = BAD_CASES[bad][0]
+    assert "[train] " in out and words in out
+    assert "checked 7 samples" in out and "problems" in out
+
+
+def test_validate_clean_root(tmp_path, capsys):
+    assert validate_main([str(make_voc(tmp_path / "voc"))]) == 0
+    assert "no problems" in capsys.readouterr().out
+    assert validate_main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_missing_root_says_what_to_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="VOCtrainval_11-May-2012.tar") as err:
+        load_voc(tmp_path / "no-voc-here", "train")
+    assert "SegmentationClassAug" in str(err.value)
+
+
+def test_offline_hub_id_says_what_to_download(monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="VOCtrainval_11-May-2012.tar"):
+        load_voc("someone/voc2012-not-cached", "train")
+
+
+def test_any_dataset_with_a_column_mapping():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[5:10, 5:10] = 12
+    foreign = datasets.Dataset.from_dict(
+        {"img": [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))],
+         "seg": [Image.fromarray(mask)], "extra": [1]},
+        features=datasets.Features({"img": datasets.Image(), "seg": datasets.Image(),
+                                    "extra": datasets.Value("int32")}))
+    ds = load_voc(foreign, column_mapping={"img": "image", "seg": "mask"})
+    assert ds.features == FEATURES and ds["labels"] == [hot(12)] and ds["id"] == ["0"]
+    with pytest.raises(ValueError, match="no 'image' column"):
+        load_voc(foreign)
+    with pytest.raises(ValueError, match=r"names columns \['pixels'\]"):
+        load_voc(foreign, column_mapping={"pixels": "image"})
+
+
+@pytest.mark.skipif(not (SHARED / "voc_sample").is_dir(), reason="../shared/data not present")
+def test_real_voc_sample_labels_match_cls_labels(tmp_path):
+    names = json.loads((SHARED / "voc_sample" / "cls_labels.json").read_text())
+    for split in ("train", "val"):
+        ds = load_voc(SHARED / "voc_sample", split, cache_dir=tmp_path)
+        for sid, labels in zip(ds["id"], ds["labels"]):
+            assert labels == hot(*[VOC_CLASSES.index(n) for n in names[sid]]), sid
+    all_labels = json.loads((SHARED / "voc12_image_labels.json").read_text())
+    assert all(sorted(np.flatnonzero(l).tolist()) == sorted(all_labels[s])
+               for s, l in zip(ds["id"], ds["labels"]))
+
+
+@pytest.mark.skipif(not (SHARED / "voc_val_masks").is_dir(), reason="../shared/data not present")
+def test_real_val_masks_have_valid_values():
+    from agen_hf.data.samples import decode_mask, labels_from_mask
+
+    folder = SHARED / "voc_val_masks" / "SegmentationClassAug"
+    ids = (SHARED / "voc_val_masks" / "val.txt").read_text().split() \
+        if (SHARED / "voc_val_masks" / "val.txt").exists() else \
+        (folder / "val.txt").read_text().split()
+    assert len(ids) == 1449
+    all_labels = json.loads((SHARED / "voc12_image_labels.json").read_text())
+    for sid in ids[:200]:
+        labels = labels_from_mask(decode_mask(str(folder / f"{sid}.png")))
+        assert np.flatnonzero(labels).tolist() == sorted(all_labels[sid]), sid
