@@ -43,6 +43,9 @@ class AgenConfig:
         resnet_dropout: dropout in the bottleneck units b6 and b7 (0.3, 0.5).
         seg_head_channels / seg_head_dilation: the 3x3 dilated conv before the 1x1 classifier
             of branch B (512, 12, as RRM's segmentation head).
+        freeze_batch_norm: keep ResNet-38's batch norms in eval mode with fixed affine
+            parameters, as PSA/SEAM/RRM train it from ImageNet statistics (True; the tiny
+            config, trained from scratch, sets False).
 
     Attention guided modules (AGM, Fig. 2) and context attention (CoAM, eq. 5-9)
         agm_stages: stages n in {3, 4, 5} that get an AGM-n (all: the paper's full model).
@@ -84,6 +87,7 @@ class AgenConfig:
     resnet_dropout: tuple[float, ...] = (0.3, 0.5)
     seg_head_channels: int = 512
     seg_head_dilation: int = 12
+    freeze_batch_norm: bool = True
 
     agm_stages: tuple[int, ...] = (3, 4, 5)
     coam_stages: tuple[int, ...] = (3, 4, 5)
@@ -203,7 +207,7 @@ class AgenConfig:
             vgg_channels=(8, 16, 16, 32, 32), vgg_depths=(1, 1, 1, 1, 1), fc_channels=32,
             fc6_dilation=1, resnet_widths=(16, 32, 32, 64, 64), resnet_depths=(1, 1, 1),
             seg_head_channels=16, seg_head_dilation=1, agm_cls_channels=16,
-            agm_seg_channels=16,
+            agm_seg_channels=16, freeze_batch_norm=False,
         )
         values.update(overrides)
         return cls(**values)

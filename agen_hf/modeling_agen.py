@@ -12,7 +12,7 @@ from .backbones import DeepLabVGG16, ResNet38, SharedStem
 from .cam import pseudo_labels
 from .configuration_agen import AgenConfig
 from .crf import CrfParams
-from .losses import balanced_seeding_loss, boundary_loss, multilabel_loss
+from .losses import DataParallel, balanced_seeding_loss, boundary_loss, multilabel_loss
 from .modules import AttentionGuidedModule, ContextAttention
 
 logger = logging.getLogger(__name__)
@@ -105,9 +105,22 @@ class AgenModel(
         std = torch.tensor(config.image_std).view(1, 3, 1, 1)
         self.register_buffer("image_mean", mean, persistent=False)
         self.register_buffer("image_std", std, persistent=False)
+        if config.freeze_batch_norm:
+            for m in self.branch_b.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
+                    m.bias.requires_grad_(False)
         if config.use_boundary_loss and config.boundary_crf == "torch":
             logger.warning("AGEN boundary loss uses the pure-torch dense CRF "
                            "(config.boundary_crf='torch'), not pydensecrf")
+
+    def train(self, mode: bool = True) -> "AgenModel":
+        super().train(mode)
+        if self.config.freeze_batch_norm:  # ImageNet statistics stay as they are
+            for m in self.branch_b.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
 
     @property
     def heads(self) -> list[str]:
@@ -115,10 +128,13 @@ class AgenModel(
         return ["A"] + [f"agm{n}" for n in sorted(self.config.agm_stages, reverse=True)]
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                segmentation_only: bool = False) -> AgenOutput:
+                segmentation_only: bool = False,
+                data_parallel: DataParallel | None = None) -> AgenOutput:
         """pixel_values: normalised images (B, 3, H, W); labels: image-level multi-hot (B, C).
 
         ``segmentation_only=True`` is the inference path: branch B alone, no maps, no loss.
+        ``data_parallel`` pools the seeding losses' batch means over processes (see
+        :func:`agen_hf.losses.balanced_seeding_loss`).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
@@ -142,11 +158,11 @@ class AgenModel(
                                                  mode="bilinear", align_corners=False)
         out.class_logits = {name: m.mean(dim=(2, 3)) for name, m in out.class_maps.items()}
         if labels is not None:
-            self._add_loss(out, pixel_values, labels)
+            self._add_loss(out, pixel_values, labels, data_parallel)
         return out
 
-    def _add_loss(self, out: AgenOutput, pixel_values: torch.Tensor,
-                  labels: torch.Tensor) -> None:
+    def _add_loss(self, out: AgenOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
+                  data_parallel: DataParallel | None) -> None:
         """Eq. 11 + 13 + 14 = L_total (eq. 15)."""
         cfg = self.config
         if labels.shape != (pixel_values.shape[0], cfg.num_classes):
@@ -162,10 +178,11 @@ class AgenModel(
             out.seeds[head] = seeds
             if head == "A":
                 seg = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)
-                terms["seg_B"] = balanced_seeding_loss(seg, seeds, cfg.ignore_index)
+                terms["seg_B"] = balanced_seeding_loss(seg, seeds, cfg.ignore_index,
+                                                       data_parallel)
             else:
                 terms[f"seg_{head}"] = balanced_seeding_loss(out.agm_logits[head], seeds,
-                                                             cfg.ignore_index)
+                                                             cfg.ignore_index, data_parallel)
         if cfg.use_boundary_loss:
             terms["boundary"] = boundary_loss(self.unnormalize(pixel_values), out.logits, labels,
                                               self.crf_params(), cfg.boundary_crf)

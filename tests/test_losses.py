@@ -165,3 +165,31 @@ def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
     with pytest.raises(ImportError, match=r"agen_hf\[crf\].*boundary_crf='torch'"):
         crf_refine(image[None], probs[None], torch.ones(1, 3, dtype=torch.bool), CrfParams(),
                    "pydensecrf")
+
+
+def test_data_parallel_seeding_loss_pools_the_global_batch():
+    from agen_hf.losses import DataParallel, fully_supervised_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, 5, 5)
+    seeds = torch.randint(0, 3, (4, 5, 5))
+    seeds[0, :3] = 255
+    seeds[2:, :, :4] = 0
+    full = balanced_seeding_loss(logits, seeds)
+    halves = [(logits[:2], seeds[:2]), (logits[2:], seeds[2:])]
+
+    def counts(i):  # what an all-reduce sum would return on process i
+        return lambda c: sum(torch.stack([(s[1] != 255).logical_and(s[1] == 0).sum(),
+                                          (s[1] != 255).logical_and(s[1] > 0).sum()]).float()
+                             for s in halves)
+    per_process = [balanced_seeding_loss(l, s, data_parallel=DataParallel(2, counts(i)))
+                   for i, (l, s) in enumerate(halves)]
+    assert torch.stack(per_process).mean().item() == pytest.approx(full.item(), rel=1e-6)
+    masks = seeds.clone()
+    total = fully_supervised_loss(logits, masks)
+    valid = lambda m: (m != 255).sum().float()
+    per_process = [fully_supervised_loss(l, s, data_parallel=DataParallel(
+        2, lambda c: valid(seeds[:2]) + valid(seeds[2:]))) for l, s in halves]
+    assert torch.stack(per_process).mean().item() == pytest.approx(total.item(), rel=1e-6)
+    assert total.item() == pytest.approx(torch.nn.functional.cross_entropy(
+        logits, masks, ignore_index=255).item(), rel=1e-6)

@@ -191,3 +191,15 @@ def test_paper_config_builds_and_readme_states_its_size(capsys):
     assert model.branch_a.classifier.weight.shape == (20, 1024, 1, 1)
     assert model.branch_b.head[2].weight.shape == (21, 512, 1, 1)
     assert model.branch_b.b7.conv_branch2b2.weight.shape == (4096, 2048, 1, 1)
+
+
+def test_frozen_batch_norm_keeps_imagenet_statistics():
+    model = AgenModel(AgenConfig.tiny(freeze_batch_norm=True)).train()
+    bn = model.branch_b.b3.bn_branch2a
+    before = bn.running_mean.clone()
+    out = model(*batch())
+    out.loss.backward()
+    assert not bn.training and torch.equal(bn.running_mean, before)
+    assert bn.weight.grad is None and not bn.weight.requires_grad
+    assert model.stem.training and model.branch_a.training
+    assert AgenConfig().freeze_batch_norm and not AgenConfig.tiny().freeze_batch_norm
