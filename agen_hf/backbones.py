@@ -27,14 +27,17 @@ def _pool(stride: int) -> nn.MaxPool2d:
 
 
 class VggBlock(nn.Sequential):
-    """``depth`` 3x3 convolutions with ReLU, named ``conv{block}_{i}`` as in VGG16."""
+    """``depth`` 3x3 convolutions with ReLU (and batch norm before it for VGG16-BN), named
+    ``conv{block}_{i}`` as in VGG16."""
 
     def __init__(self, block: int, in_channels: int, out_channels: int, depth: int,
-                 dilation: int = 1) -> None:
+                 dilation: int = 1, batch_norm: bool = False) -> None:
         super().__init__()
         for i in range(1, depth + 1):
             self.add_module(f"conv{block}_{i}", nn.Conv2d(
                 in_channels, out_channels, 3, padding=dilation, dilation=dilation))
+            if batch_norm:
+                self.add_module(f"bn{block}_{i}", nn.BatchNorm2d(out_channels))
             self.add_module(f"relu{block}_{i}", nn.ReLU(inplace=True))
             in_channels = out_channels
 
@@ -45,10 +48,10 @@ class SharedStem(nn.Module):
 
     def __init__(self, config: AgenConfig) -> None:
         super().__init__()
-        ch, depth = config.vgg_channels, config.vgg_depths
-        self.conv1 = VggBlock(1, 3, ch[0], depth[0])
+        ch, depth, bn = config.vgg_channels, config.vgg_depths, config.vgg_batch_norm
+        self.conv1 = VggBlock(1, 3, ch[0], depth[0], batch_norm=bn)
         self.pool1 = _pool(2)
-        self.conv2 = VggBlock(2, ch[0], ch[1], depth[1])
+        self.conv2 = VggBlock(2, ch[0], ch[1], depth[1], batch_norm=bn)
         self.out_channels = ch[1]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -62,13 +65,14 @@ class DeepLabVGG16(nn.Module):
 
     def __init__(self, config: AgenConfig) -> None:
         super().__init__()
-        ch, depth = config.vgg_channels, config.vgg_depths
+        ch, depth, bn = config.vgg_channels, config.vgg_depths, config.vgg_batch_norm
         self.pool2 = _pool(2)
-        self.conv3 = VggBlock(3, ch[1], ch[2], depth[2])
+        self.conv3 = VggBlock(3, ch[1], ch[2], depth[2], batch_norm=bn)
         self.pool3 = _pool(2)
-        self.conv4 = VggBlock(4, ch[2], ch[3], depth[3])
+        self.conv4 = VggBlock(4, ch[2], ch[3], depth[3], batch_norm=bn)
         self.pool4 = _pool(1)
-        self.conv5 = VggBlock(5, ch[3], ch[4], depth[4], dilation=config.vgg_stage5_dilation)
+        self.conv5 = VggBlock(5, ch[3], ch[4], depth[4], dilation=config.vgg_stage5_dilation,
+                              batch_norm=bn)
         self.pool5 = _pool(1)
         d = config.fc6_dilation
         self.fc6 = nn.Conv2d(ch[4], config.fc_channels, 3, padding=d, dilation=d)

@@ -36,6 +36,8 @@ class AgenConfig:
         vgg_stage5_dilation: dilation of conv5 once pool4 has stride 1 (2).
         fc_channels: channels of the two 3x3 convolutions replacing fc6/fc7 (1024).
         fc6_dilation: dilation of the first of them (12, DeepLab-LargeFOV's fc6).
+        vgg_batch_norm: batch norm after every VGG convolution, as torchvision's VGG16-BN
+            (False, DeepLab's VGG16 has none; the tiny config, trained from scratch, sets True).
 
     Segmentation branch B (shares conv1-conv2 with A; the rest is the wide ResNet-38 of Wu et al.)
         resnet_widths: output channels of blocks b3, b4, b5, b6, b7 (256, 512, 1024, 2048, 4096).
@@ -81,6 +83,7 @@ class AgenConfig:
     vgg_stage5_dilation: int = 2
     fc_channels: int = 1024
     fc6_dilation: int = 12
+    vgg_batch_norm: bool = False
 
     resnet_widths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
     resnet_depths: tuple[int, ...] = (3, 6, 3)
@@ -207,7 +210,7 @@ class AgenConfig:
             vgg_channels=(8, 16, 16, 32, 32), vgg_depths=(1, 1, 1, 1, 1), fc_channels=32,
             fc6_dilation=1, resnet_widths=(16, 32, 32, 64, 64), resnet_depths=(1, 1, 1),
             seg_head_channels=16, seg_head_dilation=1, agm_cls_channels=16,
-            agm_seg_channels=16, freeze_batch_norm=False,
+            agm_seg_channels=16, freeze_batch_norm=False, vgg_batch_norm=True,
         )
         values.update(overrides)
         return cls(**values)

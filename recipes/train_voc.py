@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_train_steps", type=int, default=None,
                    help="overrides --num_train_epochs")
     g.add_argument("--lr_decay_epochs", type=int, default=10)
+    g.add_argument("--max_grad_norm", type=float, default=None,
+                   help="clip the global gradient norm (the paper does not clip)")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across GPUs")
@@ -337,6 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
                 nonfinite = 0
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 if accelerator.sync_gradients:
                     factor = step_decay(state["global_step"], steps_per_epoch,
                                         args.lr_decay_epochs)
@@ -396,7 +400,6 @@ def main(argv: list[str] | None = None) -> dict:
         card = model_card(metrics, config, argv)
         final = getattr(unwrapped, "_orig_mod", unwrapped)
         final.save_pretrained(output_dir, model_card_kwargs=card)
-        (output_dir / "eval_results.json").write_text(json.dumps(result, indent=2))
         print(f"val mIoU ({result['supervision']} supervision): "
               f"{100 * metrics['mean_iou']:.2f}% after {state['global_step']} steps; model saved "
               f"to {output_dir}")
@@ -409,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
                 logger.error("push to the Hub failed (%s: %s); the model is saved in %s",
                              type(e).__name__, e, output_dir)
                 result["push_error"] = str(e)
+        (output_dir / "eval_results.json").write_text(json.dumps(result, indent=2))
     if args.with_tracking:
         accelerator.end_training()
     return result

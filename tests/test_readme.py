@@ -31,3 +31,24 @@ def test_readme_model_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["mask"].shape == (2, 8, 8) and scope["mask"].dtype == torch.int64
     assert (tmp_path / "agen-tiny" / "model.safetensors").exists()
+
+
+def test_readme_opens_with_the_quickstart_then_the_test_command():
+    readme = (ROOT / "README.md").read_text()
+    before_prose = readme.split("**agen_hf** implements")[0]
+    commands = re.findall(r"```bash\n(.+?)\n```", before_prose, re.S)
+    assert len(commands) == 2
+    quickstart, tests = commands
+    assert "recipes/train_voc.py" in quickstart and "--config recipes/quickstart.yaml" in quickstart
+    assert "pytest" in tests
+
+
+def test_quickstart_config_is_valid():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    from train_voc import model_config, parse_args
+
+    args = parse_args(["--config", str(ROOT / "recipes" / "quickstart.yaml")])
+    assert args.dataset == "synthetic" and args.output_dir == "runs/quickstart"
+    assert model_config(args).num_labels == 21

@@ -157,8 +157,10 @@ def test_two_gloo_processes_match_one_process(tmp_path, env):
     config = tmp_path / "tiny_frozen.json"
     from agen_hf import AgenConfig
 
-    # no dropout and frozen batch norm: per-sample computations, as DDP needs for equality
-    AgenConfig.tiny(resnet_dropout=(0.0, 0.0), freeze_batch_norm=True).to_json_file(config)
+    # no dropout, no batch statistics: per-sample computations, as equality needs (on GPUs,
+    # --sync_bn would do for batch norm)
+    AgenConfig.tiny(resnet_dropout=(0.0, 0.0), freeze_batch_norm=True,
+                    vgg_batch_norm=False).to_json_file(config)
     common = ["--model_config", str(config), "--max_train_steps", "4"]
     one, two = tmp_path / "one", tmp_path / "two"
     run(base_args(one, batch=8) + common, env)
@@ -173,13 +175,29 @@ def test_two_gloo_processes_match_one_process(tmp_path, env):
             assert abs(r1[key] - r2[key]) < 1e-5, (r1["step"], key, r1[key], r2[key])
 
 
-def test_full_supervision_and_presets(tmp_path, env):
+def test_full_supervision_tracking_and_a_failed_push(tmp_path, env):
+    pytest.importorskip("tensorboard")
     out = tmp_path / "full"
-    proc = run(base_args(out, steps=3, extra=["--full_supervision", "--preset", "baseline"]),
-               env)
+    proc = run(base_args(out, steps=5, extra=[
+        "--full_supervision", "--preset", "baseline", "--with_tracking", "--logging_steps", "1",
+        "--push_to_hub", "--hub_model_id", "someone/agen-test"]), env)
     assert "val mIoU (full supervision)" in proc.stdout
     assert set(log(out)[0]) >= {"seg_B_full", "loss"}
     assert json.loads((out / "config.json").read_text())["agm_stages"] == []
+    # offline: the push fails, is reported, and the local model is intact
+    assert "push to the Hub failed" in proc.stderr
+    assert (out / "model.safetensors").exists()
+    assert "push_error" in json.loads((out / "eval_results.json").read_text())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [p for p in out.rglob("events.out.tfevents.*")]
+    assert events
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/seg_B_full", "train/lr", "val/mean_iou", "val/iou_background"} <= tags
 
 
 def test_config_file_and_bad_flags(tmp_path, env):

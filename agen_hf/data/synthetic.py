@@ -3,10 +3,11 @@ schema, made on the fly so that every recipe runs on a machine without VOC.
 
 20 object classes come in ten twin pairs. Twins share a shape family (ellipse, box, triangle,
 diamond, cross, ring, star, crescent, hexagon, L) and a body texture (stripes, checks, dots,
-waves, speckle, at a class-specific frequency); the body colour is drawn from a palette shared
-by all classes. What tells twins apart is a small emblem (a disk or a square, in the class's
-own colour) near one end of the object. A classifier therefore needs the emblem and the outline,
-not the whole body: plain CAMs cover parts of objects, which is the problem AGEN addresses.
+waves, speckle; the twins' frequencies differ slightly); the body colour is drawn from a
+palette shared by all classes. What tells twins apart is a small emblem near one end of the
+object: a disk or a square in the class's own colour. The emblem is the most discriminative
+part, so a classifier's CAMs peak there and cover the body only partly: the problem AGEN
+addresses.
 
 Per instance: scale, aspect, rotation, colour jitter, emblem position jitter; 1 to 3 classes per
 image, 1 or 2 instances each; textured backgrounds with body-coloured distractor blobs and lines,
@@ -28,12 +29,14 @@ from PIL import Image
 from .samples import IGNORE_INDEX, NUM_CLASSES, voc_palette
 from .voc import FEATURES, cached_arrow, default_cache_dir
 
-_VERSION = "1"
+_VERSION = "3"
 _BODY_PALETTE = np.array([[200, 60, 50], [60, 140, 200], [90, 170, 70], [210, 170, 60],
                           [150, 90, 170], [120, 120, 120]], dtype=np.float32)
-_EMBLEM_COLOURS = np.array([[255, 255, 255], [20, 20, 20], [255, 230, 0], [0, 230, 230],
-                            [255, 0, 200], [255, 140, 0], [0, 90, 255], [0, 200, 80],
-                            [180, 0, 0], [150, 255, 150]], dtype=np.float32)
+_EMBLEM_COLOURS = np.array([  # one per class; twins (2f, 2f+1) get far-apart colours
+    [255, 255, 255], [20, 20, 20], [255, 230, 0], [0, 0, 160], [0, 230, 230], [150, 0, 0],
+    [255, 0, 200], [0, 110, 0], [255, 140, 0], [110, 0, 160], [0, 90, 255], [255, 180, 180],
+    [0, 200, 80], [120, 70, 20], [180, 0, 0], [150, 255, 150], [255, 255, 140], [0, 130, 130],
+    [200, 120, 255], [90, 90, 0]], dtype=np.float32)
 
 
 def _shape(family: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -138,12 +141,12 @@ def render_sample(index: int, seed: int = 0, image_size: int = 128, min_classes:
         img[body] = (colour * shade)[body]
         eu, ev = _EMBLEM_AT[family]
         eu, ev = eu + rng.uniform(-0.08, 0.08), ev + rng.uniform(-0.08, 0.08)
-        radius = 0.26 * rng.uniform(0.85, 1.15)
+        radius = 0.36 * rng.uniform(0.85, 1.15)
         du, dv = u - eu, v - ev
         emblem = (du * du + dv * dv < radius ** 2) if twin == 0 else \
             (np.abs(du) < radius * 0.9) & (np.abs(dv) < radius * 0.9)
         emblem &= body
-        img[emblem] = _EMBLEM_COLOURS[family] * rng.uniform(0.85, 1.0)
+        img[emblem] = _EMBLEM_COLOURS[c] * rng.uniform(0.85, 1.0)
         label[body] = c + 1
     for _ in range(int(rng.integers(0, 3))):  # clutter over the objects: occlusion
         inside, colour = _distractor(rng, xs, ys, size)
