@@ -21,7 +21,7 @@ class VocDataError(ValueError):
         self.problem = problem
 
 
-def _open(source: dict | str, role: str) -> tuple[Image.Image, str]:
+def open_image(source: dict | str, role: str) -> tuple[Image.Image, str]:
     """Open (header only) an image given as a path or a ``datasets.Image`` storage dict."""
     if isinstance(source, str):
         path, data = source, None
@@ -56,7 +56,7 @@ def mask_values(mask: np.ndarray, path: str, num_classes: int = NUM_CLASSES) -> 
 
 def decode_mask(source: dict | str, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Decode a class-index mask (palette ``P`` or grayscale ``L`` PNG) to (H, W) uint8."""
-    img, path = _open(source, "mask")
+    img, path = open_image(source, "mask")
     if img.mode not in ("P", "L"):
         raise VocDataError(path, f"mask mode {img.mode!r}; expected a palette (P) or 8-bit (L) "
                                  "PNG of class indices")
@@ -70,7 +70,7 @@ def decode_mask(source: dict | str, num_classes: int = NUM_CLASSES) -> np.ndarra
 
 def decode_image(source: dict | str) -> Image.Image:
     """Fully decode an RGB image, or raise naming the file and the problem."""
-    img, path = _open(source, "image")
+    img, path = open_image(source, "image")
     check_image_header(img, path)
     try:
         img.load()
@@ -86,11 +86,16 @@ def decode_sample(image: dict | str, mask: dict | str | None,
     if mask is None:
         return img, None
     m = decode_mask(mask, num_classes)
-    if m.shape != (img.height, img.width):
-        path = mask if isinstance(mask, str) else mask.get("path") or "<mask bytes>"
-        raise VocDataError(path, f"mask size {m.shape[1]}x{m.shape[0]} differs from image size "
-                                 f"{img.width}x{img.height}")
+    check_mask_size(m, img.size, mask if isinstance(mask, str) else
+                    mask.get("path") or "<mask bytes>")
     return img, m
+
+
+def check_mask_size(mask: np.ndarray, image_size: tuple[int, int], path: str) -> None:
+    """A mask (H, W) must match its image's (width, height)."""
+    if (mask.shape[1], mask.shape[0]) != tuple(image_size):
+        raise VocDataError(path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+                                 f"size {image_size[0]}x{image_size[1]}")
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> list[int]:

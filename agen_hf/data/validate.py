@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .samples import VocDataError, decode_sample, labels_from_mask
-from .voc import _mask_dirs, _resolve_root, _split_ids
+from .voc import _mask_dirs, _resolve_root, _split_ids, find_mask
 
 SPLITS = ("train", "val", "trainval", "train_aug")
 
@@ -25,8 +25,8 @@ def check_sample(root: Path, sample_id: str, mask_dirs: list[Path]) -> list[str]
     image = root / "JPEGImages" / f"{sample_id}.jpg"
     if not image.is_file():
         return [f"{image}: listed but the image is missing"]
-    mask = next((str(d / f"{sample_id}.png") for d in mask_dirs
-                 if (d / f"{sample_id}.png").is_file()), None)
+    found = find_mask(mask_dirs, sample_id)
+    mask = None if found is None else str(found)
     try:
         _, m = decode_sample(str(image), mask)
     except VocDataError as e:

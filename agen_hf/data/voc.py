@@ -27,8 +27,8 @@ import datasets
 import numpy as np
 from datasets.arrow_writer import ArrowWriter
 
-from .samples import (NUM_CLASSES, VocDataError, _open, check_image_header, decode_mask,
-                      labels_from_mask)
+from .samples import (NUM_CLASSES, VocDataError, check_image_header, check_mask_size,
+                      decode_mask, labels_from_mask, open_image)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,12 @@ def _mask_dirs(root: Path, split: str) -> list[Path]:
     return [root / d for d in order if (root / d).is_dir()]
 
 
+def find_mask(mask_dirs: list[Path], sample_id: str) -> Path | None:
+    """The first ``<dir>/<id>.png`` that exists, in the order of ``mask_dirs``."""
+    return next((d / f"{sample_id}.png" for d in mask_dirs if (d / f"{sample_id}.png").is_file()),
+                None)
+
+
 def _read_labels_file(path: str | os.PathLike) -> dict[str, list[int]]:
     """id -> multi-hot, from JSON mapping ids to class indices 0..19 or to class names."""
     from ..configuration_agen import VOC_CLASSES
@@ -106,17 +112,14 @@ def _index_one(root: Path, sample_id: str, list_name: str, mask_dirs: list[Path]
     image_path = root / "JPEGImages" / f"{sample_id}.jpg"
     if not image_path.is_file():
         raise VocDataError(str(image_path), f"listed in {list_name} but the image is missing")
-    img, _ = _open(str(image_path), "image")
+    img, _ = open_image(str(image_path), "image")
     with img:
         check_image_header(img, str(image_path))
         size = img.size
-    mask_path = next((d / f"{sample_id}.png" for d in mask_dirs
-                      if (d / f"{sample_id}.png").is_file()), None)
+    mask_path = find_mask(mask_dirs, sample_id)
     if mask_path is not None:
         mask = decode_mask(str(mask_path))
-        if (mask.shape[1], mask.shape[0]) != size:
-            raise VocDataError(str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} "
-                                               f"differs from image size {size[0]}x{size[1]}")
+        check_mask_size(mask, size, str(mask_path))
         hot = labels_from_mask(mask)
     elif labels is not None and sample_id in labels:
         hot = labels[sample_id]
