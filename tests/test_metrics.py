@@ -92,3 +92,15 @@ def test_evaluate_loads_it_offline(monkeypatch, tmp_path):
     out = metric.compute(predictions=preds, references=refs, num_labels=6, ignore_index=255,
                          reduce_labels=False)
     assert_same(out, hub_mean_iou(preds, refs, 6, 255))
+
+
+def test_eight_bit_maps_take_the_same_numbers():
+    preds, refs = random_maps(3, n=4, labels=21, shape=(20, 30))
+    preds = [np.clip(p, 0, 255).astype(np.uint8) for p in preds]
+    preds[0][0, :5] = 250  # out of range predictions
+    fast, slow = StreamingMeanIoU(21), StreamingMeanIoU(21)
+    for p, r in zip(preds, refs):
+        fast.update(p, r.astype(np.uint8))
+        slow.update(p.astype(np.int64), r.astype(np.int64))
+    assert torch.equal(fast.confusion, slow.confusion)
+    assert_same(fast.compute(), hub_mean_iou(preds, refs, 21, 255))

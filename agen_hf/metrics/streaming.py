@@ -14,22 +14,22 @@ import numpy as np
 import torch
 
 
-def _as_int64(x) -> torch.Tensor:
+def _as_array(x) -> np.ndarray:
     if torch.is_tensor(x):
-        return x.detach().to("cpu", torch.int64)
-    return torch.from_numpy(np.asarray(x).astype(np.int64, copy=False))
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
-def remap_references(references: torch.Tensor, label_map: dict | None,
-                     reduce_labels: bool) -> torch.Tensor:
+def remap_references(references: np.ndarray, label_map: dict | None,
+                     reduce_labels: bool) -> np.ndarray:
     """The Hub metric's reference preprocessing: ``label_map`` applied entry by entry, in
     order; then ``reduce_labels`` (0 -> 255, every other label minus 1, 254 -> 255)."""
     if label_map:
-        references = references.clone()
+        references = references.copy()
         for old, new in label_map.items():
             references[references == int(old)] = int(new)
     if reduce_labels:
-        references = references.clone()
+        references = references.astype(np.int64)  # the Hub's 0 - 1 -> 254 needs no wrap
         references[references == 0] = 255
         references = references - 1
         references[references == 254] = 255
@@ -55,18 +55,35 @@ class StreamingMeanIoU:
     def update(self, predictions, references) -> None:
         """predictions, references: integer maps of equal shape, one (H, W) or a batch
         (B, H, W), as tensors or arrays."""
-        pred, ref = _as_int64(predictions).flatten(), _as_int64(references)
-        ref = remap_references(ref, self.label_map, self.reduce_labels).flatten()
+        pred = _as_array(predictions).ravel()
+        ref = remap_references(_as_array(references), self.label_map,
+                               self.reduce_labels).ravel()
         if pred.shape != ref.shape:
-            raise ValueError(f"predictions ({pred.numel()} pixels) and references "
-                             f"({ref.numel()} pixels) differ in size")
-        keep = ref != self.ignore_index
-        pred, ref = pred[keep], ref[keep]
+            raise ValueError(f"predictions ({pred.size} pixels) and references "
+                             f"({ref.size} pixels) differ in size")
+        n, n1 = self.num_labels, self.num_labels + 1
+        # rows: reference class, n (out of range), n + 1 (ignored, dropped below)
+        row = self._bins(ref, ignored_bin=n + 1)
+        col = self._bins(pred, ignored_bin=None)
+        counts = np.bincount(row * n1 + col, minlength=(n + 2) * n1)[: n1 * n1]
+        self.confusion += torch.from_numpy(counts.reshape(n1, n1))
+
+    def _bins(self, values: np.ndarray, ignored_bin: int | None) -> np.ndarray:
+        """Class index, ``num_labels`` for out of range, ``ignored_bin`` for ignore_index.
+        8-bit maps (VOC's PNGs) go through a 256-entry lookup table."""
         n = self.num_labels
-        pred = torch.where((pred >= 0) & (pred < n), pred, n)  # n: out of range
-        ref = torch.where((ref >= 0) & (ref < n), ref, n)
-        self.confusion += torch.bincount(ref * (n + 1) + pred,
-                                         minlength=(n + 1) ** 2).view(n + 1, n + 1)
+        if values.dtype == np.uint8:
+            table = np.minimum(np.arange(256), n).astype(np.int32)
+            if ignored_bin is not None and 0 <= self.ignore_index < 256:
+                table[self.ignore_index] = ignored_bin
+            return table[values]
+        v = values if values.dtype.kind == "i" else values.astype(np.int64)
+        out = np.minimum(v, n).astype(np.int64, copy=False)
+        if v.size and v.min() < 0:
+            out[v < 0] = n
+        if ignored_bin is not None:
+            out[v == self.ignore_index] = ignored_bin
+        return out
 
     def reset(self) -> None:
         self.confusion.zero_()

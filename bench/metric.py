@@ -1,0 +1,72 @@
+"""Mean IoU speed and equality on the 1,449 real VOC val masks
+(../shared/data/voc_val_masks), against perturbed predictions: our streaming confusion
+matrix vs the Hub metric's per-image histogram algorithm (written out as it is in
+``evaluate``'s ``mean_iou``), timed in the same run.
+
+    python bench/metric.py [--masks DIR] [--out metric.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from agen_hf.metrics import StreamingMeanIoU
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_val_masks"
+
+
+def hub_algorithm(preds, refs, num_labels=21, ignore_index=255):
+    totals = np.zeros((4, num_labels))
+    for pred, label in zip(preds, refs):
+        mask = np.not_equal(label, ignore_index)
+        pred, label = pred[mask], label[mask]
+        inter = pred[pred == label]
+        hist = lambda x: np.histogram(x, bins=num_labels, range=(0, num_labels - 1))[0]
+        ai, ap, al = hist(inter), hist(pred), hist(label)
+        totals += np.stack([ai, ap + al - ai, ap, al])
+    ai, au, ap, al = totals
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = ai / au
+    return np.nanmean(iou), iou
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--masks", default=str(SHARED))
+    p.add_argument("--out", default="bench_metric.json")
+    args = p.parse_args()
+    folder = Path(args.masks) / "SegmentationClassAug"
+    ids = (Path(args.masks) / "val.txt").read_text().split()
+    refs = [np.array(Image.open(folder / f"{i}.png")) for i in ids]
+    rng = np.random.default_rng(0)
+    preds = []
+    for r in refs:  # perturbed ground truth: shifted, with random class noise
+        p_ = np.roll(np.where(r == 255, 0, r), 7, axis=1).astype(np.uint8)  # as PNGs are
+        noise = rng.random(r.shape) < 0.1
+        p_[noise] = rng.integers(0, 21, noise.sum())
+        preds.append(p_)
+    t0 = time.perf_counter()
+    hub_miou, hub_iou = hub_algorithm(preds, refs)
+    t_hub = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    metric = StreamingMeanIoU(21)
+    for p_, r in zip(preds, refs):
+        metric.update(p_, r)
+    ours = metric.compute()
+    t_ours = time.perf_counter() - t0
+    equal = bool(np.allclose(ours["per_category_iou"], hub_iou, rtol=1e-12, atol=0))
+    result = {"images": len(refs), "hub_per_image_histogram_s": t_hub, "streaming_s": t_ours,
+              "speedup": t_hub / t_ours, "mean_iou": float(ours["mean_iou"]),
+              "identical_per_category_iou": equal, "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
