@@ -12,6 +12,7 @@ from .backbones import DeepLabVGG16, ResNet38, SharedStem
 from .cam import pseudo_labels
 from .configuration_agen import AgenConfig
 from .crf import CrfParams
+from .image_processing import AgenImageProcessor
 from .losses import DataParallel, balanced_seeding_loss, boundary_loss, multilabel_loss
 from .modules import AttentionGuidedModule, ContextAttention
 
@@ -232,6 +233,12 @@ class AgenModel(
         params = list(self.parameters())
         return {"backbone": [p for p in params if id(p) in ids],
                 "new": [p for p in params if id(p) not in ids]}
+
+    def _save_pretrained(self, save_directory) -> None:
+        # the processor's preprocessor_config.json travels with the weights, to the Hub too
+        super()._save_pretrained(save_directory)
+        AgenImageProcessor(image_mean=self.config.image_mean,
+                           image_std=self.config.image_std).save_pretrained(save_directory)
 
     @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs):

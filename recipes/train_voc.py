@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import DistributedDataParallelKwargs, set_seed  # noqa: E402
 
 from agen_hf import AgenConfig, AgenModel  # noqa: E402
@@ -37,8 +36,8 @@ from agen_hf.data import load_voc, make_synthetic  # noqa: E402
 from agen_hf.data.transforms import (collate, eval_transform, train_transform,  # noqa: E402
                                      with_transforms)
 from agen_hf.engine import (EpochSampler, SeededSamples, evaluate_segmentation,  # noqa: E402
-                            load_checkpoint, remove_partial_checkpoints, resolve_checkpoint,
-                            save_checkpoint, shard_loader, step_decay)
+                            load_checkpoint, make_accelerator, remove_partial_checkpoints,
+                            resolve_checkpoint, save_checkpoint, shard_loader, step_decay)
 from agen_hf.losses import DataParallel, fully_supervised_loss  # noqa: E402
 
 logger = logging.getLogger("train_voc")
@@ -197,12 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # torchrun-style launches on a machine without GPUs: Accelerate only turns to gloo
-    # data parallelism when told that the processes are CPU ones
-    on_cpu = args.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1
-                          and not torch.cuda.is_available())
-    accelerator = Accelerator(
-        cpu=on_cpu,
+    accelerator = make_accelerator(
+        args.cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=(None if not args.with_tracking else

@@ -104,3 +104,37 @@ def test_eight_bit_maps_take_the_same_numbers():
         slow.update(p.astype(np.int64), r.astype(np.int64))
     assert torch.equal(fast.confusion, slow.confusion)
     assert_same(fast.compute(), hub_mean_iou(preds, refs, 21, 255))
+
+
+def test_iou_table_in_the_layout_of_table_4():
+    from agen_hf.metrics.report import iou_table
+
+    iou = np.full(21, np.nan)
+    iou[0], iou[20] = 0.881, 0.56
+    lines = iou_table(iou, 0.7205).splitlines()
+    assert [c.strip() for c in lines[0].split("|")[1:-1]][:3] == ["Method", "bkg", "plane"]
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["AGEN", "88.1"] + ["-"] * 19 + [
+        "56.0", "72.0"]
+    custom = iou_table([0.5, 0.25], 0.375, ["sky", "road"], row_name="run 3").splitlines()
+    assert custom[0].split("|")[2].strip() == "sky" and "run 3" in custom[2]
+    with pytest.raises(ValueError, match="2 IoUs for 21 classes"):
+        iou_table([0.5, 0.25], 0.375)
+
+
+def test_eight_bit_pair_counts_mix_with_other_updates_and_fold_when_read():
+    preds, refs = random_maps(4, n=4, labels=21, shape=(12, 13))
+    for ignore in (255, 3):
+        mixed, slow = StreamingMeanIoU(21, ignore), StreamingMeanIoU(21, ignore)
+        for k, (p, r) in enumerate(zip(preds, refs)):
+            p8, r8 = np.clip(p, 0, 255).astype(np.uint8), r.astype(np.uint8)
+            mixed.update(*((p8, r8) if k % 2 else (p8.astype(np.int32), r8)))
+            slow.update(p8.astype(np.int64), r8.astype(np.int64))
+        assert torch.equal(mixed.confusion, slow.confusion)
+    mixed.update(preds[0].astype(np.uint8), refs[0].astype(np.uint8))
+    mixed.confusion = slow.confusion.clone()  # an assignment (e.g. a cross-process sum) wins
+    assert torch.equal(mixed.confusion, slow.confusion)
+    mixed.update(preds[0].astype(np.uint8), refs[0].astype(np.uint8))
+    mixed.reset()
+    assert mixed.confusion.sum() == 0
+    with pytest.raises(ValueError, match="confusion: expected shape \\(22, 22\\)"):
+        mixed.confusion = torch.zeros(3, 3)

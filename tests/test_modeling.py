@@ -135,7 +135,8 @@ def test_save_and_load_round_trip(tmp_path):
     torch.nn.init.constant_(model.coam["4"].weight, 0.25)
     model.save_pretrained(tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["README.md", "config.json", "model.safetensors"]  # nothing pickled
+    assert files == ["README.md", "config.json", "model.safetensors",
+                     "preprocessor_config.json"]  # nothing pickled
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["agm_stages"] == [3, 4] and saved["cam_alpha"] == 5.0
     assert set(load_file(tmp_path / "model.safetensors")) == set(model.state_dict())
@@ -176,7 +177,8 @@ def test_push_to_hub_uploads_weights_config_and_card(tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
     AgenModel(AgenConfig.tiny()).push_to_hub("someone/agen-tiny", token="hf_fake")
     assert uploaded["repo_id"] == "someone/agen-tiny"
-    assert set(uploaded["files"]) == {"README.md", "config.json", "model.safetensors"}
+    assert set(uploaded["files"]) == {"README.md", "config.json", "model.safetensors",
+                                      "preprocessor_config.json"}
     card = uploaded["files"]["README.md"]
     assert "library_name: agen_hf" in card and "weakly-supervised-segmentation" in card
     assert "## Evaluation" in card and "No evaluation results recorded yet." in card

@@ -4,7 +4,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
+
+from agen_hf import AgenConfig, AgenModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +35,20 @@ def test_readme_model_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["mask"].shape == (2, 8, 8) and scope["mask"].dtype == torch.int64
     assert (tmp_path / "agen-tiny" / "model.safetensors").exists()
+
+
+def test_readme_segmentation_example_runs(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Segment an image in five lines\n\n```python\n(.+?)```", readme,
+                     re.S).group(1)
+    assert len(code.strip().splitlines()) == 5
+    monkeypatch.chdir(tmp_path)
+    AgenModel(AgenConfig.tiny()).save_pretrained(tmp_path / "runs" / "quickstart")
+    Image.new("RGB", (45, 31), (200, 10, 10)).save(tmp_path / "photo.jpg")
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["mask"].shape == (31, 45) and scope["mask"].dtype == np.uint8
+    assert scope["processor"].flip and scope["processor"].scales == (0.5, 1, 1.5, 2)
 
 
 def test_readme_opens_with_the_quickstart_then_the_test_command():

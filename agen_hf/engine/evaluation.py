@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
+from ..crf import CrfPool, present_classes
 from ..data.transforms import collate
 from ..metrics import StreamingMeanIoU
 
@@ -25,20 +26,43 @@ def shard_loader(dataset, accelerator: Accelerator, batch_size: int,
 
 @torch.no_grad()
 def evaluate_segmentation(accelerator: Accelerator, predict: Callable[[torch.Tensor], torch.Tensor],
-                          loader: DataLoader, num_labels: int, ignore_index: int = 255) -> dict:
-    """``predict(pixel_values)`` returns logits (B, num_labels, h, w); they are upsampled to the
-    padded batch size, argmaxed and scored where the mask is labelled and the pixel is real."""
+                          loader: DataLoader, num_labels: int, ignore_index: int = 255,
+                          crf: CrfPool | None = None,
+                          unnormalize: Callable[[torch.Tensor], torch.Tensor] | None = None
+                          ) -> dict:
+    """Mean IoU of ``predict`` over this process's ``loader``, summed over processes.
+
+    ``predict(pixel_values)`` returns class scores (B, num_labels, h, w) whose softmax is the
+    class probability (logits, or log-probabilities); they are upsampled to the padded batch
+    size and each image is scored inside its own size. With ``crf``, each image's prediction
+    is refined by the dense CRF (over a process pool) on the RGB image that ``unnormalize``
+    recovers from ``pixel_values``.
+    """
+    if crf is not None and unnormalize is None:
+        raise ValueError("evaluate_segmentation: crf needs unnormalize to recover the RGB image")
     metric = StreamingMeanIoU(num_labels, ignore_index)
     for batch in loader:
         if batch is None:
             continue
         pixel_values = batch["pixel_values"].to(accelerator.device)
-        logits = predict(pixel_values).float()
-        logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear",
-                               align_corners=False)
-        mask = batch["mask"].clone()
-        mask[~batch["valid"]] = ignore_index
-        metric.update(logits.argmax(1).cpu(), mask)
+        scores = predict(pixel_values).float()
+        if scores.shape[-2:] != pixel_values.shape[-2:]:
+            scores = F.interpolate(scores, size=pixel_values.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        labels = scores.argmax(1).cpu()
+        for i, (h, w) in enumerate(batch["sizes"].tolist()):
+            mask = batch["mask"][i, :h, :w]
+            if crf is None:
+                metric.update(labels[i, :h, :w], mask)
+                continue
+            rgb = unnormalize(pixel_values[i:i + 1, :, :h, :w])[0]
+            rgb = rgb.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            classes = present_classes(labels[i, :h, :w])
+            probs = scores[i, :, :h, :w].softmax(dim=0)[torch.as_tensor(classes)]
+            for ref, refined in crf.submit(rgb, probs, classes, tag=mask):
+                metric.update(refined, ref)
+    for ref, refined in crf.finish() if crf is not None else []:
+        metric.update(refined, ref)
     total = accelerator.reduce(metric.confusion.to(accelerator.device), "sum")
     metric.confusion = total.cpu()
     return metric.compute()

@@ -50,7 +50,38 @@ class StreamingMeanIoU:
         self.ignore_index = ignore_index
         self.label_map = label_map
         self.reduce_labels = reduce_labels
-        self.confusion = torch.zeros(num_labels + 1, num_labels + 1, dtype=torch.int64)
+        self._confusion = torch.zeros(num_labels + 1, num_labels + 1, dtype=torch.int64)
+        # 8-bit maps (VOC's PNGs): counts of every (reference, prediction) byte pair, folded
+        # into the confusion matrix only when it is read
+        self._pairs = np.zeros(1 << 16, dtype=np.int64)
+        self._pairs_pending = False
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        """(num_labels + 1, num_labels + 1) int64: rows reference, columns prediction, the
+        last row/column "out of range". Sum it across processes and assign it back."""
+        if self._pairs_pending:
+            self._confusion += torch.from_numpy(self._fold_pairs())
+            self._pairs[:] = 0
+            self._pairs_pending = False
+        return self._confusion
+
+    @confusion.setter
+    def confusion(self, value: torch.Tensor) -> None:
+        n1 = self.num_labels + 1
+        if tuple(value.shape) != (n1, n1):
+            raise ValueError(f"confusion: expected shape ({n1}, {n1}), got {tuple(value.shape)}")
+        self._pairs[:] = 0
+        self._pairs_pending = False
+        self._confusion = value.to(torch.int64)
+
+    def _fold_pairs(self) -> np.ndarray:
+        """The 256 x 256 byte-pair counts as confusion-matrix bins (one-hot products)."""
+        n, n1 = self.num_labels, self.num_labels + 1
+        values = np.arange(256)
+        rows = np.eye(n + 2, dtype=np.int64)[self._bins(values, n + 1)]
+        cols = np.eye(n1, dtype=np.int64)[self._bins(values, None)]
+        return (rows.T @ self._pairs.reshape(256, 256) @ cols)[:n1]
 
     def update(self, predictions, references) -> None:
         """predictions, references: integer maps of equal shape, one (H, W) or a batch
@@ -61,6 +92,13 @@ class StreamingMeanIoU:
         if pred.shape != ref.shape:
             raise ValueError(f"predictions ({pred.size} pixels) and references "
                              f"({ref.size} pixels) differ in size")
+        if pred.dtype == np.uint8 and ref.dtype == np.uint8:
+            pair = ref.astype(np.uint16)
+            pair <<= 8
+            pair |= pred
+            self._pairs += np.bincount(pair, minlength=1 << 16)
+            self._pairs_pending = True
+            return
         n, n1 = self.num_labels, self.num_labels + 1
         # rows: reference class, n (out of range), n + 1 (ignored, dropped below)
         row = self._bins(ref, ignored_bin=n + 1)
@@ -69,14 +107,8 @@ class StreamingMeanIoU:
         self.confusion += torch.from_numpy(counts.reshape(n1, n1))
 
     def _bins(self, values: np.ndarray, ignored_bin: int | None) -> np.ndarray:
-        """Class index, ``num_labels`` for out of range, ``ignored_bin`` for ignore_index.
-        8-bit maps (VOC's PNGs) go through a 256-entry lookup table."""
+        """Class index, ``num_labels`` for out of range, ``ignored_bin`` for ignore_index."""
         n = self.num_labels
-        if values.dtype == np.uint8:
-            table = np.minimum(np.arange(256), n).astype(np.int32)
-            if ignored_bin is not None and 0 <= self.ignore_index < 256:
-                table[self.ignore_index] = ignored_bin
-            return table[values]
         v = values if values.dtype.kind == "i" else values.astype(np.int64)
         out = np.minimum(v, n).astype(np.int64, copy=False)
         if v.size and v.min() < 0:
@@ -86,7 +118,7 @@ class StreamingMeanIoU:
         return out
 
     def reset(self) -> None:
-        self.confusion.zero_()
+        self.confusion = torch.zeros_like(self._confusion)
 
     def compute(self, nan_to_num: float | None = None) -> dict:
         n = self.num_labels

@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Score a trained AGEN on PASCAL VOC 2012 (paper Table 4): mean IoU over background + 20
+classes, optionally with multi-scale + flip and dense-CRF post-processing.
+
+    accelerate launch recipes/eval_voc.py --model runs/agen --voc_root /data/VOCdevkit/VOC2012 \
+        --scales 0.5 1 1.5 2 --flip --crf
+
+Each process scores its own shard of the split and the confusion matrices are summed, so any
+number of processes (GPUs, nodes, or CPU processes under torchrun) gives the same numbers.
+Prints the table and writes every figure to ``--output`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
+from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
+from agen_hf.data import VocDataError, load_voc  # noqa: E402
+from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
+from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
+from agen_hf.metrics.report import iou_table  # noqa: E402
+
+logger = logging.getLogger("eval_voc")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
+    p.add_argument("--voc_root", help="local VOCdevkit/VOC2012")
+    p.add_argument("--dataset_name", help="a Hub dataset id in the VOC schema")
+    p.add_argument("--split", default="val")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="test-time scales (the literature's: 0.5 1 1.5 2)")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
+    p.add_argument("--crf", action="store_true",
+                   help="dense-CRF post-processing at full resolution (needs pydensecrf2)")
+    p.add_argument("--crf_processes", type=int, default=os.cpu_count() or 1,
+                   help="CRF worker processes per evaluation process (0: inline)")
+    for f in dataclasses.fields(CrfParams):
+        p.add_argument(f"--crf_{f.name}", type=f.type if callable(f.type) else
+                       type(f.default), default=f.default, help="see agen_hf.crf.CrfParams")
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--skip_bad_samples", action="store_true")
+    p.add_argument("--output", help="JSON file (default: eval_<split>.json in --model when it "
+                                    "is a folder, else in the working directory)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.voc_root or args.dataset_name):
+        parser.error("give --voc_root DIR or --dataset_name HUB_ID")
+    if min(args.scales) <= 0:
+        parser.error(f"--scales must be positive, got {args.scales}")
+    if args.output is None:
+        folder = Path(args.model) if Path(args.model).is_dir() else Path(".")
+        args.output = str(folder / f"eval_{args.split}.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    model = AgenModel.from_pretrained(args.model).to(accelerator.device).eval()
+    config = model.config
+    processor = AgenImageProcessor.from_pretrained(args.model, scales=args.scales,
+                                                   flip=args.flip, max_size=None)
+    try:
+        with accelerator.main_process_first():
+            dataset = load_voc(args.voc_root or args.dataset_name, args.split,
+                               skip_bad_samples=args.skip_bad_samples)
+    except VocDataError as e:
+        raise SystemExit(f"{e}\n(eval_voc scores against ground-truth masks: every image of "
+                         f"the {args.split!r} split needs one)") from None
+    masks = dataset.cast_column("mask", datasets.Image(decode=False))["mask"]
+    unmasked = [sid for sid, m in zip(dataset["id"], masks) if m is None]
+    if unmasked:
+        raise SystemExit(
+            f"split {args.split!r}: {len(unmasked)} of {len(dataset)} images have no "
+            f"ground-truth mask to score against (e.g. {', '.join(unmasked[:5])}); segment "
+            "them with recipes/predict.py (--voc_layout for the VOC test server)")
+    loader = shard_loader(with_transforms(dataset, eval_transform(processor.image_mean,
+                                                                  processor.image_std),
+                                          args.skip_bad_samples),
+                          accelerator, batch_size=1, num_workers=args.num_workers)
+    crf_params = CrfParams(*(getattr(args, f"crf_{f.name}") for f in dataclasses.fields(CrfParams)))
+
+    def predict(pixel_values: torch.Tensor) -> torch.Tensor:
+        with accelerator.autocast():  # log-probabilities: their softmax is the average
+            return processor.predict_probabilities(model, pixel_values).clamp_min(1e-12).log()
+
+    started = time.time()
+    crf = CrfPool(crf_params, args.crf_processes) if args.crf else None
+    try:
+        metrics = evaluate_segmentation(accelerator, predict, loader, config.num_labels,
+                                        config.ignore_index, crf=crf,
+                                        unnormalize=model.unnormalize)
+    finally:
+        if crf is not None:
+            crf.close()
+    seconds = time.time() - started
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    result = {
+        "model": args.model, "split": args.split, "num_images": len(dataset),
+        "scales": args.scales, "flip": args.flip, "crf": args.crf,
+        "crf_params": dataclasses.asdict(crf_params) if args.crf else None,
+        "processes": accelerator.num_processes, "seconds": seconds,
+        "mean_iou": float(metrics["mean_iou"]), "mean_accuracy": float(metrics["mean_accuracy"]),
+        "overall_accuracy": float(metrics["overall_accuracy"]),
+        "per_category_iou": {n: float(v) for n, v in zip(names, metrics["per_category_iou"])},
+        "per_category_accuracy": {n: float(v) for n, v in
+                                  zip(names, metrics["per_category_accuracy"])},
+    }
+    if accelerator.is_main_process:
+        settings = f"scales {args.scales}" + (", flip" if args.flip else "") + \
+            (", CRF" if args.crf else "")
+        print(f"{args.split}: {len(dataset)} images, {settings}, {seconds:.1f} s\n")
+        print(iou_table(metrics["per_category_iou"], metrics["mean_iou"], names))
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+        os.replace(tmp, output)
+        print(f"\nwritten to {output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

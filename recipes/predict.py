@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""Segment images with a trained AGEN: VOC-coloured palette PNG masks at each image's original
+size, overlays, and optionally the layout the PASCAL VOC evaluation server takes.
+
+    python recipes/predict.py --model runs/agen --images photos/ cat.jpg --out preds
+    accelerate launch recipes/predict.py --model runs/agen \
+        --images VOC2012/JPEGImages --scales 0.5 1 1.5 2 --flip --crf --voc_layout --out test
+
+Any image mode (RGB, L, P, RGBA, CMYK, 16-bit, ...) and size works; images whose long side
+exceeds --max_size are segmented at that size and the mask is brought back to the original
+size. A file that cannot be read is reported (and listed in ``predict_report.json``) and the
+others go on; the exit status is 1 when any failed. Under ``accelerate launch`` each process
+takes its share of the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from accelerate.utils import gather_object  # noqa: E402
+
+from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
+from agen_hf.crf import CrfParams, CrfPool, present_classes  # noqa: E402
+from agen_hf.engine import make_accelerator  # noqa: E402
+from agen_hf.image_processing import rgb_array, upsample_argmax  # noqa: E402
+from agen_hf.visualization import label_image, overlay  # noqa: E402
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm", ".pbm", ".jp2"}
+# comp6: "trained with data other than VOC" (ImageNet initialisation), what WSSS papers submit
+VOC_RESULTS = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
+    p.add_argument("--images", required=True, nargs="+",
+                   help="image files and/or folders (their images, not recursive)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    p.add_argument("--flip", action="store_true")
+    p.add_argument("--max_size", type=int, default=1024,
+                   help="long side the network sees at most (0: no limit)")
+    p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
+    p.add_argument("--crf_processes", type=int, default=os.cpu_count() or 1)
+    for f in dataclasses.fields(CrfParams):
+        p.add_argument(f"--crf_{f.name}", type=type(f.default), default=f.default,
+                       help="see agen_hf.crf.CrfParams")
+    p.add_argument("--no_overlays", action="store_true", help="write the masks only")
+    p.add_argument("--voc_layout", action="store_true",
+                   help="also write results/VOC2012/Segmentation/comp6_test_cls/<id>.png and "
+                        "results.tar.gz for the VOC evaluation server")
+    p.add_argument("--skip_existing", action="store_true",
+                   help="leave images whose mask is already written (resume a long run)")
+    p.add_argument("--num_workers", type=int, default=2, help="image-decoding workers")
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--cpu", action="store_true")
+    return p
+
+
+def find_images(inputs: list[str]) -> list[Path]:
+    """Files as given, folders' images sorted by name. Two inputs with the same file stem
+    would overwrite each other's mask: that is an error naming them."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)  # a missing file is reported with the other failures
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen and seen[f.stem] != f:
+            raise SystemExit(f"--images: {seen[f.stem]} and {f} would both be written as "
+                             f"{f.stem}.png; rename one or segment them in separate runs")
+        seen[f.stem] = f
+    return list(dict.fromkeys(files))
+
+
+class ImageFiles(Dataset):
+    """Decodes each file to RGB in a loader worker; a failure becomes an ``error`` item."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.files[i]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img.load()
+                    rgb = rgb_array(img, str(path))
+        except FileNotFoundError:
+            return {"path": path, "error": "file not found"}
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
+                Image.DecompressionBombError) as e:
+            return {"path": path, "error": f"{type(e).__name__}: {e}"}
+        return {"path": path, "rgb": rgb}
+
+
+def _as_is(item: dict) -> dict:
+    return item  # the default would turn the numpy image into a tensor
+
+
+def _write_atomic(image: Image.Image, path: Path, **kwargs) -> None:
+    """Write to a temporary name, then rename: an interrupted run never leaves half a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format=kwargs.pop("format", None) or path.suffix.lstrip(".").upper()
+               .replace("JPG", "JPEG"), **kwargs)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    out = Path(args.out)
+    files = find_images(args.images)
+    if not files:
+        raise SystemExit(f"--images: no images found in {args.images}")
+    if args.skip_existing:
+        files = [f for f in files if not (out / "masks" / f"{f.stem}.png").is_file()]
+    model = AgenModel.from_pretrained(args.model).to(accelerator.device).eval()
+    processor = AgenImageProcessor.from_pretrained(
+        args.model, scales=args.scales, flip=args.flip, max_size=args.max_size or None)
+    crf_params = CrfParams(*(getattr(args, f"crf_{f.name}") for f in dataclasses.fields(CrfParams)))
+    mine = files[accelerator.process_index::accelerator.num_processes]
+    loader = DataLoader(ImageFiles(mine), batch_size=None, collate_fn=_as_is,
+                        num_workers=args.num_workers)
+    failures: dict[str, str] = {}
+    written = 0
+
+    def write(path: Path, rgb: np.ndarray, labels: np.ndarray) -> None:
+        nonlocal written
+        mask = label_image(labels)
+        _write_atomic(mask, out / "masks" / f"{path.stem}.png")
+        if args.voc_layout:
+            _write_atomic(mask, out / VOC_RESULTS / f"{path.stem}.png")
+        if not args.no_overlays:
+            _write_atomic(Image.fromarray(overlay(rgb, labels)),
+                          out / "overlays" / f"{path.stem}.jpg", quality=90)
+        written += 1
+
+    crf = CrfPool(crf_params, args.crf_processes) if args.crf else None
+    try:
+        for item in loader:
+            path = item["path"]
+            if "error" in item:
+                failures[str(path)] = item["error"]
+                print(f"FAILED {path}: {item['error']}", file=sys.stderr)
+                continue
+            rgb = item["rgb"]
+            size = rgb.shape[:2]
+            pixel_values = processor.pad(processor.normalize(rgb)).to(accelerator.device)
+            h, w = processor.resized_size(*size)
+            with accelerator.autocast():
+                probs = processor.predict_probabilities(model, pixel_values)[0, :, :h, :w]
+            probs = probs.float().cpu()
+            labels = upsample_argmax(probs, size)
+            if crf is None:
+                write(path, rgb, labels.to(torch.uint8).numpy())
+                continue
+            classes = present_classes(labels)
+            full = F.interpolate(probs[None, torch.as_tensor(classes)], size=size,
+                                 mode="bilinear", align_corners=False)[0]
+            for (p, image), refined in crf.submit(rgb, full, classes, tag=(path, rgb)):
+                write(p, image, refined)
+        for (p, image), refined in crf.finish() if crf is not None else []:
+            write(p, image, refined)
+    finally:
+        if crf is not None:
+            crf.close()
+
+    counts = gather_object([written])
+    all_failures = gather_object([failures])
+    report = {"written": int(sum(counts)), "failed": {k: v for d in all_failures
+                                                      for k, v in d.items()}}
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "predict_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if args.voc_layout:
+            with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
+                tar.add(out / "results", arcname="results")
+        print(f"{report['written']} masks written to {out / 'masks'}"
+              + (f"; {len(report['failed'])} image(s) failed, listed in "
+                 f"{out / 'predict_report.json'}" if report["failed"] else ""))
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main()["failed"] else 0)

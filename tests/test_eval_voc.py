@@ -1,0 +1,140 @@
+"""recipes/eval_voc.py and recipes/visualize.py on a VOCdevkit written by the tests, on 2
+gloo processes, and on the real VOC sample in ../shared when it is there."""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_metrics import hub_mean_iou
+from voc_fixtures import make_voc
+
+from agen_hf import AgenConfig, AgenImageProcessor, AgenModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "data" / "voc_sample"
+eval_voc = runpy.run_path(str(ROOT / "recipes" / "eval_voc.py"))
+visualize = runpy.run_path(str(ROOT / "recipes" / "visualize.py"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("model")
+    AgenModel(AgenConfig.tiny()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    return make_voc(tmp_path_factory.mktemp("voc"))
+
+
+def reference(model_dir, voc_root, ids, scales=(1.0,), flip=False):
+    """Segment each val image with the processor, score with the Hub algorithm."""
+    model = AgenModel.from_pretrained(model_dir)
+    proc = AgenImageProcessor.from_pretrained(model_dir, scales=scales, flip=flip)
+    preds = [proc.segment(model, Image.open(voc_root / "JPEGImages" / f"{i}.jpg")) for i in ids]
+    refs = [np.array(Image.open(voc_root / "SegmentationClass" / f"{i}.png")) for i in ids]
+    return hub_mean_iou(preds, refs, 21, 255)
+
+
+@pytest.mark.parametrize("tta", [[], ["--scales", "0.5", "1", "1.5", "--flip"]])
+def test_eval_equals_segmenting_each_image_and_scoring_it(model_dir, voc, tmp_path, capsys, tta):
+    out = tmp_path / "eval.json"
+    result = eval_voc["main"](["--model", str(model_dir), "--voc_root", str(voc), "--cpu",
+                               "--num_workers", "0", "--output", str(out), *tta])
+    expected = reference(model_dir, voc, ["c", "d"], *(((0.5, 1, 1.5), True) if tta else ()))
+    saved = json.loads(out.read_text())
+    assert saved["num_images"] == 2 and saved["flip"] == bool(tta)
+    assert saved["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
+    assert list(saved["per_category_iou"]) == list(AgenConfig().id2label.values())
+    got = np.array(list(saved["per_category_iou"].values()), dtype=float)
+    assert np.allclose(got, expected["per_category_iou"], equal_nan=True)
+    assert result["mean_iou"] == saved["mean_iou"]
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("| Method"))
+    assert header.split("|")[2].strip() == "bkg" and header.split("|")[-2].strip() == "mIoU"
+    assert f"{100 * expected['mean_iou']:.1f} |" in printed
+
+
+def test_eval_with_crf_and_bad_arguments(model_dir, voc, tmp_path):
+    pytest.importorskip("pydensecrf.densecrf")
+    result = eval_voc["main"](["--model", str(model_dir), "--voc_root", str(voc), "--cpu",
+                               "--num_workers", "0", "--crf", "--crf_processes", "0",
+                               "--crf_iterations", "3", "--output", str(tmp_path / "e.json")])
+    assert result["crf"] and result["crf_params"]["iterations"] == 3
+    assert 0 <= result["mean_iou"] <= 1
+    with pytest.raises(SystemExit):
+        eval_voc["main"](["--model", str(model_dir)])  # no data
+    (voc / "ImageSets/Segmentation/test.txt").write_text("a\nb\n")
+    # a test split: images without masks cannot be scored
+    moved = [voc / d / "b.png" for d in ("SegmentationClass", "SegmentationClassAug")]
+    for m in moved:
+        m.rename(m.with_suffix(".bak"))
+    try:
+        with pytest.raises(SystemExit, match="(?s)b.jpg: no mask .*every image of the 'test' split "
+                                             "needs one"):
+            eval_voc["main"](["--model", str(model_dir), "--voc_root", str(voc), "--cpu",
+                              "--split", "test", "--num_workers", "0"])
+    finally:
+        for m in moved:
+            m.with_suffix(".bak").rename(m)
+
+
+def test_two_gloo_processes_give_the_same_numbers(model_dir, voc, tmp_path):
+    from test_train_voc import free_port
+
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    args = ["--model", str(model_dir), "--voc_root", str(voc), "--num_workers", "0"]
+    eval_voc["main"](args + ["--cpu", "--output", str(one)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), str(ROOT / "recipes/eval_voc.py"),
+                           *args, "--output", str(two)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["processes"] == 2 and a["processes"] == 1
+    assert a["mean_iou"] == b["mean_iou"] and a["per_category_iou"] == b["per_category_iou"]
+
+
+def test_visualize_writes_both_figures(model_dir, voc, tmp_path):
+    paths = visualize["main"](["--model", str(model_dir), "--voc_root", str(voc), "--ids", "d",
+                               "c", "--cell", "40", "--out", str(tmp_path)])
+    fig4, fig5 = (Image.open(p) for p in paths)
+    assert fig4.size == (8 * 44 + 4, 16 + 2 * 44 + 4)
+    assert fig5.size == (3 * 44 + 4, 16 + 2 * 44 + 4)
+    # row 1 is image d: its ground truth (class 20, tv monitor) is drawn in its colour
+    gt = np.array(fig5)[16 + 4: 16 + 44, 48:88]
+    assert (gt.reshape(-1, 3) == [0, 64, 128]).all(axis=1).any()
+    with pytest.raises(SystemExit, match="zzz not in the val split"):
+        visualize["main"](["--model", str(model_dir), "--voc_root", str(voc), "--ids", "zzz"])
+
+
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/voc_sample is not here")
+def test_the_real_voc_sample_end_to_end(model_dir, tmp_path):
+    predict = runpy.run_path(str(ROOT / "recipes" / "predict.py"))
+    ids = (SAMPLE / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    result = eval_voc["main"](["--model", str(model_dir), "--voc_root", str(SAMPLE), "--cpu",
+                               "--num_workers", "0", "--output", str(tmp_path / "e.json")])
+    assert result["num_images"] == len(ids)
+    expected = reference(model_dir, SAMPLE, ids)
+    assert result["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
+    report = predict["main"](["--model", str(model_dir), "--images", str(SAMPLE / "JPEGImages"),
+                              "--out", str(tmp_path / "pred"), "--num_workers", "0", "--cpu"])
+    jpegs = sorted((SAMPLE / "JPEGImages").glob("*.jpg"))
+    assert report == {"written": len(jpegs), "failed": {}}
+    for jpg in jpegs:
+        mask = Image.open(tmp_path / "pred" / "masks" / f"{jpg.stem}.png")
+        assert mask.mode == "P" and mask.size == Image.open(jpg).size
+    visualize["main"](["--model", str(model_dir), "--voc_root", str(SAMPLE), "--out",
+                       str(tmp_path / "figs")])
+    assert (tmp_path / "figs" / "fig5_segmentation.png").is_file()

@@ -1,0 +1,51 @@
+import numpy as np
+import torch
+from PIL import Image
+
+from agen_hf import AgenConfig, AgenModel
+from agen_hf.data import voc_palette
+from agen_hf.visualization import (cam_figure, grid, heatmap, label_image, overlay,
+                                   segmentation_figure)
+
+
+def test_label_image_is_a_voc_palette_png_that_round_trips(tmp_path):
+    labels = np.array([[0, 1, 15], [20, 255, 3]], np.uint8)
+    label_image(labels).save(tmp_path / "m.png")
+    img = Image.open(tmp_path / "m.png")
+    assert img.mode == "P" and img.getpalette()[:63] == voc_palette()[:63]
+    assert np.array_equal(np.array(img), labels)
+    assert img.convert("RGB").getpixel((1, 0)) == (128, 0, 0)  # aeroplane
+    assert img.convert("RGB").getpixel((2, 0)) == (192, 128, 128)  # person
+
+
+def test_overlay_blends_foreground_only_and_heatmap_runs_blue_to_red():
+    rgb = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 1], [0, 0]])
+    out = overlay(rgb, labels, alpha=0.5)
+    assert (out[0, 0] == 100).all() and out[0, 1].tolist() == [114, 50, 50]  # (100+128)/2
+    assert heatmap(np.array([[0.0, 0.5, 1.0]]))[0].tolist() == [[0, 0, 128], [128, 255, 128],
+                                                                 [128, 0, 0]]
+
+
+def test_grid_layout():
+    pictures = [[np.zeros((5, 7, 3), np.uint8)] * 3] * 2
+    img = grid(pictures, ["a", "b", "c"], cell=(20, 30), gap=4)
+    assert img.size == (3 * 34 + 4, 16 + 2 * 24 + 4)
+
+
+def test_figures_have_one_column_per_head_and_one_row_per_image():
+    model = AgenModel(AgenConfig.tiny()).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(2)]
+    fig4 = cam_figure(model, images, labels=[[0], [3, 4]], cell=(32, 32))
+    # input, A, AGM-5/4/3 each before and after CoAM
+    assert fig4.size == (8 * 36 + 4, 16 + 2 * 36 + 4)
+    no_coam = AgenModel(AgenConfig.tiny(coam_stages=(4,))).eval()
+    assert cam_figure(no_coam, images[:1], cell=(32, 32)).size == (6 * 36 + 4, 16 + 36 + 4)
+    preds = {"AGEN": [np.zeros((40, 56), np.uint8)] * 2}
+    fig5 = segmentation_figure(images, preds, [np.ones((40, 56), np.uint8), None], cell=(32, 32))
+    assert fig5.size == (3 * 36 + 4, 16 + 2 * 36 + 4)
+    # the ground-truth cell of the first image is aeroplane red
+    assert fig5.getpixel((4 + 36 + 10, 16 + 4 + 10)) == (128, 0, 0)
+    with torch.no_grad():
+        assert segmentation_figure(images, preds, cell=(32, 32)).size[0] == 2 * 36 + 4
