@@ -30,7 +30,8 @@ from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
 from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
 from agen_hf.data import VocDataError, load_voc  # noqa: E402
 from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
-from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
+from agen_hf.engine import (cpus_per_process, evaluate_segmentation,  # noqa: E402
+                            make_accelerator, shard_loader)
 from agen_hf.metrics.report import iou_table  # noqa: E402
 
 logger = logging.getLogger("eval_voc")
@@ -48,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
     p.add_argument("--crf", action="store_true",
                    help="dense-CRF post-processing at full resolution (needs pydensecrf2)")
-    p.add_argument("--crf_processes", type=int, default=os.cpu_count() or 1,
-                   help="CRF worker processes per evaluation process (0: inline)")
+    p.add_argument("--crf_processes", type=int, default=None,
+                   help="CRF worker processes per evaluation process (0: inline; default: "
+                        "the cores of the machine shared among its processes)")
     for f in dataclasses.fields(CrfParams):
         p.add_argument(f"--crf_{f.name}", type=f.type if callable(f.type) else
                        type(f.default), default=f.default, help="see agen_hf.crf.CrfParams")
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
             return processor.predict_probabilities(model, pixel_values).clamp_min(1e-12).log()
 
     started = time.time()
-    crf = CrfPool(crf_params, args.crf_processes) if args.crf else None
+    crf = CrfPool(crf_params, cpus_per_process() if args.crf_processes is None
+                  else args.crf_processes) if args.crf else None
     try:
         metrics = evaluate_segmentation(accelerator, predict, loader, config.num_labels,
                                         config.ignore_index, crf=crf,

@@ -36,7 +36,7 @@ from accelerate.utils import gather_object  # noqa: E402
 
 from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
 from agen_hf.crf import CrfParams, CrfPool, present_classes  # noqa: E402
-from agen_hf.engine import make_accelerator  # noqa: E402
+from agen_hf.engine import cpus_per_process, make_accelerator  # noqa: E402
 from agen_hf.image_processing import rgb_array, upsample_argmax  # noqa: E402
 from agen_hf.visualization import label_image, overlay  # noqa: E402
 
@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_size", type=int, default=1024,
                    help="long side the network sees at most (0: no limit)")
     p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
-    p.add_argument("--crf_processes", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--crf_processes", type=int, default=None,
+                   help="CRF worker processes (0: inline; default: the cores of the machine "
+                        "shared among its processes)")
     for f in dataclasses.fields(CrfParams):
         p.add_argument(f"--crf_{f.name}", type=type(f.default), default=f.default,
                        help="see agen_hf.crf.CrfParams")
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
                           out / "overlays" / f"{path.stem}.jpg", quality=90)
         written += 1
 
-    crf = CrfPool(crf_params, args.crf_processes) if args.crf else None
+    crf = CrfPool(crf_params, cpus_per_process() if args.crf_processes is None
+                  else args.crf_processes) if args.crf else None
     try:
         for item in loader:
             path = item["path"]

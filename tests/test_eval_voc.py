@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from test_metrics import hub_mean_iou
 from voc_fixtures import make_voc
@@ -21,14 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "voc_sample"
 eval_voc = runpy.run_path(str(ROOT / "recipes" / "eval_voc.py"))
 visualize = runpy.run_path(str(ROOT / "recipes" / "visualize.py"))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("model")
-    AgenModel(AgenConfig.tiny()).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +113,17 @@ def test_visualize_writes_both_figures(model_dir, voc, tmp_path):
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/voc_sample is not here")
 def test_the_real_voc_sample_end_to_end(model_dir, tmp_path):
     predict = runpy.run_path(str(ROOT / "recipes" / "predict.py"))
-    ids = (SAMPLE / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
-    result = eval_voc["main"](["--model", str(model_dir), "--voc_root", str(SAMPLE), "--cpu",
-                               "--num_workers", "0", "--output", str(tmp_path / "e.json")])
-    assert result["num_images"] == len(ids)
-    expected = reference(model_dir, SAMPLE, ids)
-    assert result["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
+    scored = 0
+    for split in ("train", "val"):  # 4 + 7: all 11 real images
+        ids = (SAMPLE / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        result = eval_voc["main"](["--model", str(model_dir), "--voc_root", str(SAMPLE), "--cpu",
+                                   "--split", split, "--num_workers", "0", "--output",
+                                   str(tmp_path / f"{split}.json")])
+        assert result["num_images"] == len(ids)
+        expected = reference(model_dir, SAMPLE, ids)
+        assert result["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
+        scored += len(ids)
+    assert scored == 11
     report = predict["main"](["--model", str(model_dir), "--images", str(SAMPLE / "JPEGImages"),
                               "--out", str(tmp_path / "pred"), "--num_workers", "0", "--cpu"])
     jpegs = sorted((SAMPLE / "JPEGImages").glob("*.jpg"))

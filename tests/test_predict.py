@@ -10,22 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from agen_hf import AgenConfig, AgenImageProcessor, AgenModel
+from agen_hf import AgenImageProcessor, AgenModel
 from agen_hf.data import voc_palette
 
 ROOT = Path(__file__).resolve().parents[1]
 predict = runpy.run_path(str(ROOT / "recipes" / "predict.py"))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("model")
-    AgenModel(AgenConfig.tiny()).save_pretrained(path)
-    return path
 
 
 def write_images(folder: Path) -> dict[str, tuple[int, int]]:

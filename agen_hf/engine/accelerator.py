@@ -14,3 +14,9 @@ def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
     processes are CPU ones."""
     on_cpu = cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     return Accelerator(cpu=on_cpu, **kwargs)
+
+
+def cpus_per_process() -> int:
+    """This machine's CPU cores shared among the processes a launcher started on it (for
+    worker pools that should not oversubscribe the node)."""
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
