@@ -49,3 +49,14 @@ def pseudo_labels(class_maps: torch.Tensor, image_labels: torch.Tensor, size: tu
         seeds = above.to(torch.uint8).argmax(dim=1)
         seeds[above.sum(dim=1) != 1] = ignore_index
     return seeds
+
+
+def dense_pseudo_labels(class_maps: torch.Tensor, image_labels: torch.Tensor,
+                        size: tuple[int, int], alpha: float) -> torch.Tensor:
+    """Every pixel labelled: the argmax over the background map (eq. 4) and the CAMs (eq. 2-3)
+    of the image's classes. class_maps (B, C, h, w), image_labels (B, C) -> (B, *size) int64
+    with 0 background and c + 1 for class c. How good a head's maps are, seeds aside."""
+    with torch.no_grad():
+        fg = class_activation_maps(class_maps.detach().float(), size)
+        fg = fg * image_labels.to(fg.dtype)[:, :, None, None]
+        return torch.cat([background_map(fg, alpha), fg], dim=1).argmax(dim=1)

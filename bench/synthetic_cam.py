@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from agen_hf import AgenConfig, AgenModel
-from agen_hf.cam import background_map, class_activation_maps, pseudo_labels
+from agen_hf.cam import dense_pseudo_labels, pseudo_labels
 from agen_hf.data import make_synthetic
 from agen_hf.data.transforms import collate, eval_transform, train_transform, with_transforms
 from agen_hf.metrics import StreamingMeanIoU
@@ -80,8 +80,7 @@ def main() -> None:
             tp += (pred * labels).sum().item()
             fp += (pred * (1 - labels)).sum().item()
             fn += ((1 - pred) * labels).sum().item()
-            fg = class_activation_maps(maps, mask.shape[-2:]) * labels[:, :, None, None]
-            dense.update(torch.cat([background_map(fg, config.cam_alpha), fg], 1).argmax(1), mask)
+            dense.update(dense_pseudo_labels(maps, labels, mask.shape[-2:], config.cam_alpha), mask)
             seeds = pseudo_labels(maps, labels, mask.shape[-2:], config.cam_alpha,
                                   config.threshold_a)
             assigned = seeds != 255

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--learning_rate", type=float, default=1e-3, help="backbone learning rate")
     g.add_argument("--head_lr_multiplier", type=float, default=10.0,
                    help="AGMs and new heads train at this multiple of --learning_rate")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="sgd (the paper's, with --momentum) or adamw (for models trained from "
+                        "scratch, e.g. on the synthetic data)")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", type=float, default=5e-4)
     g.add_argument("--num_train_epochs", type=int, default=35)
@@ -240,10 +243,12 @@ def main(argv: list[str] | None = None) -> dict:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     groups = model.parameter_groups()
     base_lrs = [args.learning_rate, args.learning_rate * args.head_lr_multiplier]
-    optimizer = torch.optim.SGD(
-        [{"params": [q for q in groups["backbone"] if q.requires_grad], "lr": base_lrs[0]},
-         {"params": [q for q in groups["new"] if q.requires_grad], "lr": base_lrs[1]}],
-        momentum=args.momentum, weight_decay=args.weight_decay)
+    param_groups = [
+        {"params": [q for q in groups["backbone"] if q.requires_grad], "lr": base_lrs[0]},
+        {"params": [q for q in groups["new"] if q.requires_grad], "lr": base_lrs[1]}]
+    optimizer = torch.optim.SGD(param_groups, momentum=args.momentum,
+                                weight_decay=args.weight_decay) if args.optimizer == "sgd" \
+        else torch.optim.AdamW(param_groups, weight_decay=args.weight_decay)
     if args.compile:
         model = torch.compile(model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)

@@ -63,3 +63,16 @@ def test_image_without_foreground_is_all_background():
 def test_label_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="image_labels"):
         pseudo_labels(torch.randn(1, 3, 4, 4), torch.zeros(1, 20), (8, 8), 8, 0.3)
+
+
+def test_dense_pseudo_labels_by_hand():
+    from agen_hf.cam import dense_pseudo_labels
+
+    # 1 x 3 maps of two classes; class 1 is not in the image label and is zeroed
+    maps = torch.tensor([[[[4.0, 1.0, 0.0]], [[0.0, 0.0, 9.0]]]])
+    labels = torch.tensor([[1.0, 0.0]])
+    out = dense_pseudo_labels(maps, labels, (1, 3), alpha=1.0)
+    # class 0's CAM: [1, 0.25, 0] (divided by its max); background 1 - max: [0, 0.75, 1]
+    assert out.tolist() == [[[1, 0, 0]]]
+    out = dense_pseudo_labels(maps, torch.tensor([[1.0, 1.0]]), (1, 3), alpha=1.0)
+    assert out.tolist() == [[[1, 0, 2]]]

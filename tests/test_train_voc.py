@@ -202,12 +202,15 @@ def test_full_supervision_tracking_and_a_failed_push(tmp_path, env):
 
 def test_config_file_and_bad_flags(tmp_path, env):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("preset: sc\nlearning_rate: 0.002\n")
+    cfg.write_text("preset: sc\nlearning_rate: 0.002\noptimizer: adamw\n")
     out = tmp_path / "cfg"
-    run(base_args(out, steps=2) + ["--config", str(cfg), "--eval_every_epochs", "0"], env)
+    run(base_args(out, steps=2) + ["--config", str(cfg), "--eval_every_epochs", "0",
+                                   "--checkpointing_steps", "2"], env)
     saved = json.loads((out / "config.json").read_text())
     assert saved["agm_stages"] == [4] and saved["coam_stages"] == [4]
     assert log(out)[0]["lr"] == pytest.approx(0.002)
+    state = torch.load(next(out.glob("checkpoint-*")) / "optimizer.bin", weights_only=True)
+    assert "exp_avg_sq" in next(iter(state["state"].values()))  # AdamW's, not SGD's
     cfg.write_text("presett: sc\n")
     proc = run(base_args(out, steps=2) + ["--config", str(cfg)], env, check=False)
     assert proc.returncode == 2 and "unknown option(s) presett" in proc.stderr

@@ -1,0 +1,147 @@
+"""Weak-supervision quality on the embedded synthetic data: Table 1's rows (baseline, OA, SC,
+MA, AC) trained from image-level labels with several seeds, the ``--full_supervision`` upper
+bound, and how good each head's pseudo labels are against the exact masks.
+
+    python bench/quality.py [--rows baseline oa sc ma ac] [--seeds 0 1 2] [--jobs 2]
+        [--extra --optimizer adamw --learning_rate 0.001]  # flags passed to train_voc.py
+
+Every run is ``recipes/train_voc.py --config recipes/quickstart.yaml --preset ROW --seed S``
+(plus ``--extra``) in its own process; the seed also draws the synthetic data. Per run: val
+mIoU of branch B (eval_results.json), and on the same val images, per head (A, AGM-5/4/3):
+the mIoU of its dense pseudo labels (argmax of eq. 4's background and the CAMs of the image's
+classes) and of its seeds (eq. 2-4 with δ; unassigned pixels count as errors), plus the
+seeds' foreground coverage. Prints mean +- std per row and the weak/full ratio; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agen_hf import AgenModel  # noqa: E402
+from agen_hf.cam import dense_pseudo_labels, pseudo_labels  # noqa: E402
+from agen_hf.data import make_synthetic  # noqa: E402
+from agen_hf.data.transforms import collate, eval_transform, with_transforms  # noqa: E402
+from agen_hf.metrics import StreamingMeanIoU  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "train_voc.py"
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+VAL_SEED_OFFSET = 1_000_003  # train_voc.py's synthetic val split: seed + this
+
+
+def train(row: str, seed: int, out: Path, extra: list[str], threads: int) -> dict:
+    args = [sys.executable, str(RECIPE), "--config", str(QUICKSTART), "--seed", str(seed),
+            "--output_dir", str(out), "--num_workers", "0", *extra]
+    args += ["--full_supervision", "--preset", "ac"] if row == "full" else ["--preset", row]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    started = time.time()
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{row} seed {seed} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads((out / "eval_results.json").read_text())
+    result["wall_s"] = time.time() - started
+    return result
+
+
+@torch.no_grad()
+def pseudo_label_quality(model_dir: Path, seed: int, size: int, count: int) -> dict:
+    """Per head: dense pseudo-label mIoU, seed mIoU (unassigned = wrong), seed coverage."""
+    model = AgenModel.from_pretrained(model_dir).eval()
+    cfg = model.config
+    val = with_transforms(make_synthetic(count, seed=seed + VAL_SEED_OFFSET, image_size=size),
+                          eval_transform())
+    dense = {h: StreamingMeanIoU(cfg.num_labels) for h in model.heads}
+    seeds = {h: StreamingMeanIoU(cfg.num_labels) for h in model.heads}
+    covered = {h: 0 for h in model.heads}
+    foreground = 0
+    for i in range(len(val)):
+        s = collate([val[i]])
+        out = model(s["pixel_values"])
+        mask, labels = s["mask"], s["labels"]
+        fg = (mask > 0) & (mask != cfg.ignore_index)
+        foreground += fg.sum().item()
+        for head in model.heads:
+            maps = out.class_maps[head]
+            dense[head].update(dense_pseudo_labels(maps, labels, mask.shape[-2:],
+                                                   cfg.cam_alpha), mask)
+            h_seeds = pseudo_labels(maps, labels, mask.shape[-2:], cfg.cam_alpha,
+                                    cfg.threshold(head), cfg.ignore_index)
+            seeds[head].update(h_seeds, mask)
+            covered[head] += (fg & (h_seeds == mask)).sum().item()
+    return {head: {"dense_miou": float(dense[head].compute()["mean_iou"]),
+                   "seed_miou": float(seeds[head].compute()["mean_iou"]),
+                   "seed_foreground_coverage": covered[head] / max(foreground, 1)}
+            for head in model.heads}
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", nargs="+", default=["baseline", "oa", "sc", "ma", "ac"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--no_full", action="store_true", help="skip the full-supervision runs")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--work_dir", default="runs/bench_quality")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="flags passed on to train_voc.py (must come last)")
+    p.add_argument("--out", default="bench_quality.json")
+    args = p.parse_args()
+    rows = args.rows + ([] if args.no_full else ["full"])
+    jobs = [(row, seed) for row in rows for seed in args.seeds]
+    work = Path(args.work_dir)
+    started = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:  # each job is its own process
+        futures = {job: pool.submit(train, *job, work / f"{job[0]}-seed{job[1]}", args.extra,
+                                    args.threads) for job in jobs}
+        runs = {job: f.result() for job, f in futures.items()}
+    quick = {}
+    for line in QUICKSTART.read_text().splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, value = line.split(":", 1)
+            quick[key.strip()] = value.strip()
+    size, count = int(quick["synthetic_image_size"]), int(quick["synthetic_val_size"])
+    result = {"rows": {}, "extra_flags": args.extra, "seeds": args.seeds,
+              "date": time.strftime("%Y-%m-%d"), "total_wall_s": None}
+    for row in rows:
+        entry = {"val_miou": mean_std([runs[(row, s)]["val_mean_iou"] for s in args.seeds]),
+                 "train_s": mean_std([runs[(row, s)]["train_seconds"] for s in args.seeds])}
+        if row != "full":
+            per_seed = [pseudo_label_quality(work / f"{row}-seed{s}", s, size, count)
+                        for s in args.seeds]
+            entry["pseudo_labels"] = {
+                head: {k: mean_std([q[head][k] for q in per_seed]) for k in per_seed[0][head]}
+                for head in per_seed[0]}
+        result["rows"][row] = entry
+        print(f"{row:9s} val mIoU {100 * entry['val_miou']['mean']:5.2f} "
+              f"+- {100 * entry['val_miou']['std']:4.2f} %", flush=True)
+    if "full" in result["rows"]:
+        full = result["rows"]["full"]["val_miou"]["mean"]
+        result["weak_over_full"] = {row: result["rows"][row]["val_miou"]["mean"] / full
+                                    for row in args.rows}
+    means = {row: result["rows"][row]["val_miou"]["mean"] for row in args.rows}
+    if {"baseline", "ma", "ac"} <= set(means):
+        result["paper_order_baseline_lt_ma_lt_ac"] = means["baseline"] < means["ma"] < means["ac"]
+    result["total_wall_s"] = time.time() - started
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
