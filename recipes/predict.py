@@ -25,9 +25,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
@@ -35,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from accelerate.utils import gather_object  # noqa: E402
 
 from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
-from agen_hf.crf import CrfParams, CrfPool, present_classes  # noqa: E402
+from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
 from agen_hf.engine import cpus_per_process, make_accelerator  # noqa: E402
-from agen_hf.image_processing import rgb_array, upsample_argmax  # noqa: E402
+from agen_hf.image_processing import rgb_array  # noqa: E402
+from agen_hf.inference import SegmentationStream  # noqa: E402
 from agen_hf.visualization import label_image, overlay  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
@@ -166,31 +165,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     crf = CrfPool(crf_params, cpus_per_process() if args.crf_processes is None
                   else args.crf_processes) if args.crf else None
+    stream = SegmentationStream(model, processor, crf, accelerator.autocast)
     try:
         for item in loader:
-            path = item["path"]
             if "error" in item:
-                failures[str(path)] = item["error"]
-                print(f"FAILED {path}: {item['error']}", file=sys.stderr)
+                failures[str(item["path"])] = item["error"]
+                print(f"FAILED {item['path']}: {item['error']}", file=sys.stderr)
                 continue
-            rgb = item["rgb"]
-            size = rgb.shape[:2]
-            pixel_values = processor.pad(processor.normalize(rgb)).to(accelerator.device)
-            h, w = processor.resized_size(*size)
-            with accelerator.autocast():
-                probs = processor.predict_probabilities(model, pixel_values)[0, :, :h, :w]
-            probs = probs.float().cpu()
-            labels = upsample_argmax(probs, size)
-            if crf is None:
-                write(path, rgb, labels.to(torch.uint8).numpy())
-                continue
-            classes = present_classes(labels)
-            full = F.interpolate(probs[None, torch.as_tensor(classes)], size=size,
-                                 mode="bilinear", align_corners=False)[0]
-            for (p, image), refined in crf.submit(rgb, full, classes, tag=(path, rgb)):
-                write(p, image, refined)
-        for (p, image), refined in crf.finish() if crf is not None else []:
-            write(p, image, refined)
+            for path, rgb, labels in stream.submit(item["rgb"], tag=item["path"]):
+                write(path, rgb, labels)
+        for path, rgb, labels in stream.finish():
+            write(path, rgb, labels)
     finally:
         if crf is not None:
             crf.close()

@@ -78,7 +78,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, env):
     args = lambda out: base_args(out, steps=8, extra=["--checkpointing_steps", "3"])
     run(args(straight), env)
     kill_after_first_checkpoint = """
-        import os, signal, agen_hf.engine as engine
+        import os, signal, agen_hf.engine.loop as engine
         _save = engine.save_checkpoint
         def save_then_die(accelerator, output_dir, step, state, keep_last=None):
             path = _save(accelerator, output_dir, step, state, keep_last)

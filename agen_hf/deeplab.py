@@ -1,0 +1,179 @@
+"""DeepLab networks for step two of two-step AGEN (paper Table 5: AGEN-VGG, AGEN-ResNet):
+fully supervised segmentation trained on AGEN's pseudo labels.
+
+* ``backbone="resnet101"``: torchvision's ``deeplabv3_resnet101`` (DeepLab-v3 ASPP head on a
+  dilated ResNet-101, output stride 8); other ``resnet_layers`` build the same network at
+  another depth (tests use (1, 1, 1, 1)).
+* ``backbone="vgg16"``: DeepLab-v1/v2 on VGG16 (pool4/pool5 stride 1, conv5 dilated 2, output
+  stride 8) with ``head="largefov"`` (fc6 3x3 dilation 12 -> fc7 1x1 -> fc8) or
+  ``head="aspp"`` (DeepLab-v2 ASPP-L: four such branches at dilations 6, 12, 18, 24, summed).
+
+Both have the :class:`agen_hf.AgenModel` inference interface (``model(pixel_values).logits``),
+so the image processor, ``eval_voc.py`` and ``predict.py`` take them as they are.
+"""
+
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation import deeplabv3_resnet101
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+
+from .backbones import VggBlock, _pool
+from .configuration_agen import VOC_CLASSES
+from .modeling_agen import AgenOutput
+
+BACKBONES = ("resnet101", "vgg16")
+VGG_HEADS = ("largefov", "aspp")
+
+
+@dataclass
+class DeepLabConfig:
+    """Configuration of :class:`DeepLabModel`.
+
+    backbone: ``"resnet101"`` or ``"vgg16"``.
+    head: for VGG16, ``"largefov"`` (DeepLab-LargeFOV) or ``"aspp"`` (DeepLab-v2 ASPP-L).
+    num_labels: classes with background (21); ignore_index: 255.
+    resnet_layers: bottleneck units per ResNet stage ((3, 4, 23, 3): ResNet-101).
+    vgg_channels / vgg_depths: VGG16's (64, 128, 256, 512, 512) / (2, 2, 3, 3, 3).
+    fc_channels: width of fc6/fc7 (1024); aspp_dilations: (6, 12, 18, 24).
+    image_mean / image_std: ImageNet statistics (the backbones' weights expect them).
+    """
+
+    backbone: str = "resnet101"
+    head: str = "largefov"
+    num_labels: int = 21
+    ignore_index: int = 255
+    resnet_layers: tuple[int, ...] = (3, 4, 23, 3)
+    vgg_channels: tuple[int, ...] = (64, 128, 256, 512, 512)
+    vgg_depths: tuple[int, ...] = (2, 2, 3, 3, 3)
+    fc_channels: int = 1024
+    aspp_dilations: tuple[int, ...] = (6, 12, 18, 24)
+    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        for name in ("resnet_layers", "vgg_channels", "vgg_depths", "aspp_dilations",
+                     "image_mean", "image_std"):
+            setattr(self, name, tuple(getattr(self, name)))
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone: must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.head not in VGG_HEADS:
+            raise ValueError(f"head: must be one of {VGG_HEADS}, got {self.head!r}")
+        if len(self.resnet_layers) != 4 or len(self.vgg_channels) != 5 or \
+                len(self.vgg_depths) != 5:
+            raise ValueError("resnet_layers needs 4 values, vgg_channels and vgg_depths 5")
+        if self.num_labels < 2 or self.ignore_index < self.num_labels:
+            raise ValueError(f"num_labels: must be >= 2 and below ignore_index, got "
+                             f"{self.num_labels} / {self.ignore_index}")
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        names = VOC_CLASSES if self.num_labels == len(VOC_CLASSES) else [
+            f"LABEL_{i}" for i in range(self.num_labels)]
+        return dict(enumerate(names))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class LargeFovHead(nn.Sequential):
+    """fc6 (3x3, dilated), ReLU, dropout, fc7 (1x1), ReLU, dropout, fc8 (1x1) to the classes."""
+
+    def __init__(self, in_channels: int, channels: int, dilation: int, num_labels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation),
+            nn.ReLU(inplace=True), nn.Dropout2d(0.5),
+            nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
+            nn.Conv2d(channels, num_labels, 1),
+        )
+
+
+class DeepLabVGG(nn.Module):
+    """VGG16 conv1-conv5 (DeepLab's pooling: stride 8) and a LargeFOV or ASPP-L head."""
+
+    def __init__(self, config: DeepLabConfig) -> None:
+        super().__init__()
+        ch, depth = config.vgg_channels, config.vgg_depths
+        strides = (2, 2, 2, 1, 1)
+        layers, in_ch = [], 3
+        for block in range(1, 6):
+            layers.append(VggBlock(block, in_ch, ch[block - 1], depth[block - 1],
+                                   dilation=2 if block == 5 else 1))
+            layers.append(_pool(strides[block - 1]))
+            in_ch = ch[block - 1]
+        self.features = nn.Sequential(*layers)
+        rates = (12,) if config.head == "largefov" else config.aspp_dilations
+        self.heads = nn.ModuleList(LargeFovHead(in_ch, config.fc_channels, r, config.num_labels)
+                                   for r in rates)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return torch.stack([head(x) for head in self.heads]).sum(dim=0)
+
+
+def _deeplabv3(config: DeepLabConfig) -> DeepLabV3:
+    if config.resnet_layers == (3, 4, 23, 3):
+        return deeplabv3_resnet101(weights=None, weights_backbone=None,
+                                   num_classes=config.num_labels, aux_loss=False)
+    backbone = resnet.ResNet(resnet.Bottleneck, list(config.resnet_layers),
+                             replace_stride_with_dilation=[False, True, True])
+    return DeepLabV3(IntermediateLayerGetter(backbone, {"layer4": "out"}),
+                     DeepLabHead(2048, config.num_labels), None)
+
+
+class DeepLabModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="agen_hf",
+    tags=["image-segmentation", "weakly-supervised-segmentation", "deeplab", "pascal-voc"],
+    pipeline_tag="image-segmentation",
+    license="mit",
+):
+    """A DeepLab network with the Hugging Face save/load/push of :class:`agen_hf.AgenModel`."""
+
+    def __init__(self, config: DeepLabConfig) -> None:
+        super().__init__()
+        if not isinstance(config, DeepLabConfig):
+            raise TypeError(f"config: expected a DeepLabConfig, got {type(config).__name__}")
+        self.config = config
+        self.net = _deeplabv3(config) if config.backbone == "resnet101" else DeepLabVGG(config)
+        for m in self.net.modules():
+            if isinstance(m, nn.Conv2d) and m.out_channels == config.num_labels:
+                nn.init.normal_(m.weight, std=0.01)  # class scores start near 0
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, pixel_values: torch.Tensor, segmentation_only: bool = True) -> AgenOutput:
+        """Logits (B, num_labels, h, w): stride 8 for VGG16, input size for ResNet-101 (as
+        torchvision returns them)."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        if self.config.backbone == "resnet101":
+            return AgenOutput(logits=self.net(pixel_values)["out"])
+        return AgenOutput(logits=self.net(pixel_values))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"backbone"``: what ImageNet weights initialise; ``"new"``: the head (10x lr)."""
+        backbone = self.net.backbone if self.config.backbone == "resnet101" else self.net.features
+        ids = {id(p) for p in backbone.parameters()}
+        params = list(self.parameters())
+        return {"backbone": [p for p in params if id(p) in ids],
+                "new": [p for p in params if id(p) not in ids]}
+
+    def _save_pretrained(self, save_directory) -> None:
+        from .image_processing import AgenImageProcessor
+
+        super()._save_pretrained(save_directory)
+        AgenImageProcessor(image_mean=self.config.image_mean,
+                           image_std=self.config.image_std).save_pretrained(save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
+        return super()._from_pretrained(strict=strict, **kwargs)
+

@@ -1,0 +1,167 @@
+"""ImageNet backbone weights from files the ecosystem already has, never downloaded.
+
+| file | into |
+| --- | --- |
+| torchvision VGG16 (``vgg16-397923af.pth``) or VGG16-BN (``vgg16_bn-6c64b313.pth``) | AGEN's shared stem (conv1-conv2) + branch A (conv3-conv5); DeepLab-VGG16's conv1-conv5 |
+| ResNet-38 of PSA/SEAM/RRM (``ilsvrc-cls_rna-a1_cls1000_ep-0001.params`` converted to ``.pth``) | AGEN's branch B (b3 ... b7, bn7) |
+| torchvision ResNet-101 (``resnet101-63fe2227.pth``) | DeepLab-ResNet-101's backbone |
+
+Each loader copies tensors by an explicit name mapping and returns a :class:`LoadReport`
+(loaded, missing, unexpected keys); a shape mismatch is a ``ValueError`` naming both keys and
+shapes. AGEN's branch B replaces ResNet-38's ``conv1a`` and ``b2`` blocks by the shared VGG stem
+(section III.1), so those keys are reported unexpected, as are the ImageNet classifiers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_VGG_DEPTHS = (2, 2, 3, 3, 3)
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f" ... (+{len(keys) - 6})" if len(keys) > 6 else "")
+
+        return (f"{self.source}: {len(self.loaded)} tensors loaded; missing "
+                f"{len(self.missing)} [{few(self.missing)}]; unexpected {len(self.unexpected)} "
+                f"[{few(self.unexpected)}]")
+
+
+def read_state_dict(source: str | os.PathLike | dict) -> tuple[dict[str, torch.Tensor], str]:
+    """A state dict from ``.safetensors`` or a torch file (``weights_only``; nested under
+    ``state_dict``/``model`` and ``module.`` prefixes unwrapped), or a dict as it is."""
+    if isinstance(source, dict):
+        state, name = source, "the given state dict"
+    else:
+        path, name = Path(source), str(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weight file not found")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(path)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt, pickled code, wrong format: one message
+            raise ValueError(f"{name}: cannot read it as a state dict ({e})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{name}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}, name
+
+
+def load_mapped(module: nn.Module, state: dict[str, torch.Tensor], mapping: dict[str, str],
+                scope: list[str], name: str) -> LoadReport:
+    """Copy ``state[src]`` into ``module``'s ``dst`` for each ``dst: src`` of ``mapping``.
+    ``scope``: the target keys the file is meant to fill (the rest of them are "missing")."""
+    target = module.state_dict()
+    report = LoadReport(name)
+    for dst, src in mapping.items():
+        if src not in state:
+            continue
+        if tuple(state[src].shape) != tuple(target[dst].shape):
+            raise ValueError(f"{name}: {src} has shape {tuple(state[src].shape)} but {dst} "
+                             f"needs {tuple(target[dst].shape)}; the file does not fit this "
+                             "configuration")
+    with torch.no_grad():
+        for dst, src in mapping.items():
+            if src in state:
+                target[dst].copy_(state[src].to(target[dst].dtype))
+                report.loaded.append(dst)
+    used = {mapping[d] for d in report.loaded}
+    # a batch-norm step counter is bookkeeping, not a weight: never reported missing
+    report.missing = [k for k in scope if k not in report.loaded
+                      and not k.endswith("num_batches_tracked")]
+    report.unexpected = [k for k in state if k not in used]
+    return report
+
+
+def _vgg_mapping(module: nn.Module, prefixes: dict[int, str], depths, batch_norm: bool
+                 ) -> tuple[dict[str, str], list[str]]:
+    """torchvision ``features.<i>`` -> our ``<prefix>conv{b}_{j}`` / ``bn{b}_{j}``."""
+    if tuple(depths) != _VGG_DEPTHS:
+        raise ValueError(f"vgg_depths {tuple(depths)}: VGG16 weights need {_VGG_DEPTHS}")
+    mapping, index = {}, 0
+    for block, depth in enumerate(depths, start=1):
+        for j in range(1, depth + 1):
+            conv = f"{prefixes[block]}conv{block}_{j}"
+            for p in ("weight", "bias"):
+                mapping[f"{conv}.{p}"] = f"features.{index}.{p}"
+            if batch_norm:
+                bn = f"{prefixes[block]}bn{block}_{j}"
+                for p in ("weight", "bias", "running_mean", "running_var",
+                          "num_batches_tracked"):
+                    mapping[f"{bn}.{p}"] = f"features.{index + 1}.{p}"
+            index += 3 if batch_norm else 2
+        index += 1  # the pooling layer
+    target = module.state_dict()
+    mapping = {d: s for d, s in mapping.items() if d in target}
+    return mapping, list(mapping)
+
+
+def load_vgg16(model: nn.Module, source) -> LoadReport:
+    """torchvision VGG16 (or VGG16-BN, matching ``vgg_batch_norm``) ImageNet weights into
+    AGEN's stem + branch A, or into a VGG16 :class:`~agen_hf.deeplab.DeepLabModel`."""
+    from .deeplab import DeepLabModel
+    from .modeling_agen import AgenModel
+
+    state, name = read_state_dict(source)
+    if isinstance(model, AgenModel):
+        cfg = model.config
+        prefixes = {1: "stem.conv1.", 2: "stem.conv2.", 3: "branch_a.conv3.",
+                    4: "branch_a.conv4.", 5: "branch_a.conv5."}
+        mapping, scope = _vgg_mapping(model, prefixes, cfg.vgg_depths, cfg.vgg_batch_norm)
+    elif isinstance(model, DeepLabModel) and model.config.backbone == "vgg16":
+        prefixes = {b: f"net.features.{2 * (b - 1)}." for b in range(1, 6)}
+        mapping, scope = _vgg_mapping(model, prefixes, model.config.vgg_depths, False)
+    else:
+        raise TypeError(f"load_vgg16: expected an AgenModel or a VGG16 DeepLabModel, got "
+                        f"{type(model).__name__}")
+    bn_in_file = any(k.endswith("running_mean") for k in state)
+    bn_in_model = any(k.endswith("running_mean") for k in mapping)
+    if bn_in_file != bn_in_model:
+        raise ValueError(f"{name}: a VGG16{'-BN' if bn_in_file else ''} file for a VGG16"
+                         f"{'-BN' if bn_in_model else ''} model; set vgg_batch_norm to match")
+    return load_mapped(model, state, mapping, scope, name)
+
+
+def load_resnet38(model: nn.Module, source) -> LoadReport:
+    """The ImageNet ResNet-38 of PSA/SEAM/RRM into AGEN's branch B (same unit names)."""
+    from .modeling_agen import AgenModel
+
+    if not isinstance(model, AgenModel):
+        raise TypeError(f"load_resnet38: expected an AgenModel, got {type(model).__name__}")
+    state, name = read_state_dict(source)
+    scope = [k for k in model.state_dict() if k.startswith("branch_b.")
+             and not k.startswith("branch_b.head.")]
+    mapping = {k: k.removeprefix("branch_b.") for k in scope}
+    return load_mapped(model, state, mapping, scope, name)
+
+
+def load_resnet101(model: nn.Module, source) -> LoadReport:
+    """torchvision ResNet-101 ImageNet weights into a ResNet-101 DeepLabModel's backbone."""
+    from .deeplab import DeepLabModel
+
+    if not (isinstance(model, DeepLabModel) and model.config.backbone == "resnet101"):
+        raise TypeError(f"load_resnet101: expected a ResNet-101 DeepLabModel, got "
+                        f"{type(model).__name__}")
+    state, name = read_state_dict(source)
+    scope = [k for k in model.state_dict() if k.startswith("net.backbone.")]
+    mapping = {k: k.removeprefix("net.backbone.") for k in scope}
+    return load_mapped(model, state, mapping, scope, name)

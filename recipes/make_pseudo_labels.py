@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Step one of two-step AGEN (paper Table 5): AGEN's segmentation of the training images as
+pseudo ground truth for a fully supervised network (recipes/train_deeplab.py).
+
+    accelerate launch recipes/make_pseudo_labels.py --model runs/agen \
+        --voc_root /data/VOCdevkit/VOC2012 --scales 0.5 1 1.5 2 --flip --crf --out pseudo
+
+Writes a VOC root that ``load_voc`` and ``train_deeplab.py --pseudo_root`` read:
+``OUT/SegmentationClassAug/<id>.png`` (palette PNGs), ``OUT/ImageSets/Segmentation/<split>.txt``
+and ``OUT/JPEGImages`` (a link to the source images); ``--format datasets`` also writes
+``OUT/pseudo_labels.arrow``, the same rows as a ``datasets`` table (``Dataset.from_file``).
+Predictions are restricted to background + each image's image-level classes (known for
+training images; ``--no_label_restriction`` turns that off). Where ground-truth masks exist,
+the pseudo labels' mIoU against them is printed and written to ``OUT/pseudo_labels_report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
+from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
+from agen_hf.data import FEATURES, VocDataError, load_voc  # noqa: E402
+from agen_hf.data.samples import decode_sample  # noqa: E402
+from agen_hf.data.voc import cached_arrow  # noqa: E402
+from agen_hf.engine import cpus_per_process, make_accelerator  # noqa: E402
+from agen_hf.inference import SegmentationStream  # noqa: E402
+from agen_hf.metrics import StreamingMeanIoU  # noqa: E402
+from agen_hf.metrics.report import iou_table  # noqa: E402
+from agen_hf.visualization import label_image  # noqa: E402
+
+MASK_DIR = "SegmentationClassAug"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a trained AGEN folder or Hub model id")
+    p.add_argument("--voc_root", required=True, help="local VOCdevkit/VOC2012")
+    p.add_argument("--split", default="train_aug")
+    p.add_argument("--labels_file", help="JSON id -> classes, for ids without a mask")
+    p.add_argument("--out", required=True, help="the pseudo-label VOC root to write")
+    p.add_argument("--format", choices=["voc", "datasets"], default="voc",
+                   help="datasets: also write OUT/pseudo_labels.arrow")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    p.add_argument("--flip", action="store_true")
+    p.add_argument("--no_label_restriction", action="store_true",
+                   help="let the prediction use classes outside the image-level labels")
+    p.add_argument("--crf", action="store_true")
+    p.add_argument("--crf_processes", type=int, default=None,
+                   help="CRF worker processes (default: the cores per process)")
+    for f in dataclasses.fields(CrfParams):
+        p.add_argument(f"--crf_{f.name}", type=type(f.default), default=f.default,
+                       help="see agen_hf.crf.CrfParams")
+    p.add_argument("--skip_bad_samples", action="store_true")
+    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--cpu", action="store_true")
+    return p
+
+
+class TrainingImages(Dataset):
+    """Decoded RGB, image-level classes and ground truth (when there is a mask) per id."""
+
+    def __init__(self, rows: datasets.Dataset) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        image, mask = decode_sample(row["image"], row["mask"])
+        classes = np.flatnonzero(np.asarray(row["labels"])) + 1
+        return {"id": row["id"], "rgb": np.array(image.convert("RGB")), "classes": classes,
+                "mask": mask}
+
+
+def _as_is(item: dict) -> dict:
+    return item
+
+
+def write_png(labels: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    label_image(labels).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    out = Path(args.out)
+    try:
+        with accelerator.main_process_first():
+            rows = load_voc(args.voc_root, args.split, labels_file=args.labels_file,
+                            skip_bad_samples=args.skip_bad_samples)
+    except VocDataError as e:
+        raise SystemExit(str(e)) from None
+    rows = rows.cast_column("image", datasets.Image(decode=False)).cast_column(
+        "mask", datasets.Image(decode=False))
+    source_images = Path(rows[0]["image"]["path"]).parent if len(rows) else None
+    model = AgenModel.from_pretrained(args.model).to(accelerator.device).eval()
+    processor = AgenImageProcessor.from_pretrained(args.model, scales=args.scales,
+                                                   flip=args.flip)
+    crf = CrfPool(CrfParams(*(getattr(args, f"crf_{f.name}") for f in
+                              dataclasses.fields(CrfParams))),
+                  cpus_per_process() if args.crf_processes is None else args.crf_processes) \
+        if args.crf else None
+    (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
+    mine = rows.select(range(accelerator.process_index, len(rows), accelerator.num_processes))
+    loader = DataLoader(TrainingImages(mine), batch_size=None, collate_fn=_as_is,
+                        num_workers=args.num_workers)
+    metric = StreamingMeanIoU(model.config.num_labels, model.config.ignore_index)
+    stream = SegmentationStream(model, processor, crf, accelerator.autocast)
+    scored = torch.zeros(1, dtype=torch.int64)
+
+    def done(results) -> None:
+        for (sample_id, mask), _, labels in results:
+            write_png(labels, out / MASK_DIR / f"{sample_id}.png")
+            if mask is not None:
+                metric.update(labels, mask)
+                scored[0] += 1
+
+    try:
+        for item in loader:
+            allowed = None if args.no_label_restriction else item["classes"]
+            done(stream.submit(item["rgb"], (item["id"], item["mask"]), allowed))
+        done(stream.finish())
+    finally:
+        if crf is not None:
+            crf.close()
+    metric.confusion = accelerator.reduce(metric.confusion.to(accelerator.device), "sum").cpu()
+    scored = int(accelerator.reduce(scored.to(accelerator.device), "sum").item())
+    accelerator.wait_for_everyone()  # every process has written its PNGs
+    report = {"model": args.model, "split": args.split, "images": len(rows),
+              "scales": args.scales, "flip": args.flip, "crf": args.crf,
+              "label_restriction": not args.no_label_restriction,
+              "scored_against_ground_truth": scored}
+    if accelerator.is_main_process:
+        lists = out / "ImageSets" / "Segmentation"
+        lists.mkdir(parents=True, exist_ok=True)
+        (lists / f"{args.split}.txt").write_text("\n".join(rows["id"]) + "\n")
+        link = out / "JPEGImages"
+        if source_images is not None and not link.exists():
+            link.symlink_to(source_images.resolve(), target_is_directory=True)
+        if scored:
+            m = metric.compute()
+            names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            report["mean_iou"] = float(m["mean_iou"])
+            report["per_category_iou"] = {n: float(v) for n, v in
+                                          zip(names, m["per_category_iou"])}
+            print(f"pseudo labels vs ground truth ({scored} images):\n")
+            print(iou_table(m["per_category_iou"], m["mean_iou"], names, "pseudo"))
+        if args.format == "datasets":
+            table = {"id": rows["id"], "labels": rows["labels"],
+                     "image": [{"path": str(link / f"{i}.jpg"), "bytes": None}
+                               for i in rows["id"]],
+                     "mask": [{"path": str(out / MASK_DIR / f"{i}.png"), "bytes": None}
+                              for i in rows["id"]]}
+            target = out / "pseudo_labels.arrow"
+            target.unlink(missing_ok=True)
+            cached_arrow(out, "pseudo_labels",
+                         lambda: datasets.Dataset.from_dict(table, features=FEATURES))
+            report["arrow"] = str(target)
+        (out / "pseudo_labels_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
