@@ -17,7 +17,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models._utils import IntermediateLayerGetter
@@ -26,6 +25,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
 from .backbones import VggBlock, _pool
 from .configuration_agen import VOC_CLASSES
+from .hub import SegmentationHubMixin, split_parameters
 from .modeling_agen import AgenOutput
 
 BACKBONES = ("resnet101", "vgg16")
@@ -127,13 +127,40 @@ def _deeplabv3(config: DeepLabConfig) -> DeepLabV3:
                      DeepLabHead(2048, config.num_labels), None)
 
 
+MODEL_CARD = """
+---
+{{ card_data }}
+---
+
+# Two-step AGEN: DeepLab trained on AGEN's pseudo labels
+
+A fully supervised DeepLab trained on the segmentation of an AGEN model (Zhang et al.,
+*Attention Guided Enhancement Network for Weakly Supervised Semantic Segmentation*, Chinese
+Journal of Electronics 2023, Table 5), packaged with agen_hf. Image-level labels only.
+
+```python
+from agen_hf.deeplab import DeepLabModel
+model = DeepLabModel.from_pretrained("REPO_ID")
+```
+
+## Evaluation
+
+{{ metrics | default("No evaluation results recorded yet.", true) }}
+
+## Training
+
+{{ training | default("[More Information Needed]", true) }}
+"""
+
+
 class DeepLabModel(
     nn.Module,
-    PyTorchModelHubMixin,
+    SegmentationHubMixin,
     library_name="agen_hf",
     tags=["image-segmentation", "weakly-supervised-segmentation", "deeplab", "pascal-voc"],
     pipeline_tag="image-segmentation",
     license="mit",
+    model_card_template=MODEL_CARD,
 ):
     """A DeepLab network with the Hugging Face save/load/push of :class:`agen_hf.AgenModel`."""
 
@@ -161,19 +188,4 @@ class DeepLabModel(
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``"backbone"``: what ImageNet weights initialise; ``"new"``: the head (10x lr)."""
         backbone = self.net.backbone if self.config.backbone == "resnet101" else self.net.features
-        ids = {id(p) for p in backbone.parameters()}
-        params = list(self.parameters())
-        return {"backbone": [p for p in params if id(p) in ids],
-                "new": [p for p in params if id(p) not in ids]}
-
-    def _save_pretrained(self, save_directory) -> None:
-        from .image_processing import AgenImageProcessor
-
-        super()._save_pretrained(save_directory)
-        AgenImageProcessor(image_mean=self.config.image_mean,
-                           image_std=self.config.image_std).save_pretrained(save_directory)
-
-    @classmethod
-    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
-        return super()._from_pretrained(strict=strict, **kwargs)
-
+        return split_parameters(self, [backbone])

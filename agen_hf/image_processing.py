@@ -175,6 +175,12 @@ class AgenImageProcessor:
         std = torch.tensor(self.image_std).view(3, 1, 1)
         return (x - mean) / std
 
+    def unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, H, W) -> RGB in 0..255 (float), the inverse of :meth:`normalize`."""
+        mean = torch.tensor(self.image_mean, device=pixel_values.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=pixel_values.device).view(1, 3, 1, 1)
+        return (pixel_values * std + mean) * 255.0
+
     def pad(self, pixel_values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """Stack (3, h, w) images, zero-padded (the mean colour) bottom/right to the largest
         size rounded up to ``size_divisor``."""

@@ -4,7 +4,6 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.nn import functional as F
 
@@ -12,7 +11,7 @@ from .backbones import DeepLabVGG16, ResNet38, SharedStem
 from .cam import pseudo_labels
 from .configuration_agen import AgenConfig
 from .crf import CrfParams
-from .image_processing import AgenImageProcessor
+from .hub import SegmentationHubMixin, split_parameters
 from .losses import DataParallel, balanced_seeding_loss, boundary_loss, multilabel_loss
 from .modules import AttentionGuidedModule, ContextAttention
 
@@ -91,7 +90,7 @@ class AgenOutput:
 
 class AgenModel(
     nn.Module,
-    PyTorchModelHubMixin,
+    SegmentationHubMixin,
     library_name="agen_hf",
     tags=["image-segmentation", "weakly-supervised-segmentation", "agen", "pascal-voc"],
     pipeline_tag="image-segmentation",
@@ -227,21 +226,5 @@ class AgenModel(
         """``"backbone"``: layers initialised from ImageNet (VGG16 conv1-conv5, ResNet-38);
         ``"new"``: everything else (fc6/fc7, classifiers, heads, AGMs, CoAMs), which the paper
         trains with a 10x learning rate."""
-        pretrained = [self.stem, *self.branch_a.pretrained_modules(),
-                      *self.branch_b.pretrained_modules()]
-        ids = {id(p) for m in pretrained for p in m.parameters()}
-        params = list(self.parameters())
-        return {"backbone": [p for p in params if id(p) in ids],
-                "new": [p for p in params if id(p) not in ids]}
-
-    def _save_pretrained(self, save_directory) -> None:
-        # the processor's preprocessor_config.json travels with the weights, to the Hub too
-        super()._save_pretrained(save_directory)
-        AgenImageProcessor(image_mean=self.config.image_mean,
-                           image_std=self.config.image_std).save_pretrained(save_directory)
-
-    @classmethod
-    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
-        # The mixin loads non-strictly by default; a checkpoint that misses or adds weights is
-        # an error here unless the caller passes strict=False.
-        return super()._from_pretrained(strict=strict, **kwargs)
+        return split_parameters(self, [self.stem, *self.branch_a.pretrained_modules(),
+                                       *self.branch_b.pretrained_modules()])

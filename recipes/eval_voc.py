@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
+from agen_hf import AgenImageProcessor  # noqa: E402
+from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
 from agen_hf.data import VocDataError, load_voc  # noqa: E402
 from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
-    model = AgenModel.from_pretrained(args.model).to(accelerator.device).eval()
+    model = load_segmentation_model(args.model).to(accelerator.device).eval()
     config = model.config
     processor = AgenImageProcessor.from_pretrained(args.model, scales=args.scales,
                                                    flip=args.flip, max_size=None)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         metrics = evaluate_segmentation(accelerator, predict, loader, config.num_labels,
                                         config.ignore_index, crf=crf,
-                                        unnormalize=model.unnormalize)
+                                        unnormalize=processor.unnormalize)
     finally:
         if crf is not None:
             crf.close()

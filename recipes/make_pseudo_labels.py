@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
+from agen_hf import AgenImageProcessor  # noqa: E402
+from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
 from agen_hf.data import FEATURES, VocDataError, load_voc  # noqa: E402
 from agen_hf.data.samples import decode_sample  # noqa: E402
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = rows.cast_column("image", datasets.Image(decode=False)).cast_column(
         "mask", datasets.Image(decode=False))
     source_images = Path(rows[0]["image"]["path"]).parent if len(rows) else None
-    model = AgenModel.from_pretrained(args.model).to(accelerator.device).eval()
+    model = load_segmentation_model(args.model).to(accelerator.device).eval()
     processor = AgenImageProcessor.from_pretrained(args.model, scales=args.scales,
                                                    flip=args.flip)
     crf = CrfPool(CrfParams(*(getattr(args, f"crf_{f.name}") for f in

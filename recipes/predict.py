@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from accelerate.utils import gather_object  # noqa: E402
 
-from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
+from agen_hf import AgenImageProcessor  # noqa: E402
+from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
 from agen_hf.engine import cpus_per_process, make_accelerator  # noqa: E402
 from agen_hf.image_processing import rgb_array  # noqa: E402
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--images: no images found in {args.images}")
     if args.skip_existing:
         files = [f for f in files if not (out / "masks" / f"{f.stem}.png").is_file()]
-    model = AgenModel.from_pretrained(args.model).to(accelerator.device).eval()
+    model = load_segmentation_model(args.model).to(accelerator.device).eval()
     processor = AgenImageProcessor.from_pretrained(
         args.model, scales=args.scales, flip=args.flip, max_size=args.max_size or None)
     crf_params = CrfParams(*(getattr(args, f"crf_{f.name}") for f in dataclasses.fields(CrfParams)))

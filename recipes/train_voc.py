@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
@@ -30,12 +29,11 @@ from accelerate.utils import set_seed  # noqa: E402
 
 from agen_hf import AgenConfig, AgenModel  # noqa: E402
 from agen_hf.data import load_voc, make_synthetic  # noqa: E402
-from agen_hf.data.transforms import (collate, eval_transform, train_transform,  # noqa: E402
-                                     with_transforms)
-from agen_hf.engine import EpochSampler, SeededSamples, shard_loader  # noqa: E402
 from agen_hf.engine.loop import (add_training_arguments, build_optimizer,  # noqa: E402
-                                 parse_with_config, run_training, training_accelerator)
+                                 parse_with_config, run_training, training_accelerator,
+                                 training_loaders)
 from agen_hf.losses import fully_supervised_loss  # noqa: E402
+from agen_hf.metrics.report import class_iou_markdown  # noqa: E402
 from agen_hf.weights import load_resnet38, load_vgg16  # noqa: E402
 
 logger = logging.getLogger("train_voc")
@@ -125,14 +123,9 @@ def datasets_for(args: argparse.Namespace):
 
 
 def model_card(metrics: dict | None, config: AgenConfig, argv: list[str]) -> dict:
-    if metrics:
-        names = [config.id2label[i] for i in range(config.num_labels)]
-        rows = "\n".join(f"| {n} | {100 * v:.1f} |" for n, v in
-                         zip(names, metrics["per_category_iou"]))
-        table = f"| class | IoU (%) |\n| --- | --- |\n{rows}\n| **mIoU** | " \
-                f"**{100 * metrics['mean_iou']:.1f}** |"
-    else:
-        table = None
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    table = class_iou_markdown(metrics["per_category_iou"], metrics["mean_iou"], names) \
+        if metrics else None
     command = "accelerate launch recipes/train_voc.py " + shlex.join(argv)
     stages = f"AGM {list(config.agm_stages)}, CoAM {list(config.coam_stages)}"
     return {"metrics": table,
@@ -167,18 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     # data
     with accelerator.main_process_first():  # one process builds the caches
         train_ds, val_ds = datasets_for(args)
-    train_samples = SeededSamples(with_transforms(
-        train_ds, train_transform(args.crop_size, tuple(args.scale_range)),
-        args.skip_bad_samples), args.seed)
-    train_loader = DataLoader(train_samples, batch_size=args.per_device_train_batch_size,
-                              sampler=EpochSampler(len(train_samples), args.seed),
-                              collate_fn=collate, drop_last=True, num_workers=args.num_workers,
-                              # its own generator: creating an iterator (e.g. on resume) must
-                              # not consume the global RNG that dropout draws from
-                              generator=torch.Generator().manual_seed(args.seed),
-                              persistent_workers=args.num_workers > 0)
-    val_loader = shard_loader(with_transforms(val_ds, eval_transform(), args.skip_bad_samples),
-                              accelerator, args.per_device_eval_batch_size, args.num_workers)
+    train_loader, val_loader = training_loaders(accelerator, args, train_ds, val_ds)
 
     # model
     config = model_config(args)

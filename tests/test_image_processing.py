@@ -176,3 +176,10 @@ def test_processor_config_travels_with_the_model(tmp_path):
     (tmp_path / "p" / "preprocessor_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="preprocessor_config.json: cannot read it as JSON"):
         AgenImageProcessor.from_pretrained(tmp_path / "p")
+
+
+def test_unnormalize_inverts_normalize():
+    proc = AgenImageProcessor(image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.25, 0.3))
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    back = proc.unnormalize(proc.normalize(rgb)[None])[0].permute(1, 2, 0)
+    assert torch.allclose(back, torch.from_numpy(rgb).float(), atol=1e-3)

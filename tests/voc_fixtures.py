@@ -93,3 +93,25 @@ BAD_CASES = {
     "missing": ("image is missing", True),
     "no_foreground": ("no foreground class", True),
 }
+
+
+def write_synthetic_voc(root: Path, splits: dict[str, int], image_size: int = 48) -> Path:
+    """The embedded synthetic data written out as a VOC root: ``splits`` maps a split name to
+    its number of images (train_aug masks in SegmentationClassAug, the others in both)."""
+    from agen_hf.data import make_synthetic
+
+    for d in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for k, (split, count) in enumerate(splits.items()):
+        ds = make_synthetic(count, seed=100 + k, image_size=image_size)
+        ids = []
+        for row in ds:
+            sid = f"{split}_{row['id']}"
+            ids.append(sid)
+            row["image"].convert("RGB").save(root / "JPEGImages" / f"{sid}.jpg", quality=95)
+            mask = np.array(row["mask"])
+            write_mask(root / "SegmentationClassAug" / f"{sid}.png", mask)
+            if split != "train_aug":
+                write_mask(root / "SegmentationClass" / f"{sid}.png", mask)
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root

@@ -108,7 +108,7 @@ def _read_labels_file(path: str | os.PathLike) -> dict[str, list[int]]:
 
 
 def _index_one(root: Path, sample_id: str, list_name: str, mask_dirs: list[Path],
-               labels: dict[str, list[int]] | None) -> dict:
+               labels: dict[str, list[int]] | None, require_foreground: bool = True) -> dict:
     image_path = root / "JPEGImages" / f"{sample_id}.jpg"
     if not image_path.is_file():
         raise VocDataError(str(image_path), f"listed in {list_name} but the image is missing")
@@ -126,16 +126,18 @@ def _index_one(root: Path, sample_id: str, list_name: str, mask_dirs: list[Path]
     else:
         raise VocDataError(str(image_path), "no mask and no image-level label for this id "
                                             "(give labels_file=...)")
-    if not any(hot):
+    if require_foreground and not any(hot):
         raise VocDataError(str(mask_path or image_path), "no foreground class in this sample; "
                                                          "weak supervision needs at least one")
     return {"id": sample_id, "image": {"path": str(image_path), "bytes": None}, "labels": hot,
             "mask": None if mask_path is None else {"path": str(mask_path), "bytes": None}}
 
 
-def _fingerprint(root: Path, split: str, ids: list[str], labels_file, skip: bool) -> str:
+def _fingerprint(root: Path, split: str, ids: list[str], labels_file, skip: bool,
+                 require_foreground: bool) -> str:
     h = hashlib.sha1()
-    parts = [_CACHE_VERSION, str(root.resolve()), split, str(skip), "\n".join(ids)]
+    parts = [_CACHE_VERSION, str(root.resolve()), split, str(skip), str(require_foreground),
+             "\n".join(ids)]
     for d in ["JPEGImages", "SegmentationClass", "SegmentationClassAug"]:
         p = root / d
         parts.append(f"{d}:{p.stat().st_mtime_ns if p.is_dir() else '-'}")
@@ -153,6 +155,7 @@ def default_cache_dir() -> Path:
 
 def build_voc_index(root: str | os.PathLike, split: str, *, skip_bad_samples: bool = False,
                     labels_file: str | os.PathLike | None = None,
+                    require_foreground: bool = True,
                     num_threads: int | None = None) -> datasets.Dataset:
     """Index a local VOC root without the cache (see :func:`load_voc`)."""
     root = _resolve_root(Path(root))
@@ -162,7 +165,8 @@ def build_voc_index(root: str | os.PathLike, split: str, *, skip_bad_samples: bo
 
     def index(sample_id: str):
         try:
-            return _index_one(root, sample_id, list_name, mask_dirs, labels)
+            return _index_one(root, sample_id, list_name, mask_dirs, labels,
+                              require_foreground)
         except VocDataError as e:
             return e
 
@@ -189,7 +193,8 @@ def build_voc_index(root: str | os.PathLike, split: str, *, skip_bad_samples: bo
 def load_voc(source: str | os.PathLike | datasets.Dataset, split: str = "train_aug", *,
              skip_bad_samples: bool = False, labels_file: str | os.PathLike | None = None,
              cache_dir: str | os.PathLike | None = None,
-             column_mapping: dict[str, str] | None = None) -> datasets.Dataset:
+             column_mapping: dict[str, str] | None = None,
+             require_foreground: bool = True) -> datasets.Dataset:
     """VOC 2012 split as a ``datasets.Dataset`` with the schema above.
 
     source: a local VOC root (``VOCdevkit/VOC2012`` or a folder holding it), a Hub dataset id,
@@ -201,6 +206,9 @@ def load_voc(source: str | os.PathLike | datasets.Dataset, split: str = "train_a
         raising :class:`VocDataError` naming the first file at fault.
     labels_file: JSON id -> classes (indices 0..19 or VOC names), used for ids without a mask.
     cache_dir: where the Arrow index is cached (default: the datasets cache, ``agen_hf/``).
+    require_foreground: a sample whose mask has no foreground is bad (weak supervision needs
+        a class); False for fully supervised training on pseudo labels, where an
+        all-background mask is a valid target.
     column_mapping: for Hub datasets and foreign ``Dataset`` objects, ``{their column: ours}``,
         e.g. ``{"img": "image", "label": "mask"}``; ``labels`` is derived from ``mask`` when
         absent, and ``id`` from the row index.
@@ -220,12 +228,13 @@ def load_voc(source: str | os.PathLike | datasets.Dataset, split: str = "train_a
 
     root = _resolve_root(path)
     ids, _ = _split_ids(root, split)
-    key = _fingerprint(root, split, ids, labels_file, skip_bad_samples)
+    key = _fingerprint(root, split, ids, labels_file, skip_bad_samples, require_foreground)
     return cached_arrow(
         Path(cache_dir) if cache_dir is not None else default_cache_dir(),
         f"voc-{split}-{key}",
         lambda: build_voc_index(root, split, skip_bad_samples=skip_bad_samples,
-                                labels_file=labels_file))
+                                labels_file=labels_file,
+                                require_foreground=require_foreground))
 
 
 def cached_arrow(cache_dir: Path, name: str, build) -> datasets.Dataset:

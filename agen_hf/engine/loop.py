@@ -19,11 +19,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
+from torch.utils.data import DataLoader
+
+from ..data.transforms import collate, eval_transform, train_transform, with_transforms
 from ..losses import DataParallel
 from .accelerator import make_accelerator
 from .checkpointing import (load_checkpoint, remove_partial_checkpoints, resolve_checkpoint,
                             save_checkpoint)
-from .evaluation import evaluate_segmentation
+from .evaluation import evaluate_segmentation, shard_loader
+from .sampling import EpochSampler, SeededSamples
 from .schedule import step_decay
 
 logger = logging.getLogger("agen_hf.train")
@@ -125,6 +129,24 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace
                                 weight_decay=args.weight_decay) if args.optimizer == "sgd" \
         else torch.optim.AdamW(param_groups, weight_decay=args.weight_decay)
     return optimizer, base_lrs
+
+
+def training_loaders(accelerator: Accelerator, args: argparse.Namespace, train_ds, val_ds):
+    """The paper's augmentation with deterministic per-sample seeds and epoch order (exact
+    resume), and this process's shard of the val set at original size."""
+    train_samples = SeededSamples(with_transforms(
+        train_ds, train_transform(args.crop_size, tuple(args.scale_range)),
+        args.skip_bad_samples), args.seed)
+    train_loader = DataLoader(train_samples, batch_size=args.per_device_train_batch_size,
+                              sampler=EpochSampler(len(train_samples), args.seed),
+                              collate_fn=collate, drop_last=True, num_workers=args.num_workers,
+                              # its own generator: creating an iterator (e.g. on resume) must
+                              # not consume the global RNG that dropout draws from
+                              generator=torch.Generator().manual_seed(args.seed),
+                              persistent_workers=args.num_workers > 0)
+    val_loader = shard_loader(with_transforms(val_ds, eval_transform(), args.skip_bad_samples),
+                              accelerator, args.per_device_eval_batch_size, args.num_workers)
+    return train_loader, val_loader
 
 
 LossFn = Callable[[torch.nn.Module, dict, "DataParallel | None"],

@@ -32,3 +32,10 @@ def iou_table(per_category_iou: Sequence[float], mean_iou: float,
 
     rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     return "\n".join([line(head), rule, line([row_name, *cells])])
+
+
+def class_iou_markdown(per_category_iou: Sequence[float], mean_iou: float,
+                       class_names: Sequence[str]) -> str:
+    """A vertical Markdown table (class, IoU %) ending in the mIoU: for model cards."""
+    rows = "\n".join(f"| {n} | {100 * v:.1f} |" for n, v in zip(class_names, per_category_iou))
+    return f"| class | IoU (%) |\n| --- | --- |\n{rows}\n| **mIoU** | **{100 * mean_iou:.1f}** |"

@@ -1,0 +1,27 @@
+"""Load whichever segmentation model a folder or Hub id holds: AGEN, or a DeepLab trained on
+AGEN's pseudo labels (two-step AGEN). The recipes that only segment take either."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def load_segmentation_model(name_or_path: str | os.PathLike):
+    """:class:`agen_hf.AgenModel` or :class:`agen_hf.deeplab.DeepLabModel`, by its config.json
+    (a DeepLab config names a ``backbone``)."""
+    from .deeplab import DeepLabModel
+    from .image_processing import _find_file
+    from .modeling_agen import AgenModel
+
+    path = _find_file(name_or_path, "config.json")
+    if path is None:
+        raise FileNotFoundError(f"{name_or_path}: no config.json; expected a model saved with "
+                                "save_pretrained")
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read it as JSON ({e})") from None
+    cls = DeepLabModel if "backbone" in config else AgenModel
+    return cls.from_pretrained(name_or_path)

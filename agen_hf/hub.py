@@ -1,0 +1,35 @@
+"""What every agen_hf model shares on top of ``PyTorchModelHubMixin``: strict loading, the
+image processor's ``preprocessor_config.json`` saved (and pushed) with the weights, and the
+backbone / new-layer split of the parameters that the learning rates follow."""
+
+from __future__ import annotations
+
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+
+def split_parameters(model: nn.Module, pretrained: list[nn.Module]) -> dict[str, list]:
+    """``"backbone"``: the parameters of the ``pretrained`` modules (ImageNet-initialised);
+    ``"new"``: all others, in ``model.parameters()`` order."""
+    ids = {id(p) for m in pretrained for p in m.parameters()}
+    params = list(model.parameters())
+    return {"backbone": [p for p in params if id(p) in ids],
+            "new": [p for p in params if id(p) not in ids]}
+
+
+class SegmentationHubMixin(PyTorchModelHubMixin):
+    """``save_pretrained``/``push_to_hub`` also write ``preprocessor_config.json`` (from the
+    model config's ``image_mean``/``image_std``); ``from_pretrained`` is strict by default."""
+
+    def _save_pretrained(self, save_directory) -> None:
+        from .image_processing import AgenImageProcessor
+
+        super()._save_pretrained(save_directory)
+        AgenImageProcessor(image_mean=self.config.image_mean,
+                           image_std=self.config.image_std).save_pretrained(save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
+        # The mixin loads non-strictly by default; a checkpoint that misses or adds weights is
+        # an error here unless the caller passes strict=False.
+        return super()._from_pretrained(strict=strict, **kwargs)
