@@ -12,10 +12,10 @@ def load_segmentation_model(name_or_path: str | os.PathLike):
     """:class:`agen_hf.AgenModel` or :class:`agen_hf.deeplab.DeepLabModel`, by its config.json
     (a DeepLab config names a ``backbone``)."""
     from .deeplab import DeepLabModel
-    from .image_processing import _find_file
+    from .hub import find_file
     from .modeling_agen import AgenModel
 
-    path = _find_file(name_or_path, "config.json")
+    path = find_file(name_or_path, "config.json")
     if path is None:
         raise FileNotFoundError(f"{name_or_path}: no config.json; expected a model saved with "
                                 "save_pretrained")

@@ -153,15 +153,8 @@ model = DeepLabModel.from_pretrained("REPO_ID")
 """
 
 
-class DeepLabModel(
-    nn.Module,
-    SegmentationHubMixin,
-    library_name="agen_hf",
-    tags=["image-segmentation", "weakly-supervised-segmentation", "deeplab", "pascal-voc"],
-    pipeline_tag="image-segmentation",
-    license="mit",
-    model_card_template=MODEL_CARD,
-):
+class DeepLabModel(nn.Module, SegmentationHubMixin, tags=["deeplab"],
+                   model_card_template=MODEL_CARD):
     """A DeepLab network with the Hugging Face save/load/push of :class:`agen_hf.AgenModel`."""
 
     def __init__(self, config: DeepLabConfig) -> None:

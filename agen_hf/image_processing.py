@@ -23,6 +23,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .hub import find_file
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -143,7 +144,7 @@ class AgenImageProcessor:
         ``image_mean``/``image_std`` of its ``config.json``, else the defaults."""
         values: dict = {}
         for filename in (PREPROCESSOR_CONFIG, "config.json"):
-            path = _find_file(name_or_path, filename)
+            path = find_file(name_or_path, filename)
             if path is None:
                 continue
             try:
@@ -253,17 +254,3 @@ class AgenImageProcessor:
             out.append(labels.to(torch.uint8).numpy())
         return out[0] if single else out
 
-
-def _find_file(name_or_path: str | os.PathLike, filename: str) -> str | None:
-    """``filename`` in a local folder, or in a Hub repo (None when it has no such file)."""
-    folder = Path(name_or_path)
-    if folder.is_dir():
-        path = folder / filename
-        return str(path) if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return hf_hub_download(str(name_or_path), filename)
-    except EntryNotFoundError:
-        return None

@@ -4,11 +4,14 @@ pool running while the network goes on: what ``recipes/predict.py`` and
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from .crf import CrfPool, present_classes
@@ -63,3 +66,18 @@ class SegmentationStream:
         if self.crf is None:
             return []
         return [(t, image, refined) for (t, image), refined in self.crf.finish()]
+
+
+def as_is(item: dict) -> dict:
+    """A ``DataLoader`` collate for one item at a time that keeps numpy images as they are (the
+    default would turn them into tensors)."""
+    return item
+
+
+def save_image_atomic(image: Image.Image, path: Path, **save_kwargs) -> None:
+    """Write to a temporary name, then rename: an interrupted run never leaves half an image.
+    The format follows the suffix (``.png``, ``.jpg``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **save_kwargs)
+    os.replace(tmp, path)

@@ -88,16 +88,7 @@ class AgenOutput:
     seeds: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class AgenModel(
-    nn.Module,
-    SegmentationHubMixin,
-    library_name="agen_hf",
-    tags=["image-segmentation", "weakly-supervised-segmentation", "agen", "pascal-voc"],
-    pipeline_tag="image-segmentation",
-    license="mit",
-    paper_url="https://doi.org/10.23919/cje.2021.00.230",
-    model_card_template=MODEL_CARD,
-):
+class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_template=MODEL_CARD):
     """AGEN (Fig. 1): shared VGG stem; classification branch A (DeepLab-VGG16); segmentation
     branch B (ResNet-38); AGM-n on the stage-n taps of A and B for n in ``config.agm_stages``;
     CoAM-n on AGM-n's class-aware maps for n in ``config.coam_stages``, accumulated top-down."""

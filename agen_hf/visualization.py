@@ -85,10 +85,11 @@ def cam_figure(model, images: Sequence, labels: Sequence[Sequence[int]] | None =
     device = next(model.parameters()).device
     rows, titles = [], ["input"]
     for k, image in enumerate(images):
-        inputs = processor.preprocess(image)
-        rgb = np.asarray(Image.fromarray(rgb_array(image)).resize(inputs["input_sizes"][0][::-1]))
-        h, w = inputs["input_sizes"][0]
-        pv = inputs["pixel_values"].to(device)
+        rgb = rgb_array(image)  # decoded once, for the network and for the picture
+        pixel_values = processor.normalize(rgb)
+        h, w = pixel_values.shape[-2:]
+        rgb = np.asarray(Image.fromarray(rgb).resize((w, h)))
+        pv = processor.pad(pixel_values).to(device)
         out = model(pv)
         if labels is not None:
             classes = list(labels[k])

@@ -92,9 +92,10 @@ def load_mapped(module: nn.Module, state: dict[str, torch.Tensor], mapping: dict
     return report
 
 
-def _vgg_mapping(module: nn.Module, prefixes: dict[int, str], depths, batch_norm: bool
-                 ) -> tuple[dict[str, str], list[str]]:
-    """torchvision ``features.<i>`` -> our ``<prefix>conv{b}_{j}`` / ``bn{b}_{j}``."""
+def _vgg_mapping(module: nn.Module, prefixes: dict[int, str], depths,
+                 batch_norm: bool) -> dict[str, str]:
+    """torchvision ``features.<i>`` -> our ``<prefix>conv{b}_{j}`` / ``bn{b}_{j}`` (the keys
+    ``module`` has)."""
     if tuple(depths) != _VGG_DEPTHS:
         raise ValueError(f"vgg_depths {tuple(depths)}: VGG16 weights need {_VGG_DEPTHS}")
     mapping, index = {}, 0
@@ -111,8 +112,7 @@ def _vgg_mapping(module: nn.Module, prefixes: dict[int, str], depths, batch_norm
             index += 3 if batch_norm else 2
         index += 1  # the pooling layer
     target = module.state_dict()
-    mapping = {d: s for d, s in mapping.items() if d in target}
-    return mapping, list(mapping)
+    return {d: s for d, s in mapping.items() if d in target}
 
 
 def load_vgg16(model: nn.Module, source) -> LoadReport:
@@ -126,10 +126,10 @@ def load_vgg16(model: nn.Module, source) -> LoadReport:
         cfg = model.config
         prefixes = {1: "stem.conv1.", 2: "stem.conv2.", 3: "branch_a.conv3.",
                     4: "branch_a.conv4.", 5: "branch_a.conv5."}
-        mapping, scope = _vgg_mapping(model, prefixes, cfg.vgg_depths, cfg.vgg_batch_norm)
+        mapping = _vgg_mapping(model, prefixes, cfg.vgg_depths, cfg.vgg_batch_norm)
     elif isinstance(model, DeepLabModel) and model.config.backbone == "vgg16":
         prefixes = {b: f"net.features.{2 * (b - 1)}." for b in range(1, 6)}
-        mapping, scope = _vgg_mapping(model, prefixes, model.config.vgg_depths, False)
+        mapping = _vgg_mapping(model, prefixes, model.config.vgg_depths, False)
     else:
         raise TypeError(f"load_vgg16: expected an AgenModel or a VGG16 DeepLabModel, got "
                         f"{type(model).__name__}")
@@ -138,7 +138,7 @@ def load_vgg16(model: nn.Module, source) -> LoadReport:
     if bn_in_file != bn_in_model:
         raise ValueError(f"{name}: a VGG16{'-BN' if bn_in_file else ''} file for a VGG16"
                          f"{'-BN' if bn_in_model else ''} model; set vgg_batch_norm to match")
-    return load_mapped(model, state, mapping, scope, name)
+    return load_mapped(model, state, mapping, list(mapping), name)
 
 
 def load_resnet38(model: nn.Module, source) -> LoadReport:

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,12 +112,8 @@ def main() -> None:
         futures = {job: pool.submit(train, *job, work / f"{job[0]}-seed{job[1]}", args.extra,
                                     args.threads) for job in jobs}
         runs = {job: f.result() for job, f in futures.items()}
-    quick = {}
-    for line in QUICKSTART.read_text().splitlines():
-        if ":" in line and not line.startswith("#"):
-            key, value = line.split(":", 1)
-            quick[key.strip()] = value.strip()
-    size, count = int(quick["synthetic_image_size"]), int(quick["synthetic_val_size"])
+    quick = yaml.safe_load(QUICKSTART.read_text())
+    size, count = quick["synthetic_image_size"], quick["synthetic_val_size"]
     result = {"rows": {}, "extra_flags": args.extra, "seeds": args.seeds,
               "date": time.strftime("%Y-%m-%d"), "total_wall_s": None}
     for row in rows:

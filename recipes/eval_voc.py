@@ -28,11 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from agen_hf import AgenImageProcessor  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
-from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
 from agen_hf.data import VocDataError, load_voc  # noqa: E402
 from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
-from agen_hf.engine import (cpus_per_process, evaluate_segmentation,  # noqa: E402
-                            make_accelerator, shard_loader)
+from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
+from agen_hf.engine.crf_options import add_crf_arguments, crf_params, crf_pool  # noqa: E402
 from agen_hf.metrics.report import iou_table  # noqa: E402
 
 logger = logging.getLogger("eval_voc")
@@ -48,14 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", type=float, nargs="+", default=[1.0],
                    help="test-time scales (the literature's: 0.5 1 1.5 2)")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
-    p.add_argument("--crf", action="store_true",
-                   help="dense-CRF post-processing at full resolution (needs pydensecrf2)")
-    p.add_argument("--crf_processes", type=int, default=None,
-                   help="CRF worker processes per evaluation process (0: inline; default: "
-                        "the cores of the machine shared among its processes)")
-    for f in dataclasses.fields(CrfParams):
-        p.add_argument(f"--crf_{f.name}", type=f.type if callable(f.type) else
-                       type(f.default), default=f.default, help="see agen_hf.crf.CrfParams")
+    add_crf_arguments(p)
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
     p.add_argument("--num_workers", type=int, default=2)
@@ -105,15 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                                   processor.image_std),
                                           args.skip_bad_samples),
                           accelerator, batch_size=1, num_workers=args.num_workers)
-    crf_params = CrfParams(*(getattr(args, f"crf_{f.name}") for f in dataclasses.fields(CrfParams)))
-
     def predict(pixel_values: torch.Tensor) -> torch.Tensor:
         with accelerator.autocast():  # log-probabilities: their softmax is the average
             return processor.predict_probabilities(model, pixel_values).clamp_min(1e-12).log()
 
     started = time.time()
-    crf = CrfPool(crf_params, cpus_per_process() if args.crf_processes is None
-                  else args.crf_processes) if args.crf else None
+    crf = crf_pool(args)
     try:
         metrics = evaluate_segmentation(accelerator, predict, loader, config.num_labels,
                                         config.ignore_index, crf=crf,
@@ -126,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "model": args.model, "split": args.split, "num_images": len(dataset),
         "scales": args.scales, "flip": args.flip, "crf": args.crf,
-        "crf_params": dataclasses.asdict(crf_params) if args.crf else None,
+        "crf_params": dataclasses.asdict(crf_params(args)) if args.crf else None,
         "processes": accelerator.num_processes, "seconds": seconds,
         "mean_iou": float(metrics["mean_iou"]), "mean_accuracy": float(metrics["mean_accuracy"]),
         "overall_accuracy": float(metrics["overall_accuracy"]),

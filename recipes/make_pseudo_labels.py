@@ -17,9 +17,7 @@ the pseudo labels' mIoU against them is printed and written to ``OUT/pseudo_labe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from agen_hf import AgenImageProcessor  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
-from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
 from agen_hf.data import FEATURES, VocDataError, load_voc  # noqa: E402
 from agen_hf.data.samples import decode_sample  # noqa: E402
 from agen_hf.data.voc import cached_arrow  # noqa: E402
-from agen_hf.engine import cpus_per_process, make_accelerator  # noqa: E402
-from agen_hf.inference import SegmentationStream  # noqa: E402
+from agen_hf.engine import make_accelerator  # noqa: E402
+from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
+from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
 from agen_hf.metrics import StreamingMeanIoU  # noqa: E402
 from agen_hf.metrics.report import iou_table  # noqa: E402
 from agen_hf.visualization import label_image  # noqa: E402
@@ -59,12 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true")
     p.add_argument("--no_label_restriction", action="store_true",
                    help="let the prediction use classes outside the image-level labels")
-    p.add_argument("--crf", action="store_true")
-    p.add_argument("--crf_processes", type=int, default=None,
-                   help="CRF worker processes (default: the cores per process)")
-    for f in dataclasses.fields(CrfParams):
-        p.add_argument(f"--crf_{f.name}", type=type(f.default), default=f.default,
-                       help="see agen_hf.crf.CrfParams")
+    add_crf_arguments(p)
     p.add_argument("--skip_bad_samples", action="store_true")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
@@ -89,16 +82,6 @@ class TrainingImages(Dataset):
                 "mask": mask}
 
 
-def _as_is(item: dict) -> dict:
-    return item
-
-
-def write_png(labels: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    label_image(labels).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
@@ -115,13 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_segmentation_model(args.model).to(accelerator.device).eval()
     processor = AgenImageProcessor.from_pretrained(args.model, scales=args.scales,
                                                    flip=args.flip)
-    crf = CrfPool(CrfParams(*(getattr(args, f"crf_{f.name}") for f in
-                              dataclasses.fields(CrfParams))),
-                  cpus_per_process() if args.crf_processes is None else args.crf_processes) \
-        if args.crf else None
+    crf = crf_pool(args)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     mine = rows.select(range(accelerator.process_index, len(rows), accelerator.num_processes))
-    loader = DataLoader(TrainingImages(mine), batch_size=None, collate_fn=_as_is,
+    loader = DataLoader(TrainingImages(mine), batch_size=None, collate_fn=as_is,
                         num_workers=args.num_workers)
     metric = StreamingMeanIoU(model.config.num_labels, model.config.ignore_index)
     stream = SegmentationStream(model, processor, crf, accelerator.autocast)
@@ -129,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def done(results) -> None:
         for (sample_id, mask), _, labels in results:
-            write_png(labels, out / MASK_DIR / f"{sample_id}.png")
+            save_image_atomic(label_image(labels), out / MASK_DIR / f"{sample_id}.png")
             if mask is not None:
                 metric.update(labels, mask)
                 scored[0] += 1

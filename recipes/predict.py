@@ -16,9 +16,7 @@ takes its share of the files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 import tarfile
 import warnings
@@ -34,10 +32,10 @@ from accelerate.utils import gather_object  # noqa: E402
 
 from agen_hf import AgenImageProcessor  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
-from agen_hf.crf import CrfParams, CrfPool  # noqa: E402
-from agen_hf.engine import cpus_per_process, make_accelerator  # noqa: E402
+from agen_hf.engine import make_accelerator  # noqa: E402
+from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
 from agen_hf.image_processing import rgb_array  # noqa: E402
-from agen_hf.inference import SegmentationStream  # noqa: E402
+from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
 from agen_hf.visualization import label_image, overlay  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
@@ -57,13 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true")
     p.add_argument("--max_size", type=int, default=1024,
                    help="long side the network sees at most (0: no limit)")
-    p.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
-    p.add_argument("--crf_processes", type=int, default=None,
-                   help="CRF worker processes (0: inline; default: the cores of the machine "
-                        "shared among its processes)")
-    for f in dataclasses.fields(CrfParams):
-        p.add_argument(f"--crf_{f.name}", type=type(f.default), default=f.default,
-                       help="see agen_hf.crf.CrfParams")
+    add_crf_arguments(p)
     p.add_argument("--no_overlays", action="store_true", help="write the masks only")
     p.add_argument("--voc_layout", action="store_true",
                    help="also write results/VOC2012/Segmentation/comp6_test_cls/<id>.png and "
@@ -121,19 +113,6 @@ class ImageFiles(Dataset):
         return {"path": path, "rgb": rgb}
 
 
-def _as_is(item: dict) -> dict:
-    return item  # the default would turn the numpy image into a tensor
-
-
-def _write_atomic(image: Image.Image, path: Path, **kwargs) -> None:
-    """Write to a temporary name, then rename: an interrupted run never leaves half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format=kwargs.pop("format", None) or path.suffix.lstrip(".").upper()
-               .replace("JPG", "JPEG"), **kwargs)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
@@ -146,9 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_segmentation_model(args.model).to(accelerator.device).eval()
     processor = AgenImageProcessor.from_pretrained(
         args.model, scales=args.scales, flip=args.flip, max_size=args.max_size or None)
-    crf_params = CrfParams(*(getattr(args, f"crf_{f.name}") for f in dataclasses.fields(CrfParams)))
     mine = files[accelerator.process_index::accelerator.num_processes]
-    loader = DataLoader(ImageFiles(mine), batch_size=None, collate_fn=_as_is,
+    loader = DataLoader(ImageFiles(mine), batch_size=None, collate_fn=as_is,
                         num_workers=args.num_workers)
     failures: dict[str, str] = {}
     written = 0
@@ -156,16 +134,15 @@ def main(argv: list[str] | None = None) -> dict:
     def write(path: Path, rgb: np.ndarray, labels: np.ndarray) -> None:
         nonlocal written
         mask = label_image(labels)
-        _write_atomic(mask, out / "masks" / f"{path.stem}.png")
+        save_image_atomic(mask, out / "masks" / f"{path.stem}.png")
         if args.voc_layout:
-            _write_atomic(mask, out / VOC_RESULTS / f"{path.stem}.png")
+            save_image_atomic(mask, out / VOC_RESULTS / f"{path.stem}.png")
         if not args.no_overlays:
-            _write_atomic(Image.fromarray(overlay(rgb, labels)),
-                          out / "overlays" / f"{path.stem}.jpg", quality=90)
+            save_image_atomic(Image.fromarray(overlay(rgb, labels)),
+                              out / "overlays" / f"{path.stem}.jpg", quality=90)
         written += 1
 
-    crf = CrfPool(crf_params, cpus_per_process() if args.crf_processes is None
-                  else args.crf_processes) if args.crf else None
+    crf = crf_pool(args)
     stream = SegmentationStream(model, processor, crf, accelerator.autocast)
     try:
         for item in loader:
