@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from agen_hf.deeplab import BACKBONES, VGG_HEADS, DeepLabConfig, DeepLabModel  #
 from agen_hf.engine.loop import (add_training_arguments, build_optimizer,  # noqa: E402
                                  parse_with_config, run_training, training_accelerator,
                                  training_loaders)
+from agen_hf.engine.redaction import command_line  # noqa: E402
 from agen_hf.losses import fully_supervised_loss  # noqa: E402
 from agen_hf.metrics.report import class_iou_markdown  # noqa: E402
 from agen_hf.weights import load_resnet101, load_vgg16  # noqa: E402
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def model_card(metrics: dict) -> dict:
         names = [config.id2label[i] for i in range(config.num_labels)]
-        command = "accelerate launch recipes/train_deeplab.py " + shlex.join(argv)
+        command = command_line("recipes/train_deeplab.py", argv)
         return {"metrics": class_iou_markdown(metrics["per_category_iou"], metrics["mean_iou"],
                                               names),
                 "training": f"Two-step AGEN: DeepLab ({config.backbone}) trained on AGEN's "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from agen_hf.data import load_voc, make_synthetic  # noqa: E402
 from agen_hf.engine.loop import (add_training_arguments, build_optimizer,  # noqa: E402
                                  parse_with_config, run_training, training_accelerator,
                                  training_loaders)
+from agen_hf.engine.redaction import command_line  # noqa: E402
 from agen_hf.losses import fully_supervised_loss  # noqa: E402
 from agen_hf.metrics.report import class_iou_markdown  # noqa: E402
 from agen_hf.weights import load_resnet38, load_vgg16  # noqa: E402
@@ -126,7 +126,7 @@ def model_card(metrics: dict | None, config: AgenConfig, argv: list[str]) -> dic
     names = [config.id2label[i] for i in range(config.num_labels)]
     table = class_iou_markdown(metrics["per_category_iou"], metrics["mean_iou"], names) \
         if metrics else None
-    command = "accelerate launch recipes/train_voc.py " + shlex.join(argv)
+    command = command_line("recipes/train_voc.py", argv)
     stages = f"AGM {list(config.agm_stages)}, CoAM {list(config.coam_stages)}"
     return {"metrics": table,
             "training": f"{stages}.\n\n```bash\n{command}\n```\n\n```json\n"

@@ -178,9 +178,21 @@ def test_two_gloo_processes_match_one_process(tmp_path, env):
 def test_full_supervision_tracking_and_a_failed_push(tmp_path, env):
     pytest.importorskip("tensorboard")
     out = tmp_path / "full"
+    flag_token, env_token = "hf_" + "Fl4gT0ken" * 4, "env-only-secret-9271"
     proc = run(base_args(out, steps=5, extra=[
         "--full_supervision", "--preset", "baseline", "--with_tracking", "--logging_steps", "1",
-        "--push_to_hub", "--hub_model_id", "someone/agen-test"]), env)
+        "--push_to_hub", "--hub_model_id", "someone/agen-test", "--hub_token", flag_token,
+        "--hub_model_id=someone/agen-test"]), {**env, "HF_TOKEN": env_token})
+    # no token in anything the run wrote (model card, tracker config and events, logs,
+    # trainer_state.json) nor in what it printed
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "README.md" for p in written)
+    assert any(p.name == "trainer_state.json" for p in written)
+    for p in written:
+        data = p.read_bytes()
+        assert flag_token.encode() not in data and env_token.encode() not in data, p
+    assert "--hub_token '<redacted>'" in (out / "README.md").read_text()
+    assert flag_token not in proc.stdout + proc.stderr
     assert "val mIoU (full supervision)" in proc.stdout
     assert set(log(out)[0]) >= {"seg_B_full", "loss"}
     assert json.loads((out / "config.json").read_text())["agm_stages"] == []

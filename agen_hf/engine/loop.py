@@ -26,6 +26,7 @@ from ..losses import DataParallel
 from .accelerator import make_accelerator
 from .checkpointing import (load_checkpoint, remove_partial_checkpoints, resolve_checkpoint,
                             save_checkpoint)
+from .redaction import redact_args
 from .evaluation import evaluate_segmentation, shard_loader
 from .sampling import EpochSampler, SeededSamples
 from .schedule import step_decay
@@ -192,8 +193,7 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path,
                     state["global_step"], state["epoch"], state["batches_in_epoch"])
     if args.with_tracking:
-        accelerator.init_trackers(project, config={k: v if isinstance(v, (int, float, str, bool))
-                                                  else str(v) for k, v in vars(args).items()})
+        accelerator.init_trackers(project, config=redact_args(args))
     log_path = output_dir / "train_log.jsonl"
     logger.info("%d samples, %d processes, %d steps/epoch, %d steps",
                 len(train_loader.dataset), accelerator.num_processes, steps_per_epoch,
