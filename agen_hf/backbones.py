@@ -77,7 +77,8 @@ class DeepLabVGG16(nn.Module):
         d = config.fc6_dilation
         self.fc6 = nn.Conv2d(ch[4], config.fc_channels, 3, padding=d, dilation=d)
         self.fc7 = nn.Conv2d(config.fc_channels, config.fc_channels, 3, padding=1)
-        self.classifier = nn.Conv2d(config.fc_channels, config.num_classes, 1, bias=False)
+        self.classifier = nn.Conv2d(config.fc_channels, config.num_classes, 1,
+                                    bias=config.classifier_bias)
         self.stage_channels = {3: ch[2], 4: ch[3], 5: ch[4]}
 
     def forward(self, stem: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -148,11 +149,12 @@ class BottleneckUnit(nn.Module):
 class SegmentationHead(nn.Sequential):
     """RRM's head on ResNet-38: 3x3 dilated conv, ReLU, 1x1 conv to C+1 logits."""
 
-    def __init__(self, in_channels: int, channels: int, dilation: int, num_labels: int) -> None:
+    def __init__(self, in_channels: int, channels: int, dilation: int, num_labels: int,
+                 bias: bool = False) -> None:
         super().__init__(
             nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation, bias=False),
             nn.ReLU(inplace=True),
-            nn.Conv2d(channels, num_labels, 1, bias=False),
+            nn.Conv2d(channels, num_labels, 1, bias=bias),
         )
 
 
@@ -173,7 +175,7 @@ class ResNet38(nn.Module):
         self.b7 = BottleneckUnit(w6, w7, dilation=4, dropout=config.resnet_dropout[1])
         self.bn7 = nn.BatchNorm2d(w7)
         self.head = SegmentationHead(w7, config.seg_head_channels, config.seg_head_dilation,
-                                     config.num_labels)
+                                     config.num_labels, config.classifier_bias)
         self.stage_channels = {3: w3, 4: w4, 5: w5}
 
     def _add_units(self, block: int, depth: int, in_ch: int, mid: int, out: int, stride: int,

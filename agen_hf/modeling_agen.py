@@ -104,11 +104,14 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         self.agm = AttentionGuidedModule(
             config.agm_stages, self.branch_a.stage_channels, self.branch_b.stage_channels,
             config.num_classes, config.agm_cls_channels, config.agm_seg_channels,
+            config.classifier_bias,
         ) if config.agm_stages else None
         self.coam = nn.ModuleDict({str(n): ContextAttention() for n in config.coam_stages})
         self.apply(_init_weights)
         for scores in self.score_layers():  # class scores and logits start near 0
             nn.init.normal_(scores.weight, std=0.01)
+            if scores.bias is not None:
+                nn.init.zeros_(scores.bias)
         mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(config.image_std).view(1, 3, 1, 1)
         self.register_buffer("image_mean", mean, persistent=False)
@@ -143,18 +146,23 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         return ["A"] + [f"agm{n}" for n in sorted(self.config.agm_stages, reverse=True)]
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                segmentation_only: bool = False,
+                segmentation_only: bool = False, classification_only: bool = False,
                 data_parallel: DataParallel | None = None) -> AgenOutput:
         """pixel_values: normalised images (B, 3, H, W); labels: image-level multi-hot (B, C).
 
         ``segmentation_only=True`` is the inference path: branch B alone, no maps, no loss.
+        ``classification_only=True`` runs the classification side alone (stem, branch A, the
+        AGMs' branch C, CoAM) and its loss is eq. 11 alone: the classification-first phase
+        of a network trained from scratch, whose CAMs are noise at step 0.
         ``data_parallel`` pools the seeding losses' batch means over processes (see
         :func:`agen_hf.losses.balanced_seeding_loss`).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
+        if segmentation_only and classification_only:
+            raise ValueError("segmentation_only and classification_only exclude each other")
         stem = self.stem(pixel_values)
-        taps_b, logits = self.branch_b(stem)
+        taps_b, logits = (None, None) if classification_only else self.branch_b(stem)
         if segmentation_only:
             return AgenOutput(logits=logits)
 
@@ -169,16 +177,17 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
                 out.class_maps_before_coam[name] = maps
                 maps = self.coam[str(n)](maps, high)
             out.class_maps[name] = high = maps
-            out.agm_logits[name] = F.interpolate(self.agm.segment(n, taps_b[n]), size=size,
-                                                 mode="bilinear", align_corners=False)
+            if not classification_only:
+                out.agm_logits[name] = F.interpolate(self.agm.segment(n, taps_b[n]), size=size,
+                                                     mode="bilinear", align_corners=False)
         out.class_logits = {name: m.mean(dim=(2, 3)) for name, m in out.class_maps.items()}
         if labels is not None:
-            self._add_loss(out, pixel_values, labels, data_parallel)
+            self._add_loss(out, pixel_values, labels, data_parallel, classification_only)
         return out
 
     def _add_loss(self, out: AgenOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
-                  data_parallel: DataParallel | None) -> None:
-        """Eq. 11 + 13 + 14 = L_total (eq. 15)."""
+                  data_parallel: DataParallel | None, classification_only: bool = False) -> None:
+        """Eq. 11 + 13 + 14 = L_total (eq. 15); eq. 11 alone with ``classification_only``."""
         cfg = self.config
         if labels.shape != (pixel_values.shape[0], cfg.num_classes):
             raise ValueError(f"labels: expected multi-hot ({pixel_values.shape[0]}, "
@@ -187,6 +196,9 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         terms = {}
         for head in self.heads:
             terms[f"cls_{head}"] = multilabel_loss(out.class_logits[head], labels)
+        if classification_only:
+            out.loss_terms, out.loss = terms, torch.stack(list(terms.values())).sum()
+            return
         for head in self.heads:
             seeds = pseudo_labels(out.class_maps[head], labels, size, cfg.cam_alpha,
                                   cfg.threshold(head), cfg.ignore_index)

@@ -30,12 +30,13 @@ class AttentionGuidedModule(nn.Module):
 
     def __init__(self, stages: tuple[int, ...], channels_a: dict[int, int],
                  channels_b: dict[int, int], num_classes: int, cls_channels: int,
-                 seg_channels: int) -> None:
+                 seg_channels: int, classifier_bias: bool = False) -> None:
         super().__init__()
         self.cls_adapters = nn.ModuleDict(
             {str(n): ConvReLU(channels_a[n], cls_channels) for n in stages})
         self.cls_shared = nn.Sequential(ConvReLU(cls_channels, cls_channels),
-                                        nn.Conv2d(cls_channels, num_classes, 1, bias=False))
+                                        nn.Conv2d(cls_channels, num_classes, 1,
+                                                  bias=classifier_bias))
         self.seg_adapters = nn.ModuleDict(
             {str(n): ConvReLU(channels_b[n], seg_channels) for n in stages})
         self.seg_shared = nn.Sequential(ConvReLU(seg_channels, seg_channels),

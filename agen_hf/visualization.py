@@ -1,7 +1,8 @@
 """Pictures of what AGEN sees: VOC-coloured masks, overlays, and the paper's figures.
 
 * Fig. 4: class activation maps (eq. 2-3) of branch A and of every AGM-n, before and after
-  its CoAM, one row per image (:func:`cam_figure`).
+  its CoAM, one row per image, optionally between the ground truth and branch B's
+  prediction (:func:`cam_figure`).
 * Fig. 5: input / ground truth / prediction(s), one row per image (:func:`segmentation_figure`).
 """
 
@@ -74,12 +75,17 @@ def _cam_overlay(rgb: np.ndarray, cam: torch.Tensor, alpha: float = 0.5) -> np.n
 
 @torch.no_grad()
 def cam_figure(model, images: Sequence, labels: Sequence[Sequence[int]] | None = None,
-               processor: AgenImageProcessor | None = None, cell=(160, 160)) -> Image.Image:
+               processor: AgenImageProcessor | None = None, cell=(160, 160),
+               masks: Sequence | None = None, prediction: bool = False) -> Image.Image:
     """Fig. 4: per image, the input then the CAM (eq. 2-3, the maximum over the image's
     classes) of branch A and of AGM-5/4/3 before and after CoAM, overlaid on the image.
 
     labels: per image, the foreground classes (0-based among the C classes) to show; default:
     those branch A predicts present (``sigmoid > 0.5``, else its top class).
+    masks: per image, its ground truth (H, W) (class indices: an array or a palette PIL
+        image; None for an image without one), drawn in VOC colours after the input.
+    prediction: add a last column, branch B's segmentation (the argmax of its upsampled
+        logits, ``processor.predict_probabilities``), in VOC colours.
     """
     processor = processor or AgenImageProcessor(model.config.image_mean, model.config.image_std)
     device = next(model.parameters()).device
@@ -105,11 +111,17 @@ def cam_figure(model, images: Sequence, labels: Sequence[Sequence[int]] | None =
             else:
                 columns.append((f"AGM-{n}", out.class_maps[name]))
         row = [rgb]
+        if masks is not None:
+            row.append(label_colors(masks[k]) if masks[k] is not None else np.full_like(rgb, 255))
         for _, maps in columns:
             cams = class_activation_maps(maps.float(), pv.shape[-2:])[0, classes, :h, :w]
             row.append(_cam_overlay(rgb, cams.amax(dim=0).cpu()))
+        if prediction:
+            probs = processor.predict_probabilities(model, pv)[0, :, :h, :w]
+            row.append(label_colors(probs.argmax(dim=0).cpu().numpy()))
         rows.append(row)
-        titles = ["input"] + [t for t, _ in columns]
+        titles = ["input"] + (["ground truth"] if masks is not None else []) + \
+            [t for t, _ in columns] + (["B prediction"] if prediction else [])
     return grid(rows, titles, cell)
 
 

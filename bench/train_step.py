@@ -9,23 +9,52 @@ CoAM-3/4/5) relative to the baseline (branches A + B) — Table 1's first and la
 The boundary loss's CRF runs outside torch (pydensecrf) and is timed separately: the step
 figures here use ``use_boundary_loss=False`` so that FLOPs and time describe the same work;
 ``bench/crf.py`` puts the CRF next to them.
+
+``--quickstart`` instead breaks one whole training step of the quickstart's model
+(``recipes/configs/quickstart_model.json``, batch 16, 64^2, fp32, boundary loss on as in the
+config) into parts, with ``torch.profiler`` (CPU activity) over ``--repeats`` steps after one
+warm-up step, for the baseline and the full AGEN, and the ratio full / baseline of the step:
+
+    OMP_NUM_THREADS=1 python bench/train_step.py --quickstart [--batch 16] [--repeats 5] \
+        [--out bench_train_step_quickstart.json]
+
+A step is forward + backward of L_total, gradient clipping (``--max_grad_norm``, the
+quickstart's 10) and AdamW's step. Parts, forward and backward together (an autograd node's
+time goes to the part of the forward op that made it, matched by sequence number):
+convolutions (every aten convolution: stem, branches, heads, AGM convs), upsampling (every
+bilinear up/downsampling, wherever it is called: seeds', CoAM's and the losses' included; the
+JSON splits it by where), then by ``record_function`` scopes that this script wraps around the
+call sites (no model code changes): seeds (``pseudo_labels``), CoAM (``ContextAttention``),
+boundary CRF (``crf_refine``, pydensecrf), losses (the rest of ``AgenModel._add_loss``),
+optimizer (clipping + AdamW + zero_grad); other: batch norm, ReLU, pooling, dropout, autograd
+bookkeeping and Python overhead. ms are profiled times (the profiler adds a little); the
+un-profiled median step time is reported next to them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import platform
+import re
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from agen_hf import AgenConfig, AgenModel  # noqa: E402
+from agen_hf import losses as agen_losses  # noqa: E402
+from agen_hf import modeling_agen  # noqa: E402
+from agen_hf.modules import ContextAttention  # noqa: E402
 
 ROWS = {"baseline": ((), ()), "full": ((3, 4, 5), (3, 4, 5))}
 
@@ -112,22 +141,206 @@ def bench_config(name: str, base: AgenConfig, args, dtype: torch.dtype, peak: fl
     return result
 
 
+# -- --quickstart: where the step time goes ----------------------------------------------------
+
+QUICKSTART_CONFIG = ROOT / "recipes" / "configs" / "quickstart_model.json"
+PARTS = ["convolutions", "upsampling", "seeds", "coam", "boundary_crf", "losses", "optimizer",
+         "other"]
+SCOPES = ("seeds", "coam", "boundary_crf", "losses")  # record_function names, = their part
+PHASES = ("forward", "backward", "optimizer")  # the top-level scopes of a step
+BACKWARD_PREFIX = "autograd::engine::evaluate_function: "
+CONV = re.compile(r"aten::\w*(convolution|conv\d?d|conv_)|Convolution\w*Backward")
+UPSAMPLE = re.compile(r"aten::_?upsample_bilinear2d|^UpsampleBilinear2D")
+
+
+def _scoped(name: str, fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with record_function(name):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@contextlib.contextmanager
+def part_scopes():
+    """Wrap the call sites of the parts that op names cannot tell apart in ``record_function``
+    scopes, for the time of the block (the model's code is left as it is)."""
+    patches = [(modeling_agen, "pseudo_labels", "seeds"), (agen_losses, "crf_refine",
+                                                           "boundary_crf"),
+               (modeling_agen.AgenModel, "_add_loss", "losses"),
+               (ContextAttention, "forward", "coam")]
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
+    for owner, attr, name in patches:
+        setattr(owner, attr, _scoped(name, getattr(owner, attr)))
+    try:
+        yield
+    finally:
+        for owner, attr, fn in saved:
+            setattr(owner, attr, fn)
+
+
+def _chain(event):
+    """The event and its ancestors, innermost first."""
+    while event is not None:
+        yield event
+        event = event.cpu_parent
+
+
+def _op_part(names) -> str | None:
+    for name in names:
+        if CONV.search(name):
+            return "convolutions"
+        if UPSAMPLE.search(name):
+            return "upsampling"
+    return None
+
+
+def attribute(events) -> dict[tuple[str, str, str], float]:
+    """Self CPU microseconds of every profiled event by (part, phase, scope): op names first
+    (convolutions, upsampling), then the innermost part scope; an autograd node's ops take
+    the scope of the forward op that created it (same ``sequence_nr``). ``scope`` is where
+    the time was spent (a part scope or ``model``)."""
+    info = {}
+    forward_scope = {}  # sequence_nr -> scope of the latest forward op with it
+    for e in sorted(events, key=lambda e: e.time_range.start):
+        chain = list(_chain(e))
+        names = [c.name for c in chain]
+        phase = next((n for n in reversed(names) if n in PHASES), "other")
+        scope = next((n for n in names if n in SCOPES), None)
+        info[id(e)] = (chain, names, phase, scope)
+        if phase == "forward" and e.sequence_nr >= 0:
+            forward_scope[e.sequence_nr] = scope
+    totals: dict[tuple[str, str, str], float] = defaultdict(float)
+    for e in events:
+        chain, names, phase, scope = info[id(e)]
+        if phase == "optimizer":
+            part = "optimizer"
+        else:
+            node = next((c for c in chain if c.name.startswith(BACKWARD_PREFIX)), None)
+            if node is not None:
+                node_name = node.name[len(BACKWARD_PREFIX):]
+                scope = forward_scope.get(node.sequence_nr) if scope is None else scope
+                part = _op_part([node_name]) or _op_part(names) or scope or "other"
+            else:
+                part = _op_part(names) or scope or "other"
+        totals[(part, phase, scope or "model")] += e.self_cpu_time_total
+    return totals
+
+
+def make_optimizer(model: AgenModel) -> torch.optim.Optimizer:
+    """AdamW over the recipe's parameter groups (the learning rates do not change the time)."""
+    return torch.optim.AdamW([{"params": ps} for ps in model.parameter_groups().values() if ps],
+                             lr=1e-3, weight_decay=5e-4)
+
+
+def training_step(model, optimizer, pixel_values, labels, max_grad_norm: float) -> None:
+    with record_function("forward"):
+        out = model(pixel_values, labels)
+    with record_function("backward"):
+        out.loss.backward()
+    with record_function("optimizer"):
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def breakdown_row(config: AgenConfig, args) -> dict:
+    torch.manual_seed(0)
+    model = AgenModel(config).train()
+    optimizer = make_optimizer(model)
+    pixel_values, labels = make_batch(config, args.batch, args.size, "cpu")
+    with part_scopes():
+        training_step(model, optimizer, pixel_values, labels, args.max_grad_norm)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            training_step(model, optimizer, pixel_values, labels, args.max_grad_norm)
+            times.append(time.perf_counter() - t0)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.repeats):
+                training_step(model, optimizer, pixel_values, labels, args.max_grad_norm)
+    totals = attribute(prof.events())
+    step_ms = sum(totals.values()) / 1e3 / args.repeats
+    parts, detail = {}, defaultdict(dict)
+    for part in PARTS:
+        ms = sum(v for k, v in totals.items() if k[0] == part) / 1e3 / args.repeats
+        parts[part] = {"ms": ms, "percent": 100 * ms / step_ms}
+        for phase in PHASES:
+            v = sum(t for k, t in totals.items() if k[0] == part and k[1] == phase)
+            if v:
+                parts[part][f"{phase}_ms"] = v / 1e3 / args.repeats
+    for (part, _, scope), v in totals.items():
+        if part in ("convolutions", "upsampling"):
+            detail[part][scope] = detail[part].get(scope, 0.0) + v / 1e3 / args.repeats
+    times.sort()
+    return {"profiled_step_ms": step_ms, "step_ms": 1e3 * times[len(times) // 2],
+            "parts": parts, "by_scope": dict(detail),
+            "agm_stages": list(config.agm_stages), "coam_stages": list(config.coam_stages),
+            "use_boundary_loss": config.use_boundary_loss, "boundary_crf": config.boundary_crf,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def print_breakdown(name: str, row: dict) -> None:
+    print(f"\n{name}: {row['profiled_step_ms']:.1f} ms/step profiled, {row['step_ms']:.1f} ms "
+          f"un-profiled (median)")
+    print(f"  {'part':<14}{'ms':>9}{'% of step':>11}")
+    for part, v in row["parts"].items():
+        print(f"  {part:<14}{v['ms']:>9.2f}{v['percent']:>10.1f}%")
+
+
+def bench_quickstart(args) -> dict:
+    base = AgenConfig.from_json_file(args.model_config).to_dict()
+    result = {"model_config": str(args.model_config), "optimizer": "AdamW",
+              "max_grad_norm": args.max_grad_norm, "repeats": args.repeats}
+    for row, (agm, coam) in ROWS.items():
+        config = AgenConfig.from_dict({**base, "agm_stages": agm, "coam_stages": coam})
+        result[row] = breakdown_row(config, args)
+        print_breakdown(row, result[row])
+    result["full_over_baseline_time"] = result["full"]["step_ms"] / result["baseline"]["step_ms"]
+    result["full_over_baseline_time_profiled"] = (result["full"]["profiled_step_ms"]
+                                                  / result["baseline"]["profiled_step_ms"])
+    print(f"\nfull / baseline step time: {result['full_over_baseline_time']:.2f} "
+          f"(profiled: {result['full_over_baseline_time_profiled']:.2f})")
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=["paper", "tiny"])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--size", type=int, default=321)
+    p.add_argument("--quickstart", action="store_true",
+                   help="per-part breakdown of a training step of --model_config on the CPU "
+                        "instead (baseline and full AGEN)")
+    p.add_argument("--model_config", default=str(QUICKSTART_CONFIG),
+                   help="with --quickstart: the config.json to break down")
+    p.add_argument("--max_grad_norm", type=float, default=10.0,
+                   help="with --quickstart: gradient clipping in the step (0: none)")
+    p.add_argument("--batch", type=int, default=None, help="default: 1, --quickstart 16")
+    p.add_argument("--size", type=int, default=None, help="default: 321, --quickstart 64")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--gemm_sizes", type=int, nargs="+", default=[1024, 2048, 4096])
-    p.add_argument("--out", default="bench_train_step.json")
+    p.add_argument("--out", default=None,
+                   help="default: bench_train_step.json, --quickstart "
+                        "bench_train_step_quickstart.json")
     args = p.parse_args()
+    q = args.quickstart
+    args.batch = args.batch or (16 if q else 1)
+    args.size = args.size or (64 if q else 321)
+    args.out = args.out or ("bench_train_step_quickstart.json" if q else "bench_train_step.json")
+    if q and (args.device != "cpu" or args.dtypes != ["fp32"]):
+        p.error("--quickstart profiles fp32 on the CPU")
     result = {"device": args.device, "batch": args.batch, "size": args.size,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda")
                           else platform.processor() or platform.machine()),
               "date": time.strftime("%Y-%m-%d")}
+    if q:
+        result["quickstart"] = bench_quickstart(args)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"written {args.out}")
+        return
     for dtype_name in args.dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         peak = gemm_peak(args.device, dtype, args.gemm_sizes)

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer, base_lrs = build_optimizer(model, args)
 
-    def compute_loss(model, batch, data_parallel):
+    def compute_loss(model, batch, data_parallel, step):
         logits = model(batch["pixel_values"]).logits
         loss = fully_supervised_loss(logits, batch["mask"], config.ignore_index, data_parallel)
         return loss, {"seg_pseudo": loss}

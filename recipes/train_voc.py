@@ -32,8 +32,10 @@ from agen_hf.engine.loop import (add_training_arguments, build_optimizer,  # noq
                                  parse_with_config, run_training, training_accelerator,
                                  training_loaders)
 from agen_hf.engine.redaction import command_line  # noqa: E402
+from agen_hf.inference import save_image_atomic  # noqa: E402
 from agen_hf.losses import fully_supervised_loss  # noqa: E402
 from agen_hf.metrics.report import class_iou_markdown  # noqa: E402
+from agen_hf.visualization import cam_figure  # noqa: E402
 from agen_hf.weights import load_resnet38, load_vgg16  # noqa: E402
 
 logger = logging.getLogger("train_voc")
@@ -71,12 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "ac (+CoAM-3/4/5, the full AGEN)")
     g.add_argument("--boundary_crf", choices=["pydensecrf", "torch"], default=None)
     g.add_argument("--use_boundary_loss", choices=["true", "false"], default=None)
+    g.add_argument("--seeding_warmup_steps", type=int, default=0,
+                   help="train with the classification loss (eq. 11) alone for the first N "
+                        "steps (0: the paper, all losses from the start)")
     g.add_argument("--full_supervision", action="store_true",
                    help="train branch B from ground-truth masks: the upper bound")
     g.add_argument("--vgg16_weights",
                    help="torchvision VGG16(-BN) ImageNet state dict for the stem + branch A")
     g.add_argument("--resnet38_weights",
                    help="PSA's ImageNet ResNet-38 (.pth) for branch B")
+    g.add_argument("--cam_figure", type=int, default=0, metavar="N",
+                   help="write cams.png with the first N val images after training (0: off)")
     add_training_arguments(p)
     return p
 
@@ -133,15 +140,29 @@ def model_card(metrics: dict | None, config: AgenConfig, argv: list[str]) -> dic
                         f"{config.to_json_string()}\n```"}
 
 
+def write_cam_figure(model_dir: str | Path, val_ds, n: int) -> Path:
+    """``model_dir/cams.png``: for the first ``n`` val images, the input, its ground truth,
+    the CAMs of branch A and of every AGM before/after CoAM (for its classes) and branch B's
+    prediction (:func:`agen_hf.visualization.cam_figure`)."""
+    model = AgenModel.from_pretrained(model_dir).eval()
+    rows = val_ds.select(range(min(n, len(val_ds))))
+    labels = [[c for c, on in enumerate(multi_hot) if on] for multi_hot in rows["labels"]]
+    figure = cam_figure(model, rows["image"], labels, masks=rows["mask"], prediction=True)
+    path = Path(model_dir) / "cams.png"
+    save_image_atomic(figure, path)
+    return path
+
+
 def compute_loss(args: argparse.Namespace, ignore_index: int):
     """L_total (eq. 15) from image-level labels, or the upper bound's cross-entropy of branch
     B against the masks with ``--full_supervision``."""
-    def loss(model, batch, data_parallel):
+    def loss(model, batch, data_parallel, step):
         if args.full_supervision:
             logits = model(batch["pixel_values"], segmentation_only=True).logits
             value = fully_supervised_loss(logits, batch["mask"], ignore_index, data_parallel)
             return value, {"seg_B_full": value}
-        out = model(batch["pixel_values"], batch["labels"], data_parallel=data_parallel)
+        out = model(batch["pixel_values"], batch["labels"], data_parallel=data_parallel,
+                    classification_only=step < args.seeding_warmup_steps)
         return out.loss, out.loss_terms
     return loss
 
@@ -151,8 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # full supervision trains branch B alone: the other branches get no gradient
-    accelerator = training_accelerator(args, find_unused_parameters=args.full_supervision)
+    # full supervision trains branch B alone, the classification-first phase branch A alone
+    accelerator = training_accelerator(
+        args, find_unused_parameters=args.full_supervision or args.seeding_warmup_steps > 0)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(args.seed, deterministic=args.deterministic)
@@ -172,12 +194,15 @@ def main(argv: list[str] | None = None) -> dict:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer, base_lrs = build_optimizer(model, args)
     logger.info("model config %s", args.model_config)
-    return run_training(
+    result = run_training(
         accelerator, args, model, optimizer, base_lrs, train_loader, val_loader,
         compute_loss(args, config.ignore_index),
         log_extras=lambda m: {f"coam{n}_lambda": c.weight.item() for n, c in m.coam.items()},
         model_card=lambda metrics: model_card(metrics, config, argv),
         result_extras={"supervision": "full" if args.full_supervision else "image-level"})
+    if args.cam_figure > 0 and accelerator.is_main_process:
+        print(f"written {write_cam_figure(args.output_dir, val_ds, args.cam_figure)}")
+    return result
 
 
 if __name__ == "__main__":

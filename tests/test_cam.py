@@ -76,3 +76,18 @@ def test_dense_pseudo_labels_by_hand():
     assert out.tolist() == [[[1, 0, 0]]]
     out = dense_pseudo_labels(maps, torch.tensor([[1.0, 1.0]]), (1, 3), alpha=1.0)
     assert out.tolist() == [[[1, 0, 2]]]
+
+
+def test_seeds_match_a_per_pixel_reference():
+    """Seeds (section IV.1) against a slow loop: exactly one of the C+1 maps above δ."""
+    torch.manual_seed(3)
+    class_maps = torch.randn(2, 4, 5, 6)
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 1, 1, 1]])
+    seeds = pseudo_labels(class_maps, labels, (10, 12), alpha=2.0, threshold=0.3)
+    fg = class_activation_maps(class_maps, (10, 12)) * labels[:, :, None, None]
+    maps = torch.cat([background_map(fg, 2.0), fg], dim=1)
+    for b in range(2):
+        for y in range(10):
+            for x in range(12):
+                above = [k for k in range(5) if maps[b, k, y, x] > 0.3]
+                assert seeds[b, y, x] == (above[0] if len(above) == 1 else 255)

@@ -205,3 +205,36 @@ def test_frozen_batch_norm_keeps_imagenet_statistics():
     assert bn.weight.grad is None and not bn.weight.requires_grad
     assert model.stem.training and model.branch_a.training
     assert AgenConfig().freeze_batch_norm and not AgenConfig.tiny().freeze_batch_norm
+
+
+def test_classification_only_is_eq_11_alone_and_matches_the_full_pass():
+    model = AgenModel(AgenConfig.tiny(boundary_crf="torch"))
+    for m in model.coam.values():
+        torch.nn.init.constant_(m.weight, 0.5)
+    pixel_values, labels = batch()
+    full = model(pixel_values, labels)
+    cls = model(pixel_values, labels, classification_only=True)
+    assert set(cls.loss_terms) == {"cls_A", "cls_agm5", "cls_agm4", "cls_agm3"}
+    assert cls.logits is None and cls.agm_logits == {} and cls.seeds == {}
+    for name, value in cls.loss_terms.items():  # the same numbers as in the full pass
+        torch.testing.assert_close(value, full.loss_terms[name])
+    torch.testing.assert_close(cls.loss, sum(full.loss_terms[k] for k in cls.loss_terms))
+    cls.loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert not any(n.startswith(("branch_b.", "agm.seg_")) for n in trained)
+    assert {n for n, _ in model.named_parameters()
+            if n.startswith(("stem.", "branch_a.", "agm.cls_", "coam."))} <= trained
+    with pytest.raises(ValueError, match="exclude each other"):
+        model(pixel_values, segmentation_only=True, classification_only=True)
+
+
+def test_classifier_bias_starts_at_zero_and_round_trips(tmp_path):
+    model = AgenModel(AgenConfig.tiny(classifier_bias=True))
+    assert model.branch_a.classifier.bias is not None
+    assert model.agm.cls_shared[-1].bias is not None
+    assert model.branch_a.classifier.bias.abs().sum() == 0  # GAP(F_c) starts near 0
+    assert AgenModel(AgenConfig.tiny()).branch_a.classifier.bias is None  # the default
+    model.save_pretrained(tmp_path)
+    back = AgenModel.from_pretrained(tmp_path)
+    assert back.config.classifier_bias
+    torch.testing.assert_close(back.agm.cls_shared[-1].bias, model.agm.cls_shared[-1].bias)

@@ -56,7 +56,8 @@ def log(out):
 
 def test_a_few_steps_lower_the_loss_and_save_a_loadable_model(tmp_path, env):
     out = tmp_path / "run"
-    proc = run(base_args(out, steps=24, extra=["--synthetic_size", "8"]), env)
+    proc = run(base_args(out, steps=24, extra=["--synthetic_size", "8", "--cam_figure", "2"]),
+               env)
     losses = [r["loss"] for r in log(out)]
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
@@ -71,6 +72,14 @@ def test_a_few_steps_lower_the_loss_and_save_a_loadable_model(tmp_path, env):
     assert "| **mIoU** |" in card and "recipes/train_voc.py" in card
     record = log(out)[-1]
     assert {"cls_A", "cls_agm3", "seg_B", "seg_agm5", "boundary", "lr", "coam3_lambda"} <= set(record)
+    # --cam_figure 2: two val images x (input, ground truth, A, AGM-5/4/3 before and after
+    # CoAM, B's prediction) in 160-pixel cells
+    from PIL import Image
+
+    assert f"written {out / 'cams.png'}" in proc.stdout
+    with Image.open(out / "cams.png") as figure:
+        assert figure.format == "PNG" and figure.size == (10 * 164 + 4, 16 + 2 * 164 + 4)
+        figure.load()
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path, env):
@@ -214,13 +223,19 @@ def test_full_supervision_tracking_and_a_failed_push(tmp_path, env):
 
 def test_config_file_and_bad_flags(tmp_path, env):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("preset: sc\nlearning_rate: 0.002\noptimizer: adamw\n")
+    cfg.write_text("preset: sc\nlearning_rate: 0.002\noptimizer: adamw\nlr_scheduler: cosine\n"
+                   "warmup_steps: 2\nseeding_warmup_steps: 1\n")
     out = tmp_path / "cfg"
     run(base_args(out, steps=2) + ["--config", str(cfg), "--eval_every_epochs", "0",
                                    "--checkpointing_steps", "2"], env)
     saved = json.loads((out / "config.json").read_text())
     assert saved["agm_stages"] == [4] and saved["coam_stages"] == [4]
-    assert log(out)[0]["lr"] == pytest.approx(0.002)
+    first, second = log(out)
+    assert first["lr"] == pytest.approx(0.001) and second["lr"] == pytest.approx(0.002)
+    # classification first: eq. 11 alone for the first step, then every loss
+    assert set(first) - {"step", "epoch", "loss", "lr", "coam4_lambda"} == {"cls_A", "cls_agm4"}
+    assert first["loss"] == pytest.approx(first["cls_A"] + first["cls_agm4"])
+    assert {"seg_B", "seg_agm4", "boundary"} <= set(second)
     state = torch.load(next(out.glob("checkpoint-*")) / "optimizer.bin", weights_only=True)
     assert "exp_avg_sq" in next(iter(state["state"].values()))  # AdamW's, not SGD's
     cfg.write_text("presett: sc\n")

@@ -4,7 +4,7 @@ from PIL import Image
 
 from agen_hf import AgenConfig, AgenModel
 from agen_hf.data import voc_palette
-from agen_hf.visualization import (cam_figure, grid, heatmap, label_image, overlay,
+from agen_hf.visualization import (cam_figure, grid, heatmap, label_colors, label_image, overlay,
                                    segmentation_figure)
 
 
@@ -49,3 +49,32 @@ def test_figures_have_one_column_per_head_and_one_row_per_image():
     assert fig5.getpixel((4 + 36 + 10, 16 + 4 + 10)) == (128, 0, 0)
     with torch.no_grad():
         assert segmentation_figure(images, preds, cell=(32, 32)).size[0] == 2 * 36 + 4
+
+
+def test_cam_figure_with_ground_truth_and_branch_b_prediction():
+    model = AgenModel(AgenConfig.tiny()).eval()
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+              for _ in range(3)]
+    masks = [label_image(np.full((40, 56), 1, np.uint8)), np.zeros((40, 56), np.uint8), None]
+    fig = cam_figure(model, images, labels=[[0], [3], [4]], cell=(32, 32), masks=masks,
+                     prediction=True)
+    # input, ground truth, A, AGM-5/4/3 each before and after CoAM, B's prediction
+    assert fig.size == (10 * 36 + 4, 16 + 3 * 36 + 4)
+    gt = (4 + 36 + 10, 16 + 4 + 10)  # inside the first row's ground-truth cell
+    assert fig.getpixel(gt) == (128, 0, 0)  # aeroplane
+    assert fig.getpixel((gt[0], gt[1] + 2 * 36)) == (255, 255, 255)  # no mask: blank
+    # branch B's prediction: the VOC colour of the argmax of its logits (a fresh model's
+    # logits start near 0, so check against the model's own argmax)
+    from agen_hf import AgenImageProcessor
+    processor = AgenImageProcessor()
+    pv = processor.pad(processor.normalize(np.array(images[0])))
+    with torch.no_grad():
+        logits = model(pv, segmentation_only=True).logits
+    upsampled = torch.nn.functional.interpolate(logits, size=pv.shape[-2:], mode="bilinear",
+                                                align_corners=False)[0, :, :40, :56]
+    pred = upsampled.argmax(dim=0).numpy()
+    cell = np.asarray(fig)[16 + 4:16 + 4 + 32, 4 + 9 * 36:4 + 9 * 36 + 32]
+    expected = np.asarray(Image.fromarray(label_colors(pred)).resize((32, 32),
+                                                                     Image.Resampling.BILINEAR))
+    assert np.array_equal(cell, expected)

@@ -29,7 +29,7 @@ from .checkpointing import (load_checkpoint, remove_partial_checkpoints, resolve
 from .redaction import redact_args
 from .evaluation import evaluate_segmentation, shard_loader
 from .sampling import EpochSampler, SeededSamples
-from .schedule import step_decay
+from .schedule import SCHEDULES, lr_factor
 
 logger = logging.getLogger("agen_hf.train")
 
@@ -50,7 +50,15 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num_train_epochs", type=int, default=35)
     g.add_argument("--max_train_steps", type=int, default=None,
                    help="overrides --num_train_epochs")
-    g.add_argument("--lr_decay_epochs", type=int, default=10)
+    g.add_argument("--lr_decay_epochs", type=int, default=10,
+                   help="with --lr_scheduler step: divide the lr by 10 every N epochs")
+    g.add_argument("--lr_scheduler", choices=SCHEDULES, default="step",
+                   help="step (the paper's), poly or cosine (for models trained from scratch)")
+    g.add_argument("--warmup_steps", type=int, default=0,
+                   help="linear learning-rate warm-up over the first N optimizer steps")
+    g.add_argument("--lr_restart_at", type=int, default=0,
+                   help="poly/cosine: restart the schedule (warm-up included) at step N, e.g. "
+                        "where a classification-first phase ends (0: one cycle)")
     g.add_argument("--max_grad_norm", type=float, default=None,
                    help="clip the global gradient norm (the paper does not clip)")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
@@ -150,7 +158,7 @@ def training_loaders(accelerator: Accelerator, args: argparse.Namespace, train_d
     return train_loader, val_loader
 
 
-LossFn = Callable[[torch.nn.Module, dict, "DataParallel | None"],
+LossFn = Callable[[torch.nn.Module, dict, "DataParallel | None", int],
                   tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -160,7 +168,8 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
                  log_extras: Callable[[torch.nn.Module], dict] | None = None,
                  model_card: Callable[[dict], dict] | None = None,
                  result_extras: dict | None = None) -> dict:
-    """Train ``model`` with ``compute_loss(model, batch, data_parallel) -> (loss, terms)``,
+    """Train ``model`` with ``compute_loss(model, batch, data_parallel, step) -> (loss,
+    terms)`` (``step``: optimizer steps done so far),
     validate on ``val_loader`` (a :func:`shard_loader`), save to ``args.output_dir`` and
     return (and write, as ``eval_results.json``) the final figures."""
     output_dir = Path(args.output_dir)
@@ -234,7 +243,7 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
             if batch is None:  # every sample of this batch was bad and skipped
                 continue
             with accelerator.accumulate(model):
-                loss, terms = compute_loss(model, batch, data_parallel)
+                loss, terms = compute_loss(model, batch, data_parallel, state["global_step"])
                 bad = accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum") > 0
                 if bad:  # every process skips together, or DDP would hang
                     nonfinite += 1
@@ -253,8 +262,9 @@ def run_training(accelerator: Accelerator, args: argparse.Namespace, model: torc
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 if accelerator.sync_gradients:
-                    factor = step_decay(state["global_step"], steps_per_epoch,
-                                        args.lr_decay_epochs)
+                    factor = lr_factor(args.lr_scheduler, state["global_step"], max_steps,
+                                       steps_per_epoch, args.lr_decay_epochs,
+                                       args.warmup_steps, restart_at=args.lr_restart_at)
                     for group, base in zip(optimizer.param_groups, base_lrs):
                         group["lr"] = base * factor
                 optimizer.step()
