@@ -54,9 +54,10 @@ class AgenConfig:
         coam_stages: stages whose AGM maps are enhanced by CoAM-n (needs AGM-n).
         agm_cls_channels: channels of branch C's two 3x3 convolutions (256).
         agm_seg_channels: channels of branch D's two 3x3 convolutions (512).
-        classifier_bias: a bias in the class-aware 1x1 convolutions of branch A and of the
-            AGMs' branch C (False; the paper does not say. From scratch it lets the scores
-            start from the class prior at once: the quickstart sets True).
+        classifier_bias: a bias in the score layers: the class-aware 1x1 convolutions of
+            branch A and of the AGMs' branch C, and branch B's 1x1 logit convolution (False;
+            the paper does not say. From scratch it lets the scores start from the class
+            prior at once: the quickstart sets True).
 
     Pseudo labels (eq. 2-4, section IV.1)
         cam_alpha: ∂ of eq. 4 (8).

@@ -192,13 +192,23 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         if labels.shape != (pixel_values.shape[0], cfg.num_classes):
             raise ValueError(f"labels: expected multi-hot ({pixel_values.shape[0]}, "
                              f"{cfg.num_classes}), got {tuple(labels.shape)}")
-        size = tuple(pixel_values.shape[-2:])
+        terms = {f"cls_{head}": multilabel_loss(out.class_logits[head], labels)
+                 for head in self.heads}
+        if not classification_only:
+            size = tuple(pixel_values.shape[-2:])
+            terms.update(self._seeding_terms(out, labels, size, data_parallel))
+            if cfg.use_boundary_loss:
+                terms["boundary"] = boundary_loss(self.unnormalize(pixel_values), out.logits,
+                                                  labels, self.crf_params(), cfg.boundary_crf)
+        out.loss_terms = terms
+        out.loss = torch.stack(list(terms.values())).sum()
+
+    def _seeding_terms(self, out: AgenOutput, labels: torch.Tensor, size: tuple[int, int],
+                       data_parallel: DataParallel | None) -> dict[str, torch.Tensor]:
+        """Eq. 13's four pairs: seeds of every head (eq. 2-4, stored in ``out.seeds``) against
+        its segmentation (branch A's seeds train branch B), each by eq. 12."""
+        cfg = self.config
         terms = {}
-        for head in self.heads:
-            terms[f"cls_{head}"] = multilabel_loss(out.class_logits[head], labels)
-        if classification_only:
-            out.loss_terms, out.loss = terms, torch.stack(list(terms.values())).sum()
-            return
         for head in self.heads:
             seeds = pseudo_labels(out.class_maps[head], labels, size, cfg.cam_alpha,
                                   cfg.threshold(head), cfg.ignore_index)
@@ -210,11 +220,7 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
             else:
                 terms[f"seg_{head}"] = balanced_seeding_loss(out.agm_logits[head], seeds,
                                                              cfg.ignore_index, data_parallel)
-        if cfg.use_boundary_loss:
-            terms["boundary"] = boundary_loss(self.unnormalize(pixel_values), out.logits, labels,
-                                              self.crf_params(), cfg.boundary_crf)
-        out.loss_terms = terms
-        out.loss = torch.stack(list(terms.values())).sum()
+        return terms
 
     def unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalised images -> RGB in 0..255."""

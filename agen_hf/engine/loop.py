@@ -26,8 +26,8 @@ from ..losses import DataParallel
 from .accelerator import make_accelerator
 from .checkpointing import (load_checkpoint, remove_partial_checkpoints, resolve_checkpoint,
                             save_checkpoint)
-from .redaction import redact_args
 from .evaluation import evaluate_segmentation, shard_loader
+from .redaction import redact_args
 from .sampling import EpochSampler, SeededSamples
 from .schedule import SCHEDULES, lr_factor
 

@@ -1,5 +1,6 @@
 """Secrets never leave the machine: what the recipes write about their own arguments (the
-model card's command, the tracker config, ``trainer_state.json``) goes through here first.
+model card's command, the tracker config) goes through here first. (``trainer_state.json``
+holds only the loop's position, never an argument.)
 
 A value is secret when its flag names a credential (``--hub_token``, anything with
 ``token``, ``secret``, ``password`` or ``api_key`` in its name), when it equals a credential
