@@ -7,12 +7,13 @@ import json
 import os
 from pathlib import Path
 
+from .model_files import find_file
+
 
 def load_segmentation_model(name_or_path: str | os.PathLike):
     """:class:`agen_hf.AgenModel` or :class:`agen_hf.deeplab.DeepLabModel`, by its config.json
     (a DeepLab config names a ``backbone``)."""
     from .deeplab import DeepLabModel
-    from .hub import find_file
     from .modeling_agen import AgenModel
 
     path = find_file(name_or_path, "config.json")

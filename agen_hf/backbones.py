@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from .configuration_agen import AgenConfig
 
 
-def _pool(stride: int) -> nn.MaxPool2d:
+def max_pool(stride: int) -> nn.MaxPool2d:
     # DeepLab's 3x3 pooling: ceil(H / 2) at stride 2 (321 -> 161 -> 81 -> 41), size kept at 1.
     return nn.MaxPool2d(kernel_size=3, stride=stride, padding=1)
 
@@ -50,7 +50,7 @@ class SharedStem(nn.Module):
         super().__init__()
         ch, depth, bn = config.vgg_channels, config.vgg_depths, config.vgg_batch_norm
         self.conv1 = VggBlock(1, 3, ch[0], depth[0], batch_norm=bn)
-        self.pool1 = _pool(2)
+        self.pool1 = max_pool(2)
         self.conv2 = VggBlock(2, ch[0], ch[1], depth[1], batch_norm=bn)
         self.out_channels = ch[1]
 
@@ -66,14 +66,14 @@ class DeepLabVGG16(nn.Module):
     def __init__(self, config: AgenConfig) -> None:
         super().__init__()
         ch, depth, bn = config.vgg_channels, config.vgg_depths, config.vgg_batch_norm
-        self.pool2 = _pool(2)
+        self.pool2 = max_pool(2)
         self.conv3 = VggBlock(3, ch[1], ch[2], depth[2], batch_norm=bn)
-        self.pool3 = _pool(2)
+        self.pool3 = max_pool(2)
         self.conv4 = VggBlock(4, ch[2], ch[3], depth[3], batch_norm=bn)
-        self.pool4 = _pool(1)
+        self.pool4 = max_pool(1)
         self.conv5 = VggBlock(5, ch[3], ch[4], depth[4], dilation=config.vgg_stage5_dilation,
                               batch_norm=bn)
-        self.pool5 = _pool(1)
+        self.pool5 = max_pool(1)
         d = config.fc6_dilation
         self.fc6 = nn.Conv2d(ch[4], config.fc_channels, 3, padding=d, dilation=d)
         self.fc7 = nn.Conv2d(config.fc_channels, config.fc_channels, 3, padding=1)

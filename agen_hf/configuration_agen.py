@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
+
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -19,6 +21,16 @@ VOC_CLASSES = (
 )
 STAGES = (3, 4, 5)
 CRF_BACKENDS = ("pydensecrf", "torch")
+# the rows of Table 1: (agm_stages, coam_stages)
+TABLE1_PRESETS = {"baseline": ((), ()), "oa": ((4,), ()), "sc": ((4,), (4,)),
+                  "ma": ((3, 4, 5), ()), "ac": ((3, 4, 5), (3, 4, 5))}
+
+
+def default_id2label(num_labels: int) -> dict[int, str]:
+    """VOC's class names for 21 labels, ``LABEL_i`` otherwise (transformers' convention)."""
+    names = VOC_CLASSES if num_labels == len(VOC_CLASSES) else [
+        f"LABEL_{i}" for i in range(num_labels)]
+    return dict(enumerate(names))
 
 
 @dataclass
@@ -117,8 +129,8 @@ class AgenConfig:
     crf_bi_rgb_std: float = 13.0
     crf_bi_w: float = 10.0
 
-    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         for name in ("vgg_channels", "vgg_depths", "resnet_widths", "resnet_depths",
@@ -131,9 +143,7 @@ class AgenConfig:
         self.coam_stages = tuple(sorted(self._int_set("coam_stages")))
         self._validate()
         if self.id2label is None:
-            names = VOC_CLASSES if self.num_labels == len(VOC_CLASSES) else [
-                f"LABEL_{i}" for i in range(self.num_labels)]
-            self.id2label = dict(enumerate(names))
+            self.id2label = default_id2label(self.num_labels)
         else:
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         if sorted(self.id2label) != list(range(self.num_labels)):
@@ -206,7 +216,11 @@ class AgenConfig:
 
     def threshold(self, head: str) -> float:
         """δ of a head: ``"A"`` or ``"agm3"``/``"agm4"``/``"agm5"``."""
-        return getattr(self, f"threshold_{head.lower()}")
+        thresholds = {"A": self.threshold_a, "agm3": self.threshold_agm3,
+                      "agm4": self.threshold_agm4, "agm5": self.threshold_agm5}
+        if head not in thresholds:
+            raise ValueError(f"head: expected one of {sorted(thresholds)}, got {head!r}")
+        return thresholds[head]
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "AgenConfig":
@@ -219,6 +233,22 @@ class AgenConfig:
         )
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def named(cls, name_or_path: str | os.PathLike) -> "AgenConfig":
+        """``"paper"`` (the defaults), ``"tiny"`` (:meth:`tiny`) or a config.json path."""
+        if name_or_path == "paper":
+            return cls()
+        if name_or_path == "tiny":
+            return cls.tiny()
+        return cls.from_json_file(name_or_path)
+
+    def with_preset(self, preset: str) -> "AgenConfig":
+        """This config with the AGM and CoAM stages of a Table 1 row (``TABLE1_PRESETS``)."""
+        if preset not in TABLE1_PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(TABLE1_PRESETS)}, got {preset!r}")
+        agm, coam = TABLE1_PRESETS[preset]
+        return dataclasses.replace(self, agm_stages=agm, coam_stages=coam)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.to_json_string())
@@ -251,4 +281,4 @@ class AgenConfig:
             f.write(self.to_json_string() + "\n")
 
 
-__all__ = ["AgenConfig", "VOC_CLASSES", "STAGES", "CRF_BACKENDS"]
+__all__ = ["AgenConfig", "VOC_CLASSES", "STAGES", "CRF_BACKENDS", "TABLE1_PRESETS"]

@@ -22,7 +22,7 @@ import multiprocessing
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -172,6 +172,17 @@ class CrfPool:
         self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(
             "spawn")) if processes else None
         self._pending: deque[tuple[Any, Future]] = deque()
+
+    def refine(self, image: np.ndarray, labels: torch.Tensor,
+               class_probs: Callable[[np.ndarray], torch.Tensor],
+               tag: Any = None) -> list[tuple[Any, np.ndarray]]:
+        """Queue a prediction for refinement: the CRF over background + the classes of its
+        argmax ``labels`` (H, W), from their probabilities ``class_probs(classes)`` (k, H, W) at
+        the image's size (computed for those classes only). The one post-processing path of
+        evaluation (:func:`agen_hf.engine.evaluate_segmentation`) and inference
+        (:class:`agen_hf.inference.SegmentationStream`). Returns the results finished so far."""
+        classes = present_classes(labels)
+        return self.submit(image, class_probs(classes), classes, tag)
 
     def submit(self, image: np.ndarray, probs: torch.Tensor | np.ndarray, classes: np.ndarray,
                tag: Any = None) -> list[tuple[Any, np.ndarray]]:

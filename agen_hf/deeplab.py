@@ -23,10 +23,13 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation import deeplabv3_resnet101
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
-from .backbones import VggBlock, _pool
-from .configuration_agen import VOC_CLASSES
-from .hub import SegmentationHubMixin, split_parameters
-from .modeling_agen import AgenOutput
+from .backbones import VggBlock, max_pool
+from .configuration_agen import default_id2label
+from .hub import SegmentationHubMixin
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
+from .parameter_groups import split_parameters
+from .losses import ProcessGroup, fully_supervised_loss
+from .modeling_outputs import SegmenterOutput
 
 BACKBONES = ("resnet101", "vgg16")
 VGG_HEADS = ("largefov", "aspp")
@@ -54,8 +57,8 @@ class DeepLabConfig:
     vgg_depths: tuple[int, ...] = (2, 2, 3, 3, 3)
     fc_channels: int = 1024
     aspp_dilations: tuple[int, ...] = (6, 12, 18, 24)
-    image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         for name in ("resnet_layers", "vgg_channels", "vgg_depths", "aspp_dilations",
@@ -74,9 +77,7 @@ class DeepLabConfig:
 
     @property
     def id2label(self) -> dict[int, str]:
-        names = VOC_CLASSES if self.num_labels == len(VOC_CLASSES) else [
-            f"LABEL_{i}" for i in range(self.num_labels)]
-        return dict(enumerate(names))
+        return default_id2label(self.num_labels)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,7 +106,7 @@ class DeepLabVGG(nn.Module):
         for block in range(1, 6):
             layers.append(VggBlock(block, in_ch, ch[block - 1], depth[block - 1],
                                    dilation=2 if block == 5 else 1))
-            layers.append(_pool(strides[block - 1]))
+            layers.append(max_pool(strides[block - 1]))
             in_ch = ch[block - 1]
         self.features = nn.Sequential(*layers)
         rates = (12,) if config.head == "largefov" else config.aspp_dilations
@@ -140,7 +141,7 @@ Journal of Electronics 2023, Table 5), packaged with agen_hf. Image-level labels
 
 ```python
 from agen_hf.deeplab import DeepLabModel
-model = DeepLabModel.from_pretrained("REPO_ID")
+model = DeepLabModel.from_pretrained("{{ repo_id }}")
 ```
 
 ## Evaluation
@@ -169,14 +170,26 @@ class DeepLabModel(nn.Module, SegmentationHubMixin, tags=["deeplab"],
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, pixel_values: torch.Tensor, segmentation_only: bool = True) -> AgenOutput:
+    def forward(self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None,
+                segmentation_only: bool = True,
+                process_group: ProcessGroup | None = None) -> SegmenterOutput:
         """Logits (B, num_labels, h, w): stride 8 for VGG16, input size for ResNet-101 (as
-        torchvision returns them)."""
+        torchvision returns them); with ``masks`` (B, H, W), the loss: pixel-wise
+        cross-entropy against them (``seg``). A DeepLab only segments: ``segmentation_only``
+        is accepted for the interface it shares with :class:`agen_hf.AgenModel` and must be
+        True."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
-        if self.config.backbone == "resnet101":
-            return AgenOutput(logits=self.net(pixel_values)["out"])
-        return AgenOutput(logits=self.net(pixel_values))
+        if not segmentation_only:
+            raise ValueError("DeepLabModel only segments: segmentation_only must be True")
+        logits = self.net(pixel_values)
+        out = SegmenterOutput(logits=logits["out"] if self.config.backbone == "resnet101"
+                              else logits)
+        if masks is not None:
+            loss = fully_supervised_loss(out.logits, masks, self.config.ignore_index,
+                                         process_group)
+            out.loss, out.loss_terms = loss, {"seg": loss}
+        return out
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``"backbone"``: what ImageNet weights initialise; ``"new"``: the head (10x lr)."""

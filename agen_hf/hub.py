@@ -1,25 +1,22 @@
-"""What every agen_hf model shares on top of ``PyTorchModelHubMixin``: model-card metadata,
-strict loading, the image processor's ``preprocessor_config.json`` saved (and pushed) with the
-weights, the backbone / new-layer split of the parameters that the learning rates follow, and
-finding a file in a model folder or Hub repo."""
+"""Hub I/O every agen_hf model shares on top of ``PyTorchModelHubMixin``: model-card metadata
+and its ``model-index`` results, strict loading (of wrapped training checkpoints too), and the
+image processor's ``preprocessor_config.json`` saved (and pushed) with the weights."""
 
 from __future__ import annotations
 
-import os
+import copy
+import json
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
-from torch import nn
+from huggingface_hub import EvalResult, ModelCard, PyTorchModelHubMixin
+from safetensors.torch import load_file
 
+from .image_processing import AgenImageProcessor
 
-def split_parameters(model: nn.Module, pretrained: list[nn.Module]) -> dict[str, list]:
-    """``"backbone"``: the parameters of the ``pretrained`` modules (ImageNet-initialised);
-    ``"new"``: all others, in ``model.parameters()`` order."""
-    ids = {id(p) for m in pretrained for p in m.parameters()}
-    params = list(model.parameters())
-    return {"backbone": [p for p in params if id(p) in ids],
-            "new": [p for p in params if id(p) not in ids]}
+# what a training wrapper puts in front of every weight name: DistributedDataParallel's
+# ``module.`` and torch.compile's ``_orig_mod.`` (a checkpoint-<step> is saved wrapped)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class SegmentationHubMixin(
@@ -35,10 +32,49 @@ class SegmentationHubMixin(
     (from the model config's ``image_mean``/``image_std``); ``from_pretrained`` is strict by
     default."""
 
-    def _save_pretrained(self, save_directory) -> None:
-        from .image_processing import AgenImageProcessor
+    def save_pretrained(self, save_directory, *args, model_card_kwargs: dict | None = None,
+                        **kwargs):
+        # the mixin keeps an existing README.md; a folder saved again gets the new card, whose
+        # loading example names the folder (push_to_hub: the repo)
+        Path(save_directory, "README.md").unlink(missing_ok=True)
+        model_card_kwargs = {"repo_id": str(save_directory), **(model_card_kwargs or {})}
+        return super().save_pretrained(save_directory, *args,
+                                       model_card_kwargs=model_card_kwargs, **kwargs)
 
+    def push_to_hub(self, repo_id: str, *args, model_card_kwargs: dict | None = None, **kwargs):
+        model_card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, *args, model_card_kwargs=model_card_kwargs,
+                                   **kwargs)
+
+    def generate_model_card(self, *args, repo_id: str | None = None,
+                            eval_results: list[dict] | None = None, **kwargs) -> ModelCard:
+        """The card of this model. ``repo_id``: what its loading example names (the Hub repo
+        when pushing, the folder otherwise); ``eval_results``: ``EvalResult`` fields
+        (``task_type``, ``dataset_type``, ``dataset_name``, ``dataset_split``, ``metric_type``,
+        ``metric_value`` ...), written as the ``model-index`` the Hub shows; other keyword
+        arguments fill the template."""
+        info = self._hub_mixin_info
+        card_data = copy.deepcopy(info.model_card_data)
+        if eval_results:
+            card_data.eval_results = [EvalResult(**r) for r in eval_results]
+            card_data.model_name = Path(repo_id).name if repo_id else type(self).__name__
+        return ModelCard.from_template(card_data=card_data, template_str=info.model_card_template,
+                                       repo_url=info.repo_url, paper_url=info.paper_url,
+                                       docs_url=info.docs_url,
+                                       repo_id=repo_id or "path/to/model_folder", **kwargs)
+
+    def _save_pretrained(self, save_directory) -> None:
         super()._save_pretrained(save_directory)
+        self.save_model_config(save_directory)
+
+    def save_model_config(self, save_directory) -> None:
+        """``config.json`` (as the mixin writes it) and ``preprocessor_config.json``: with a
+        ``model.safetensors`` beside them, the folder loads with ``from_pretrained`` (every
+        training ``checkpoint-<step>`` is written so)."""
+        config = self._hub_mixin_config
+        config = asdict(config) if is_dataclass(config) else config
+        Path(save_directory, "config.json").write_text(json.dumps(config, sort_keys=True,
+                                                                  indent=2))
         AgenImageProcessor(image_mean=self.config.image_mean,
                            image_std=self.config.image_std).save_pretrained(save_directory)
 
@@ -48,14 +84,24 @@ class SegmentationHubMixin(
         # an error here unless the caller passes strict=False.
         return super()._from_pretrained(strict=strict, **kwargs)
 
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
+        """The weights of ``model_file``, whether saved by ``save_pretrained`` or by a wrapped
+        training model (``checkpoint-<step>``: ``module.``/``_orig_mod.`` prefixes)."""
+        state = load_file(model_file, device=map_location)
+        for prefix in _WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+        model.load_state_dict(state, strict=strict)
+        model.eval()
+        return model
 
-def find_file(name_or_path: str | os.PathLike, filename: str) -> str | None:
-    """``filename`` in a local folder, or in a Hub repo (None when it has no such file)."""
-    folder = Path(name_or_path)
-    if folder.is_dir():
-        path = folder / filename
-        return str(path) if path.is_file() else None
-    try:
-        return hf_hub_download(str(name_or_path), filename)
-    except EntryNotFoundError:
-        return None
+
+def mean_iou_result(mean_iou: float, dataset_type: str, dataset_name: str,
+                    split: str = "val") -> dict:
+    """One ``eval_results`` entry of :meth:`SegmentationHubMixin.generate_model_card`: the
+    mean IoU (a fraction, as ``evaluate``'s ``mean_iou`` returns it) on ``split``."""
+    return {"task_type": "image-segmentation", "task_name": "Semantic Segmentation",
+            "dataset_type": dataset_type, "dataset_name": dataset_name,
+            "dataset_split": split, "metric_type": "mean_iou", "metric_name": "mean IoU",
+            "metric_value": round(float(mean_iou), 4)}

@@ -1,43 +1,52 @@
-"""AgenImageProcessor: images of any mode and size in, class maps at the original size out.
+"""AgenImageProcessor: the transformers image-processor contract for :class:`agen_hf.AgenModel`.
 
-Pre-processing turns an image into 8-bit RGB (every PIL mode, 16-bit included), shrinks it
-when its long side exceeds ``max_size``, normalises it with the ImageNet statistics and pads
-it bottom/right to a multiple of the output stride (8) so that the logits' grid is aligned with
-the pixels. Post-processing upsamples class probabilities to the original size and takes the
-argmax, class by class so that a 4000 x 3000 image never needs all 21 full-size maps at once.
-Multi-scale + flip test-time augmentation averages the softmax probabilities of every
-(scale, flip) pass at the input's size, as the WSSS literature evaluates (PSA, RRM).
+``processor(images, return_tensors="pt")`` turns one image or a list into a
+:class:`BatchFeature` holding ``pixel_values`` (B, 3, H, W), so that ``model(**inputs)`` runs:
+every image becomes 8-bit RGB (every PIL mode, 16-bit included, turned upright by its EXIF
+orientation), is shrunk when its long side exceeds ``max_size``, normalised with the ImageNet
+statistics and padded bottom/right with zeros to a multiple of the output stride (8) so that the
+logits' grid is aligned with the pixels.
+``processor.post_process_semantic_segmentation(outputs, target_sizes)`` brings the scores back
+to each image's original size and takes the argmax, class by class so that a 4000 x 3000 image
+never needs all 21 full-size maps at once. Running the model (multi-scale + flip test-time
+augmentation, the dense CRF) is :mod:`agen_hf.inference`'s job.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.nn import functional as F
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .hub import find_file
+from .model_files import find_file
+from .normalization import IMAGENET_MEAN, IMAGENET_STD, normalize, unnormalize
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+_EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+RETURN_TENSORS = ("pt", "np")
 
 
 def rgb_array(image, name: str = "image") -> np.ndarray:
     """Any image as (H, W, 3) uint8 RGB.
 
-    PIL images of every mode (RGB, L, P, 1, RGBA/LA/PA with the alpha dropped, CMYK, YCbCr,
-    16-bit ``I;16*`` and 32-bit ``I`` scaled by 1/257, float ``F`` in [0, 1]); numpy arrays
-    (H, W), (H, W, 1|3|4) of uint8, uint16 (scaled by 1/257) or float in [0, 1]; torch tensors
-    (3, H, W) or (H, W) of the same dtypes. Anything else is a ``ValueError`` naming ``name``.
+    PIL images are turned upright by their EXIF orientation (as ``datasets.Image`` does;
+    files without one, e.g. VOC's, are unchanged), in every mode (RGB, L, P, 1, RGBA/LA/PA
+    with the alpha dropped, CMYK, YCbCr, 16-bit ``I;16*`` and 32-bit ``I`` scaled by 1/257,
+    float ``F`` in [0, 1]); numpy arrays (H, W), (H, W, 1|3|4) of uint8, uint16 (scaled by
+    1/257) or float in [0, 1]; torch tensors (3, H, W) or (H, W) of the same dtypes. Anything
+    else is a ``ValueError`` naming ``name``.
     """
     if isinstance(image, Image.Image):
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # a photo taken sideways
+            image = ImageOps.exif_transpose(image)
         if image.mode in _SIXTEEN_BIT_MODES:
             array = np.asarray(image, dtype=np.int64)
             if array.min() < 0 or array.max() > 65535:
@@ -98,31 +107,70 @@ def upsample_argmax(probs: torch.Tensor, size: tuple[int, int],
     return labels
 
 
+class BatchFeature(dict):
+    """What the processor returns, as transformers' ``BatchFeature``: a dict (so that
+    ``model(**inputs)`` works) whose keys are also attributes (``inputs.pixel_values``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no {name!r}; it holds "
+                                 f"{sorted(self)}") from None
+
+    def to(self, device_or_dtype: str | int | torch.device | torch.dtype) -> "BatchFeature":
+        """A new BatchFeature with every tensor moved to a device, or with its floating-point
+        tensors cast to a dtype (integer tensors keep theirs, as in transformers); other
+        values (numpy arrays) are kept as they are."""
+        if isinstance(device_or_dtype, torch.dtype):
+            return BatchFeature({k: v.to(device_or_dtype) if torch.is_tensor(v)
+                                 and v.is_floating_point() else v for k, v in self.items()})
+        device = torch.device(device_or_dtype)
+        return BatchFeature({k: v.to(device) if torch.is_tensor(v) else v
+                             for k, v in self.items()})
+
+
+def padded_size(sizes: Sequence[tuple[int, int]], divisor: int) -> tuple[int, int]:
+    """The batch size of :meth:`AgenImageProcessor.pad`: the largest height and width of
+    ``sizes``, each rounded up to a multiple of ``divisor``."""
+    return (-(-max(h for h, _ in sizes) // divisor) * divisor,
+            -(-max(w for _, w in sizes) // divisor) * divisor)
+
+
+def _scores_of(outputs) -> tuple[torch.Tensor, bool]:
+    """(scores (B, K, h, w), whether they are a model output's logits)."""
+    if torch.is_tensor(outputs):
+        scores, logits = outputs, False
+    else:
+        scores, logits = getattr(outputs, "logits", None), True
+        if not torch.is_tensor(scores):
+            raise ValueError("outputs: expected a model output with .logits or a tensor of "
+                             f"scores, got {type(outputs).__name__}")
+    if scores.ndim != 4:
+        raise ValueError(f"outputs: expected scores (B, K, h, w), got {tuple(scores.shape)}")
+    return scores, logits
+
+
 @dataclass
 class AgenImageProcessor:
-    """Pre- and post-processing for :class:`agen_hf.AgenModel`.
+    """Pre- and post-processing for :class:`agen_hf.AgenModel`, as a transformers image
+    processor: ``inputs = processor(images, return_tensors="pt")``, ``outputs =
+    model(**inputs)``, ``processor.post_process_semantic_segmentation(outputs, target_sizes)``.
 
     Attributes:
         image_mean / image_std: normalisation (ImageNet's, as the backbones were trained).
         max_size: an image whose long side exceeds it is shrunk to it before the network (the
             result still comes back at the original size); None: never.
         size_divisor: pad bottom/right to a multiple of it (the output stride, 8).
-        scales: test-time scales; the paper-style evaluation uses (0.5, 1.0, 1.5, 2.0).
-        flip: also run every scale horizontally flipped.
     """
 
     image_mean: Sequence[float] = IMAGENET_MEAN
     image_std: Sequence[float] = IMAGENET_STD
     max_size: int | None = 1024
     size_divisor: int = 8
-    scales: Sequence[float] = field(default=(1.0,))
-    flip: bool = False
 
     def __post_init__(self) -> None:
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
-        self.scales = tuple(float(s) for s in self.scales)
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales: need one or more positive scales, got {self.scales}")
         if self.max_size is not None and self.max_size < 1:
             raise ValueError(f"max_size: must be positive or None, got {self.max_size}")
         if self.size_divisor < 1:
@@ -141,7 +189,9 @@ class AgenImageProcessor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides) -> "AgenImageProcessor":
         """From a model folder or Hub id: its ``preprocessor_config.json``, else the
-        ``image_mean``/``image_std`` of its ``config.json``, else the defaults."""
+        ``image_mean``/``image_std`` of its ``config.json``, else the defaults. Keys that are
+        not attributes (``image_processor_type``; ``scales``/``flip`` of older files) are
+        ignored."""
         values: dict = {}
         for filename in (PREPROCESSOR_CONFIG, "config.json"):
             path = find_file(name_or_path, filename)
@@ -172,85 +222,71 @@ class AgenImageProcessor:
         if size != tuple(x.shape[-2:]):
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False,
                               antialias=True)[0]
-        mean = torch.tensor(self.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.image_std).view(3, 1, 1)
-        return (x - mean) / std
+        return normalize(x, self.image_mean, self.image_std)
 
     def unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalised (B, 3, H, W) -> RGB in 0..255 (float), the inverse of :meth:`normalize`."""
-        mean = torch.tensor(self.image_mean, device=pixel_values.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, device=pixel_values.device).view(1, 3, 1, 1)
-        return (pixel_values * std + mean) * 255.0
+        return unnormalize(pixel_values, self.image_mean, self.image_std)
 
     def pad(self, pixel_values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """Stack (3, h, w) images, zero-padded (the mean colour) bottom/right to the largest
         size rounded up to ``size_divisor``."""
         items = [pixel_values] if torch.is_tensor(pixel_values) and pixel_values.ndim == 3 \
             else list(pixel_values)
-        d = self.size_divisor
-        h = -(-max(t.shape[-2] for t in items) // d) * d
-        w = -(-max(t.shape[-1] for t in items) // d) * d
+        h, w = padded_size([tuple(t.shape[-2:]) for t in items], self.size_divisor)
         return torch.stack([F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in items])
 
-    def preprocess(self, images) -> dict:
-        """One image or a list -> ``pixel_values`` (B, 3, H, W), ``input_sizes`` (the real
-        (h, w) inside the padding) and ``original_sizes`` (each image's (H, W))."""
+    def preprocess(self, images, return_tensors: str = "pt") -> BatchFeature:
+        """One image or a list (anything :func:`rgb_array` takes) -> a :class:`BatchFeature`
+        whose one key is ``pixel_values`` (B, 3, H, W) float32: a torch tensor for
+        ``return_tensors="pt"``, a numpy array for ``"np"``."""
+        if return_tensors not in RETURN_TENSORS:
+            raise ValueError(f"return_tensors: expected one of {RETURN_TENSORS}, got "
+                             f"{return_tensors!r}")
         if not isinstance(images, (list, tuple)):
             images = [images]
-        rgbs = [rgb_array(im, f"image {i}") for i, im in enumerate(images)]
-        tensors = [self.normalize(rgb) for rgb in rgbs]
-        return {"pixel_values": self.pad(tensors),
-                "input_sizes": [tuple(t.shape[-2:]) for t in tensors],
-                "original_sizes": [rgb.shape[:2] for rgb in rgbs]}
+        if not images:
+            raise ValueError("images: expected one image or a non-empty list")
+        pixel_values = self.pad([self.normalize(rgb_array(im, f"image {i}"))
+                                 for i, im in enumerate(images)])
+        return BatchFeature(pixel_values=pixel_values if return_tensors == "pt"
+                            else pixel_values.numpy())
 
-    __call__ = preprocess
+    def __call__(self, images, return_tensors: str = "pt") -> BatchFeature:
+        """Same as :meth:`preprocess`."""
+        return self.preprocess(images, return_tensors=return_tensors)
 
-    # -- inference -------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_probabilities(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities (B, C+1, H, W) at the size of ``pixel_values``, averaged
-        over ``scales`` x (identity, horizontal flip if ``flip``). Each pass is padded to
-        ``size_divisor``, its logits upsampled to the padded size and cropped."""
-        b, _, h, w = pixel_values.shape
-        total = None
-        for scale in self.scales:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            x = pixel_values if size == (h, w) else F.interpolate(
-                pixel_values, size=size, mode="bilinear", align_corners=False)
-            if self.flip:
-                x = torch.cat([x, x.flip(-1)])
-            padded = self.pad(list(x))
-            logits = model(padded, segmentation_only=True).logits.float()
-            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear",
-                                   align_corners=False)[..., :size[0], :size[1]]
-            probs = logits.softmax(dim=1)
-            if self.flip:
-                probs = probs[:b] + probs[b:].flip(-1)
-            if size != (h, w):
-                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-            total = probs if total is None else total + probs
-        return total / (len(self.scales) * (2 if self.flip else 1))
+    # -- post-processing -------------------------------------------------------------------
+    def post_process_semantic_segmentation(
+            self, outputs, target_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[torch.Tensor]:
+        """Class maps (int64), one per image, from a model output (its ``.logits``) or a
+        tensor of scores (logits or probabilities) (B, K, h, w) of a batch this processor made.
 
-    def post_process_semantic_segmentation(self, probs: torch.Tensor,
-                                           input_sizes: Sequence[tuple[int, int]],
-                                           original_sizes: Sequence[tuple[int, int]]
-                                           ) -> list[torch.Tensor]:
-        """Probabilities or logits (B, K, H, W) of a padded batch -> one (H_i, W_i) int64 class
-        map per image at its original size."""
-        return [upsample_argmax(p[:, :h, :w], tuple(size))
-                for p, (h, w), size in zip(probs, input_sizes, original_sizes)]
-
-    def segment(self, model, images):
-        """Class-index maps (H, W) uint8 at each image's original size: one image in, one map
-        out; a list in, a list out. Images go through the network one at a time."""
-        single = not isinstance(images, (list, tuple))
-        device = next(model.parameters()).device
-        out = []
-        for image in [images] if single else images:
-            inputs = self.preprocess(image)
-            probs = self.predict_probabilities(model, inputs["pixel_values"].to(device))
-            labels = self.post_process_semantic_segmentation(
-                probs.cpu(), inputs["input_sizes"], inputs["original_sizes"])[0]
-            out.append(labels.to(torch.uint8).numpy())
-        return out[0] if single else out
-
+        With ``target_sizes`` (each image's original (H, W), e.g. ``image.size[::-1]`` of the
+        upright image): the scores are upsampled (bilinear) to the padded batch size, cropped
+        to each image's content (:meth:`resized_size`) and argmaxed at (H, W) with
+        :func:`upsample_argmax`. A model output's logits are turned into probabilities
+        (softmax) at the padded size first, so the result is what
+        :func:`agen_hf.inference.segment` gives at one scale; a tensor is interpolated as it
+        is (pass :func:`agen_hf.inference.segmentation_probabilities` for test-time
+        augmentation). Without: the argmax of the scores at their own resolution.
+        """
+        scores, logits = _scores_of(outputs)
+        if target_sizes is None:
+            return [s.argmax(dim=0) for s in scores]
+        originals = [(int(h), int(w)) for h, w in target_sizes]
+        if len(originals) != scores.shape[0]:
+            raise ValueError(f"target_sizes: {len(originals)} sizes for a batch of "
+                             f"{scores.shape[0]} images; give one (H, W) per image")
+        contents = [self.resized_size(h, w) for h, w in originals]
+        padded = padded_size(contents, self.size_divisor)
+        labels = []
+        for i, ((h, w), original) in enumerate(zip(contents, originals)):
+            s = scores[i:i + 1].float()
+            if tuple(s.shape[-2:]) != padded:
+                s = F.interpolate(s, size=padded, mode="bilinear", align_corners=False)
+            if logits:
+                s = s.softmax(dim=1)
+            labels.append(upsample_argmax(s[0, :, :h, :w], original))
+        return labels

@@ -12,7 +12,7 @@ from .crf import CrfParams, crf_refine
 
 
 @dataclass(frozen=True)
-class DataParallel:
+class ProcessGroup:
     """How batch-wide means are pooled over ``world_size`` data-parallel processes: ``sum``
     adds a tensor over them (``lambda t: accelerator.reduce(t, "sum")``)."""
 
@@ -20,11 +20,11 @@ class DataParallel:
     sum: Callable[[torch.Tensor], torch.Tensor]
 
     @staticmethod
-    def pool(data_parallel: "DataParallel | None", counts: torch.Tensor):
+    def pool(process_group: "ProcessGroup | None", counts: torch.Tensor):
         """Global counts and the factor W that undoes DDP's gradient averaging."""
-        if data_parallel is None or data_parallel.world_size == 1:
+        if process_group is None or process_group.world_size == 1:
             return counts, 1.0
-        return data_parallel.sum(counts.detach().clone()), float(data_parallel.world_size)
+        return process_group.sum(counts.detach().clone()), float(process_group.world_size)
 
 
 def multilabel_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -43,14 +43,14 @@ def multilabel_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def balanced_seeding_loss(seg_logits: torch.Tensor, seeds: torch.Tensor,
                           ignore_index: int = 255,
-                          data_parallel: DataParallel | None = None) -> torch.Tensor:
+                          process_group: ProcessGroup | None = None) -> torch.Tensor:
     """Eq. 12 over the whole batch: the mean of ``-log S_{u,c}`` over foreground seed pixels
     (each at its seed's class) plus the same mean over background seed pixels (class 0).
 
     seg_logits: (B, C+1, H, W); seeds: (B, H, W) int64 with 0 = background, 1..C foreground,
     ``ignore_index`` unassigned. A term with no seed pixels contributes 0.
 
-    data_parallel: in data-parallel training, the means divide by the seed counts of the
+    process_group: in data-parallel training, the means divide by the seed counts of the
     global batch and are scaled by the number of processes W, so that the gradient DDP
     averages, and the loss averaged over processes, are those of eq. 12 on the global batch.
     """
@@ -63,7 +63,7 @@ def balanced_seeding_loss(seg_logits: torch.Tensor, seeds: torch.Tensor,
     nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
     groups = (valid & (seeds == 0), valid & (seeds > 0))
     counts = torch.stack([g.sum() for g in groups]).to(log_probs.dtype)
-    counts, scale = DataParallel.pool(data_parallel, counts)
+    counts, scale = ProcessGroup.pool(process_group, counts)
     loss = log_probs.new_zeros(())
     for group, count in zip(groups, counts):
         loss = loss + (nll * group).sum() / count.clamp_min(1)
@@ -72,14 +72,14 @@ def balanced_seeding_loss(seg_logits: torch.Tensor, seeds: torch.Tensor,
 
 def fully_supervised_loss(seg_logits: torch.Tensor, masks: torch.Tensor,
                           ignore_index: int = 255,
-                          data_parallel: DataParallel | None = None) -> torch.Tensor:
+                          process_group: ProcessGroup | None = None) -> torch.Tensor:
     """The upper bound's loss: pixel-wise cross-entropy of the logits (B, C+1, h, w),
     bilinearly upsampled to the masks' size, against ground-truth masks (B, H, W), averaged
     over the labelled pixels of the (global) batch."""
     logits = F.interpolate(seg_logits.float(), size=masks.shape[-2:], mode="bilinear",
                            align_corners=False)
     nll = F.cross_entropy(logits, masks.long(), ignore_index=ignore_index, reduction="sum")
-    count, scale = DataParallel.pool(data_parallel, (masks != ignore_index).sum().to(nll.dtype))
+    count, scale = ProcessGroup.pool(process_group, (masks != ignore_index).sum().to(nll.dtype))
     return nll / count.clamp_min(1) * scale
 
 

@@ -1,7 +1,6 @@
 """AgenModel: the attention guided enhancement network (Fig. 1), loadable the Hugging Face way."""
 
 import logging
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -11,8 +10,12 @@ from .backbones import DeepLabVGG16, ResNet38, SharedStem
 from .cam import pseudo_labels
 from .configuration_agen import AgenConfig
 from .crf import CrfParams
-from .hub import SegmentationHubMixin, split_parameters
-from .losses import DataParallel, balanced_seeding_loss, boundary_loss, multilabel_loss
+from .hub import SegmentationHubMixin
+from .normalization import unnormalize
+from .parameter_groups import split_parameters
+from .losses import (ProcessGroup, balanced_seeding_loss, boundary_loss,
+                     fully_supervised_loss, multilabel_loss)
+from .modeling_outputs import AgenOutput
 from .modules import AttentionGuidedModule, ContextAttention
 
 logger = logging.getLogger(__name__)
@@ -27,11 +30,11 @@ MODEL_CARD = """
 Weakly supervised semantic segmentation model trained from image-level labels only
 (Zhang et al., *Attention Guided Enhancement Network for Weakly Supervised Semantic
 Segmentation*, Chinese Journal of Electronics 2023, doi:10.23919/cje.2021.00.230),
-packaged with [agen_hf](https://github.com/agen-hf/agen_hf).
+packaged with the agen_hf library.
 
 ```python
 from agen_hf import AgenModel
-model = AgenModel.from_pretrained("REPO_ID")
+model = AgenModel.from_pretrained("{{ repo_id }}")
 logits = model(pixel_values, segmentation_only=True).logits  # (B, 21, H/8, W/8)
 ```
 
@@ -59,35 +62,6 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@dataclass
-class AgenOutput:
-    """What :meth:`AgenModel.forward` returns.
-
-    Heads are named ``"A"`` (classification branch A, paired with segmentation branch B) and
-    ``"agm3"``/``"agm4"``/``"agm5"``.
-
-    Attributes:
-        loss: L_total of eq. 15 (when labels are given).
-        loss_terms: every term by name: ``cls_A``, ``cls_agm5``..., ``seg_B``, ``seg_agm5``...,
-            ``boundary``.
-        logits: branch B's segmentation logits (B, num_labels, ceil(H/8), ceil(W/8)).
-        class_logits: ``GAP(F_c)`` of every head (B, C); ``sigmoid`` gives ``p`` of eq. 1.
-        class_maps: class-aware maps ``F_c`` of every head (B, C, h, w), after CoAM where on.
-        class_maps_before_coam: AGM maps before CoAM, for the stages that have one.
-        agm_logits: segmentation logits of every AGM's branch D at input size (B, C+1, H, W).
-        seeds: pseudo labels of every head at input size (B, H, W) (when labels are given).
-    """
-
-    loss: torch.Tensor | None = None
-    loss_terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    logits: torch.Tensor | None = None
-    class_logits: dict[str, torch.Tensor] = field(default_factory=dict)
-    class_maps: dict[str, torch.Tensor] = field(default_factory=dict)
-    class_maps_before_coam: dict[str, torch.Tensor] = field(default_factory=dict)
-    agm_logits: dict[str, torch.Tensor] = field(default_factory=dict)
-    seeds: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
 class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_template=MODEL_CARD):
     """AGEN (Fig. 1): shared VGG stem; classification branch A (DeepLab-VGG16); segmentation
     branch B (ResNet-38); AGM-n on the stage-n taps of A and B for n in ``config.agm_stages``;
@@ -112,10 +86,6 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
             nn.init.normal_(scores.weight, std=0.01)
             if scores.bias is not None:
                 nn.init.zeros_(scores.bias)
-        mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(config.image_std).view(1, 3, 1, 1)
-        self.register_buffer("image_mean", mean, persistent=False)
-        self.register_buffer("image_std", std, persistent=False)
         if config.freeze_batch_norm:
             for m in self.branch_b.modules():
                 if isinstance(m, nn.BatchNorm2d):
@@ -147,24 +117,35 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                 segmentation_only: bool = False, classification_only: bool = False,
-                data_parallel: DataParallel | None = None) -> AgenOutput:
+                masks: torch.Tensor | None = None,
+                process_group: ProcessGroup | None = None) -> AgenOutput:
         """pixel_values: normalised images (B, 3, H, W); labels: image-level multi-hot (B, C).
 
-        ``segmentation_only=True`` is the inference path: branch B alone, no maps, no loss.
+        ``segmentation_only=True`` is the inference path: branch B alone, no maps; with
+        ``masks`` (B, H, W) it is the fully supervised upper bound, whose loss is branch B's
+        cross-entropy against them (``seg_B_full``).
         ``classification_only=True`` runs the classification side alone (stem, branch A, the
         AGMs' branch C, CoAM) and its loss is eq. 11 alone: the classification-first phase
         of a network trained from scratch, whose CAMs are noise at step 0.
-        ``data_parallel`` pools the seeding losses' batch means over processes (see
+        ``process_group`` pools the seeding losses' batch means over processes (see
         :func:`agen_hf.losses.balanced_seeding_loss`).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
         if segmentation_only and classification_only:
             raise ValueError("segmentation_only and classification_only exclude each other")
+        if masks is not None and not segmentation_only:
+            raise ValueError("masks (the fully supervised upper bound) train branch B alone: "
+                             "pass segmentation_only=True")
         stem = self.stem(pixel_values)
         taps_b, logits = (None, None) if classification_only else self.branch_b(stem)
         if segmentation_only:
-            return AgenOutput(logits=logits)
+            out = AgenOutput(logits=logits)
+            if masks is not None:
+                loss = fully_supervised_loss(logits, masks, self.config.ignore_index,
+                                             process_group)
+                out.loss, out.loss_terms = loss, {"seg_B_full": loss}
+            return out
 
         size = tuple(pixel_values.shape[-2:])
         taps_a, maps_a = self.branch_a(stem)
@@ -173,7 +154,7 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         for n in sorted(self.config.agm_stages, reverse=True):
             name = f"agm{n}"
             maps = self.agm.class_maps(n, taps_a[n])
-            if str(n) in self.coam:
+            if str(n) in self.coam:  # eq. 5: F^{n} = CoAM(F^{n}, F^{n+1}), top-down
                 out.class_maps_before_coam[name] = maps
                 maps = self.coam[str(n)](maps, high)
             out.class_maps[name] = high = maps
@@ -182,29 +163,34 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
                                                      mode="bilinear", align_corners=False)
         out.class_logits = {name: m.mean(dim=(2, 3)) for name, m in out.class_maps.items()}
         if labels is not None:
-            self._add_loss(out, pixel_values, labels, data_parallel, classification_only)
+            self._add_loss(out, pixel_values, labels, process_group, classification_only)
         return out
 
     def _add_loss(self, out: AgenOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
-                  data_parallel: DataParallel | None, classification_only: bool = False) -> None:
+                  process_group: ProcessGroup | None, classification_only: bool = False) -> None:
         """Eq. 11 + 13 + 14 = L_total (eq. 15); eq. 11 alone with ``classification_only``."""
         cfg = self.config
         if labels.shape != (pixel_values.shape[0], cfg.num_classes):
             raise ValueError(f"labels: expected multi-hot ({pixel_values.shape[0]}, "
                              f"{cfg.num_classes}), got {tuple(labels.shape)}")
-        terms = {f"cls_{head}": multilabel_loss(out.class_logits[head], labels)
-                 for head in self.heads}
+        terms = self._classification_terms(out, labels)
         if not classification_only:
             size = tuple(pixel_values.shape[-2:])
-            terms.update(self._seeding_terms(out, labels, size, data_parallel))
+            terms.update(self._seeding_terms(out, labels, size, process_group))
             if cfg.use_boundary_loss:
                 terms["boundary"] = boundary_loss(self.unnormalize(pixel_values), out.logits,
                                                   labels, self.crf_params(), cfg.boundary_crf)
         out.loss_terms = terms
         out.loss = torch.stack(list(terms.values())).sum()
 
+    def _classification_terms(self, out: AgenOutput, labels: torch.Tensor
+                              ) -> dict[str, torch.Tensor]:
+        """Eq. 11: the multi-label loss (eq. 10) of branch A and of every AGM's branch C."""
+        return {f"cls_{head}": multilabel_loss(out.class_logits[head], labels)
+                for head in self.heads}
+
     def _seeding_terms(self, out: AgenOutput, labels: torch.Tensor, size: tuple[int, int],
-                       data_parallel: DataParallel | None) -> dict[str, torch.Tensor]:
+                       process_group: ProcessGroup | None) -> dict[str, torch.Tensor]:
         """Eq. 13's four pairs: seeds of every head (eq. 2-4, stored in ``out.seeds``) against
         its segmentation (branch A's seeds train branch B), each by eq. 12."""
         cfg = self.config
@@ -216,15 +202,20 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
             if head == "A":
                 seg = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)
                 terms["seg_B"] = balanced_seeding_loss(seg, seeds, cfg.ignore_index,
-                                                       data_parallel)
+                                                       process_group)
             else:
                 terms[f"seg_{head}"] = balanced_seeding_loss(out.agm_logits[head], seeds,
-                                                             cfg.ignore_index, data_parallel)
+                                                             cfg.ignore_index, process_group)
         return terms
 
+    def coam_weights(self) -> dict[str, float]:
+        """The learned weight λ of every CoAM (eq. 9), by stage: logged with each step."""
+        return {f"coam{n}_lambda": coam.weight.item() for n, coam in self.coam.items()}
+
     def unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Normalised images -> RGB in 0..255."""
-        return (pixel_values * self.image_std + self.image_mean) * 255.0
+        """Normalised images -> RGB in 0..255 with this model's ``image_mean``/``image_std``
+        (:func:`agen_hf.normalization.unnormalize`): the image the boundary loss's CRF sees."""
+        return unnormalize(pixel_values, self.config.image_mean, self.config.image_std)
 
     def crf_params(self) -> CrfParams:
         c = self.config

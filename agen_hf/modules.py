@@ -52,7 +52,9 @@ class AttentionGuidedModule(nn.Module):
 
 
 class ContextAttention(nn.Module):
-    """CoAM (eq. 5-9): enhances low-level class-aware maps with attention to higher-level ones.
+    """CoAM (eq. 6-9): enhances low-level class-aware maps with attention to higher-level ones.
+    Eq. 5, its top-down accumulation (A -> AGM-5 -> AGM-4 -> AGM-3), is in
+    :meth:`agen_hf.AgenModel.forward`.
 
     ``forward(low, high)``: ``high`` (B, C, h', w') is bilinearly resized to ``low`` (B, C, h, w);
     with N = h*w positions, ``a_ij = softmax_j(low_i . high_j)`` (eq. 6-7, no scaling), and the

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ from PIL import Image, ImageDraw
 from .cam import class_activation_maps
 from .data.samples import voc_palette
 from .image_processing import AgenImageProcessor, rgb_array
+from .inference import save_image_atomic, segmentation_probabilities
+from .modeling_agen import AgenModel
 
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 
@@ -85,7 +88,8 @@ def cam_figure(model, images: Sequence, labels: Sequence[Sequence[int]] | None =
     masks: per image, its ground truth (H, W) (class indices: an array or a palette PIL
         image; None for an image without one), drawn in VOC colours after the input.
     prediction: add a last column, branch B's segmentation (the argmax of its upsampled
-        logits, ``processor.predict_probabilities``), in VOC colours.
+        logits, :func:`agen_hf.inference.segmentation_probabilities` at one scale), in VOC
+        colours.
     """
     processor = processor or AgenImageProcessor(model.config.image_mean, model.config.image_std)
     device = next(model.parameters()).device
@@ -117,7 +121,8 @@ def cam_figure(model, images: Sequence, labels: Sequence[Sequence[int]] | None =
             cams = class_activation_maps(maps.float(), pv.shape[-2:])[0, classes, :h, :w]
             row.append(_cam_overlay(rgb, cams.amax(dim=0).cpu()))
         if prediction:
-            probs = processor.predict_probabilities(model, pv)[0, :, :h, :w]
+            probs = segmentation_probabilities(model, pv, size_divisor=processor.size_divisor)
+            probs = probs[0, :, :h, :w]
             row.append(label_colors(probs.argmax(dim=0).cpu().numpy()))
         rows.append(row)
         titles = ["input"] + (["ground truth"] if masks is not None else []) + \
@@ -142,3 +147,16 @@ def segmentation_figure(images: Sequence, predictions: dict[str, Sequence[np.nda
         row += [label_colors(p[i]) for p in predictions.values()]
         rows.append(row)
     return grid(rows, titles, cell)
+
+
+def write_cam_figure(model_dir: str | Path, val_ds, n: int) -> Path:
+    """``model_dir/cams.png``: for the first ``n`` rows of ``val_ds`` (VOC schema), the
+    input, its ground truth, the CAMs of branch A and of every AGM before/after CoAM (for its
+    classes) and branch B's prediction (:func:`cam_figure`), written atomically."""
+    model = AgenModel.from_pretrained(model_dir).eval()
+    rows = val_ds.select(range(min(n, len(val_ds))))
+    labels = [[c for c, on in enumerate(multi_hot) if on] for multi_hot in rows["labels"]]
+    figure = cam_figure(model, rows["image"], labels, masks=rows["mask"], prediction=True)
+    path = Path(model_dir) / "cams.png"
+    save_image_atomic(figure, path)
+    return path

@@ -26,11 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from agen_hf import AgenImageProcessor  # noqa: E402
+from agen_hf import AgenImageProcessor, segmentation_probabilities  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.data import VocDataError, load_voc  # noqa: E402
+from agen_hf.data.voc import add_column_arguments, column_mapping_from  # noqa: E402
 from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
 from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
+from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import add_crf_arguments, crf_params, crf_pool  # noqa: E402
 from agen_hf.metrics.report import iou_table  # noqa: E402
 
@@ -42,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
     p.add_argument("--voc_root", help="local VOCdevkit/VOC2012")
-    p.add_argument("--dataset_name", help="a Hub dataset id in the VOC schema")
+    p.add_argument("--dataset_name", help="a Hub dataset id (VOC schema, or mapped with the "
+                   "column flags; image/pixel_values and annotation/label are recognised)")
+    add_column_arguments(p)
     p.add_argument("--split", default="val")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0],
                    help="test-time scales (the literature's: 0.5 1 1.5 2)")
@@ -73,16 +77,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    configure_logging(accelerator)
     model = load_segmentation_model(args.model).to(accelerator.device).eval()
     config = model.config
-    processor = AgenImageProcessor.from_pretrained(args.model, scales=args.scales,
-                                                   flip=args.flip, max_size=None)
+    processor = AgenImageProcessor.from_pretrained(args.model, max_size=None)
     try:
         with accelerator.main_process_first():
             dataset = load_voc(args.voc_root or args.dataset_name, args.split,
-                               skip_bad_samples=args.skip_bad_samples)
+                               skip_bad_samples=args.skip_bad_samples,
+                               column_mapping=column_mapping_from(
+                                   args.image_column, args.mask_column, args.labels_column))
     except VocDataError as e:
         raise SystemExit(f"{e}\n(eval_voc scores against ground-truth masks: every image of "
                          f"the {args.split!r} split needs one)") from None
@@ -97,9 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                                   processor.image_std),
                                           args.skip_bad_samples),
                           accelerator, batch_size=1, num_workers=args.num_workers)
+
     def predict(pixel_values: torch.Tensor) -> torch.Tensor:
         with accelerator.autocast():  # log-probabilities: their softmax is the average
-            return processor.predict_probabilities(model, pixel_values).clamp_min(1e-12).log()
+            probs = segmentation_probabilities(model, pixel_values, args.scales, args.flip,
+                                               processor.size_divisor)
+        return probs.clamp_min(1e-12).log()
 
     started = time.time()
     crf = crf_pool(args)

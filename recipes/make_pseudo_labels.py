@@ -34,8 +34,10 @@ from agen_hf.data import FEATURES, VocDataError, load_voc  # noqa: E402
 from agen_hf.data.samples import decode_sample  # noqa: E402
 from agen_hf.data.voc import cached_arrow  # noqa: E402
 from agen_hf.engine import make_accelerator  # noqa: E402
+from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
 from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
+from agen_hf.progress import progress  # noqa: E402
 from agen_hf.metrics import StreamingMeanIoU  # noqa: E402
 from agen_hf.metrics.report import iou_table  # noqa: E402
 from agen_hf.visualization import label_image  # noqa: E402
@@ -85,6 +87,7 @@ class TrainingImages(Dataset):
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    configure_logging(accelerator)
     out = Path(args.out)
     try:
         with accelerator.main_process_first():
@@ -96,15 +99,15 @@ def main(argv: list[str] | None = None) -> dict:
         "mask", datasets.Image(decode=False))
     source_images = Path(rows[0]["image"]["path"]).parent if len(rows) else None
     model = load_segmentation_model(args.model).to(accelerator.device).eval()
-    processor = AgenImageProcessor.from_pretrained(args.model, scales=args.scales,
-                                                   flip=args.flip)
+    processor = AgenImageProcessor.from_pretrained(args.model)
     crf = crf_pool(args)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     mine = rows.select(range(accelerator.process_index, len(rows), accelerator.num_processes))
     loader = DataLoader(TrainingImages(mine), batch_size=None, collate_fn=as_is,
                         num_workers=args.num_workers)
     metric = StreamingMeanIoU(model.config.num_labels, model.config.ignore_index)
-    stream = SegmentationStream(model, processor, crf, accelerator.autocast)
+    stream = SegmentationStream(model, processor, crf, accelerator.autocast,
+                                scales=args.scales, flip=args.flip)
     scored = torch.zeros(1, dtype=torch.int64)
 
     def done(results) -> None:
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
                 scored[0] += 1
 
     try:
-        for item in loader:
+        for item in progress(loader, desc="pseudo labels", total=len(mine),
+                             main_process=accelerator.is_main_process):
             allowed = None if args.no_label_restriction else item["classes"]
             done(stream.submit(item["rgb"], (item["id"], item["mask"]), allowed))
         done(stream.finish())

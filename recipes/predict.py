@@ -33,9 +33,11 @@ from accelerate.utils import gather_object  # noqa: E402
 from agen_hf import AgenImageProcessor  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.engine import make_accelerator  # noqa: E402
+from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
 from agen_hf.image_processing import rgb_array  # noqa: E402
 from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
+from agen_hf.progress import progress  # noqa: E402
 from agen_hf.visualization import label_image, overlay  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
@@ -116,6 +118,7 @@ class ImageFiles(Dataset):
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    configure_logging(accelerator)
     out = Path(args.out)
     files = find_images(args.images)
     if not files:
@@ -123,8 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.skip_existing:
         files = [f for f in files if not (out / "masks" / f"{f.stem}.png").is_file()]
     model = load_segmentation_model(args.model).to(accelerator.device).eval()
-    processor = AgenImageProcessor.from_pretrained(
-        args.model, scales=args.scales, flip=args.flip, max_size=args.max_size or None)
+    processor = AgenImageProcessor.from_pretrained(args.model, max_size=args.max_size or None)
     mine = files[accelerator.process_index::accelerator.num_processes]
     loader = DataLoader(ImageFiles(mine), batch_size=None, collate_fn=as_is,
                         num_workers=args.num_workers)
@@ -143,9 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
         written += 1
 
     crf = crf_pool(args)
-    stream = SegmentationStream(model, processor, crf, accelerator.autocast)
+    stream = SegmentationStream(model, processor, crf, accelerator.autocast,
+                                scales=args.scales, flip=args.flip)
     try:
-        for item in loader:
+        for item in progress(loader, desc="predict", total=len(mine),
+                             main_process=accelerator.is_main_process):
             if "error" in item:
                 failures[str(item["path"])] = item["error"]
                 print(f"FAILED {item['path']}: {item['error']}", file=sys.stderr)

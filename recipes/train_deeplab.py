@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -31,12 +32,15 @@ from accelerate.utils import set_seed  # noqa: E402
 
 from agen_hf.data import VocDataError, load_voc  # noqa: E402
 from agen_hf.deeplab import BACKBONES, VGG_HEADS, DeepLabConfig, DeepLabModel  # noqa: E402
-from agen_hf.engine.loop import (add_training_arguments, build_optimizer,  # noqa: E402
-                                 parse_with_config, run_training, training_accelerator,
-                                 training_loaders)
+from agen_hf.engine.arguments import (add_training_arguments,  # noqa: E402
+                                      configure_logging, parse_with_config,
+                                      training_accelerator)
+from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
+from agen_hf.engine.loop import begin, train  # noqa: E402
+from agen_hf.engine.optimizer import build_optimizer  # noqa: E402
+from agen_hf.engine.saving import finish, model_card  # noqa: E402
+from agen_hf.engine.evaluation import validate  # noqa: E402
 from agen_hf.engine.redaction import command_line  # noqa: E402
-from agen_hf.losses import fully_supervised_loss  # noqa: E402
-from agen_hf.metrics.report import class_iou_markdown  # noqa: E402
 from agen_hf.weights import load_resnet101, load_vgg16  # noqa: E402
 
 logger = logging.getLogger("train_deeplab")
@@ -52,15 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train_split", default="train_aug")
     g.add_argument("--voc_root", help="VOC root with ground-truth masks for validation")
     g.add_argument("--eval_split", default="val")
-    g.add_argument("--crop_size", type=int, default=321)
-    g.add_argument("--scale_range", type=int, nargs=2, default=[321, 481])
-    g.add_argument("--skip_bad_samples", action="store_true")
-    g.add_argument("--num_workers", type=int, default=2)
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=BACKBONES, default="resnet101")
     g.add_argument("--head", choices=VGG_HEADS, default="aspp",
                    help="VGG16 head: largefov or aspp (DeepLab-v2 ASPP-L)")
     g.add_argument("--model_config", help="a DeepLabConfig JSON (overrides --backbone/--head)")
+    g.add_argument("--model_name_or_path",
+                   help="fine-tune a saved DeepLabModel: a model folder or a Hub id")
     g.add_argument("--backbone_weights",
                    help="ImageNet weights by path: torchvision resnet101 or vgg16 state dict")
     add_training_arguments(p)
@@ -73,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.pseudo_root or not args.voc_root:
         parser.error("give --pseudo_root (make_pseudo_labels.py's output) and --voc_root "
                      "(ground truth for validation)")
+    args.crop_size = args.crop_size or 321
+    args.scale_range = args.scale_range or [321, 481]
     return args
 
 
@@ -95,15 +99,31 @@ def pseudo_dataset(args: argparse.Namespace) -> datasets.Dataset:
                     require_foreground=False)
 
 
+def build_model(args: argparse.Namespace) -> DeepLabModel:
+    """A fresh DeepLab (with ImageNet weights given by path) or ``--model_name_or_path``."""
+    model = DeepLabModel.from_pretrained(args.model_name_or_path) if args.model_name_or_path \
+        else DeepLabModel(model_config(args))
+    if args.backbone_weights:
+        load = load_resnet101 if model.config.backbone == "resnet101" else load_vgg16
+        logger.info("%s", load(model, args.backbone_weights))
+    return model
+
+
+def compute_loss(model, batch, process_group, step):
+    """Pixel-wise cross-entropy against the pseudo masks (the model's own loss)."""
+    out = model(batch["pixel_values"], masks=batch["mask"], process_group=process_group)
+    return out.loss, out.loss_terms
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     accelerator = training_accelerator(args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    configure_logging(accelerator)
     set_seed(args.seed, deterministic=args.deterministic)
+
     try:
         with accelerator.main_process_first():
             train_ds = pseudo_dataset(args)
@@ -111,33 +131,28 @@ def main(argv: list[str] | None = None) -> dict:
                               skip_bad_samples=args.skip_bad_samples)
     except VocDataError as e:
         raise SystemExit(str(e)) from None
-    train_loader, val_loader = training_loaders(accelerator, args, train_ds, val_ds)
-
-    config = model_config(args)
-    model = DeepLabModel(config)
-    if args.backbone_weights:
-        load = load_resnet101 if config.backbone == "resnet101" else load_vgg16
-        logger.info("%s", load(model, args.backbone_weights))
+    model = build_model(args)
+    config = model.config
+    train_dl, val_dl = loaders_from_args(accelerator, args, train_ds, val_ds,
+                                         config.image_mean, config.image_std)
     if args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer, base_lrs = build_optimizer(model, args)
+    if args.compile:
+        model = torch.compile(model)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    options, state = begin(accelerator, args, train_dl, project="agen-deeplab")
 
-    def compute_loss(model, batch, data_parallel, step):
-        logits = model(batch["pixel_values"]).logits
-        loss = fully_supervised_loss(logits, batch["mask"], config.ignore_index, data_parallel)
-        return loss, {"seg_pseudo": loss}
-
-    def model_card(metrics: dict) -> dict:
-        names = [config.id2label[i] for i in range(config.num_labels)]
-        command = command_line("recipes/train_deeplab.py", argv)
-        return {"metrics": class_iou_markdown(metrics["per_category_iou"], metrics["mean_iou"],
-                                              names),
-                "training": f"Two-step AGEN: DeepLab ({config.backbone}) trained on AGEN's "
-                            f"pseudo labels.\n\n```bash\n{command}\n```"}
-
-    return run_training(accelerator, args, model, optimizer, base_lrs, train_loader,
-                        val_loader, compute_loss, project="agen-deeplab",
-                        model_card=model_card, result_extras={"supervision": "pseudo labels"})
+    started = time.time()
+    unwrapped = accelerator.unwrap_model(model)
+    state = train(accelerator, model, optimizer, base_lrs, train_dl, compute_loss, options,
+                  state, model_files=getattr(unwrapped, "_orig_mod", unwrapped).save_model_config,
+                  validate=lambda epoch: validate(accelerator, model, val_dl, state.global_step,
+                                                  epoch, args.with_tracking))
+    return finish(accelerator, args, model, val_dl, state, started, lambda metrics: model_card(
+        metrics, config.id2label, command_line("recipes/train_deeplab.py", argv),
+        f"Two-step AGEN: DeepLab ({config.backbone}) trained on AGEN's pseudo labels.",
+        ("pascal_voc", "PASCAL VOC 2012", args.eval_split)), supervision="pseudo labels")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ CPU, one GPU, many GPUs and many nodes: Accelerate does the device work.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,24 +29,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from accelerate.utils import set_seed  # noqa: E402
 
 from agen_hf import AgenConfig, AgenModel  # noqa: E402
+from agen_hf.configuration_agen import TABLE1_PRESETS  # noqa: E402
 from agen_hf.data import load_voc, make_synthetic  # noqa: E402
-from agen_hf.engine.loop import (add_training_arguments, build_optimizer,  # noqa: E402
-                                 parse_with_config, run_training, training_accelerator,
-                                 training_loaders)
+from agen_hf.data.voc import add_column_arguments, column_mapping_from  # noqa: E402
+from agen_hf.engine.arguments import (add_training_arguments,  # noqa: E402
+                                      configure_logging, parse_with_config,
+                                      training_accelerator)
+from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
+from agen_hf.engine.loop import begin, train  # noqa: E402
+from agen_hf.engine.optimizer import build_optimizer  # noqa: E402
+from agen_hf.engine.saving import finish, model_card  # noqa: E402
+from agen_hf.engine.evaluation import validate  # noqa: E402
 from agen_hf.engine.redaction import command_line  # noqa: E402
-from agen_hf.inference import save_image_atomic  # noqa: E402
-from agen_hf.losses import fully_supervised_loss  # noqa: E402
-from agen_hf.metrics.report import class_iou_markdown  # noqa: E402
-from agen_hf.visualization import cam_figure  # noqa: E402
+from agen_hf.visualization import write_cam_figure  # noqa: E402
 from agen_hf.weights import load_resnet38, load_vgg16  # noqa: E402
 
 logger = logging.getLogger("train_voc")
-
-PRESETS = {  # Table 1 rows: (agm_stages, coam_stages)
-    "baseline": ((), ()), "oa": ((4,), ()), "sc": ((4,), (4,)), "ma": ((3, 4, 5), ()),
-    "ac": ((3, 4, 5), (3, 4, 5)),
-}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -54,21 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=["voc", "synthetic"], default=None,
                    help="voc (needs --voc_root or --dataset_name) or the embedded synthetic data")
     g.add_argument("--voc_root", help="local VOCdevkit/VOC2012 (with SegmentationClassAug)")
-    g.add_argument("--dataset_name", help="a Hub dataset id in the VOC schema")
+    g.add_argument("--dataset_name", help="a Hub dataset id (VOC schema, or mapped with the "
+                   "column flags; image/pixel_values and annotation/label are recognised)")
+    add_column_arguments(g)
     g.add_argument("--train_split", default="train_aug")
     g.add_argument("--eval_split", default="val")
     g.add_argument("--synthetic_size", type=int, default=2000)
     g.add_argument("--synthetic_val_size", type=int, default=200)
     g.add_argument("--synthetic_image_size", type=int, default=128)
-    g.add_argument("--crop_size", type=int, default=None,
-                   help="training crop (paper: 321; synthetic: its image size)")
-    g.add_argument("--scale_range", type=int, nargs=2, default=None,
-                   help="long-side range of the random rescale (paper: 321 481)")
-    g.add_argument("--skip_bad_samples", action="store_true")
-    g.add_argument("--num_workers", type=int, default=2)
     g = p.add_argument_group("model")
-    g.add_argument("--model_config", default="paper", help="paper, tiny or a config.json path")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    g.add_argument("--model_config", default="paper",
+                   help="a fresh model: paper, tiny or a config.json path")
+    g.add_argument("--model_name_or_path",
+                   help="fine-tune a saved model: a model folder (a checkpoint-<step> too) or a "
+                        "Hub id; its config replaces --model_config")
+    g.add_argument("--preset", choices=sorted(TABLE1_PRESETS), default=None,
                    help="Table 1 row: baseline, oa (AGM-4), sc (+CoAM-4), ma (AGM-3/4/5), "
                         "ac (+CoAM-3/4/5, the full AGEN)")
     g.add_argument("--boundary_crf", choices=["pydensecrf", "torch"], default=None)
@@ -102,20 +102,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def model_config(args: argparse.Namespace) -> AgenConfig:
-    if args.model_config == "paper":
-        values = AgenConfig().to_dict()
-    elif args.model_config == "tiny":
-        values = AgenConfig.tiny().to_dict()
-    else:
-        values = AgenConfig.from_json_file(args.model_config).to_dict()
-    if args.preset:
-        values["agm_stages"], values["coam_stages"] = PRESETS[args.preset]
-    if args.boundary_crf:
-        values["boundary_crf"] = args.boundary_crf
-    if args.use_boundary_loss:
-        values["use_boundary_loss"] = args.use_boundary_loss == "true"
-    return AgenConfig.from_dict(values)
+def build_model(args: argparse.Namespace) -> AgenModel:
+    """A fresh model of ``--model_config`` (with the ImageNet weights given by path), or the
+    saved one of ``--model_name_or_path``; the loss flags apply to both, ``--preset`` only to
+    a fresh one."""
+    saved = AgenModel.from_pretrained(args.model_name_or_path) \
+        if args.model_name_or_path else None
+    config = saved.config if saved else AgenConfig.named(args.model_config)
+    if args.preset and saved:
+        raise SystemExit(f"--preset {args.preset}: {args.model_name_or_path} has its own AGM "
+                         f"and CoAM stages; a preset builds a fresh model")
+    config = config.with_preset(args.preset) if args.preset else config
+    changes = {"boundary_crf": args.boundary_crf, "use_boundary_loss":
+               None if args.use_boundary_loss is None else args.use_boundary_loss == "true"}
+    model = AgenModel(dataclasses.replace(
+        config, **{k: v for k, v in changes.items() if v is not None}))
+    if saved:
+        model.load_state_dict(saved.state_dict())
+    for path, load in ((args.vgg16_weights, load_vgg16), (args.resnet38_weights, load_resnet38)):
+        if path:
+            logger.info("%s", load(model, path))
+    logger.info("model %s", args.model_name_or_path or f"config {args.model_config}")
+    return model
 
 
 def datasets_for(args: argparse.Namespace):
@@ -125,44 +133,33 @@ def datasets_for(args: argparse.Namespace):
                 make_synthetic(args.synthetic_val_size, seed=args.seed + 1_000_003,
                                image_size=args.synthetic_image_size))
     source = args.voc_root or args.dataset_name
-    return (load_voc(source, args.train_split, skip_bad_samples=args.skip_bad_samples),
-            load_voc(source, args.eval_split, skip_bad_samples=args.skip_bad_samples))
+    mapping = column_mapping_from(args.image_column, args.mask_column, args.labels_column)
+    return tuple(load_voc(source, split, skip_bad_samples=args.skip_bad_samples,
+                          column_mapping=mapping) for split in (args.train_split, args.eval_split))
 
 
-def model_card(metrics: dict | None, config: AgenConfig, argv: list[str]) -> dict:
-    names = [config.id2label[i] for i in range(config.num_labels)]
-    table = class_iou_markdown(metrics["per_category_iou"], metrics["mean_iou"], names) \
-        if metrics else None
-    command = command_line("recipes/train_voc.py", argv)
+def card(metrics: dict, config: AgenConfig, argv: list[str], args: argparse.Namespace) -> dict:
+    """The model card: IoU table, model-index result, the stages, the command and config."""
+    if args.dataset == "synthetic":
+        dataset = ("synthetic", "agen_hf synthetic", "val")
+    else:
+        name = args.dataset_name or "PASCAL VOC 2012"
+        dataset = (args.dataset_name or "pascal_voc", name, args.eval_split)
     stages = f"AGM {list(config.agm_stages)}, CoAM {list(config.coam_stages)}"
-    return {"metrics": table,
-            "training": f"{stages}.\n\n```bash\n{command}\n```\n\n```json\n"
-                        f"{config.to_json_string()}\n```"}
+    return model_card(metrics, config.id2label, command_line("recipes/train_voc.py", argv),
+                      f"{stages}.\n\n```json\n{config.to_json_string()}\n```", dataset)
 
 
-def write_cam_figure(model_dir: str | Path, val_ds, n: int) -> Path:
-    """``model_dir/cams.png``: for the first ``n`` val images, the input, its ground truth,
-    the CAMs of branch A and of every AGM before/after CoAM (for its classes) and branch B's
-    prediction (:func:`agen_hf.visualization.cam_figure`)."""
-    model = AgenModel.from_pretrained(model_dir).eval()
-    rows = val_ds.select(range(min(n, len(val_ds))))
-    labels = [[c for c, on in enumerate(multi_hot) if on] for multi_hot in rows["labels"]]
-    figure = cam_figure(model, rows["image"], labels, masks=rows["mask"], prediction=True)
-    path = Path(model_dir) / "cams.png"
-    save_image_atomic(figure, path)
-    return path
-
-
-def compute_loss(args: argparse.Namespace, ignore_index: int):
-    """L_total (eq. 15) from image-level labels, or the upper bound's cross-entropy of branch
-    B against the masks with ``--full_supervision``."""
-    def loss(model, batch, data_parallel, step):
+def compute_loss(args: argparse.Namespace):
+    """L_total (eq. 15) from image-level labels (eq. 11 alone in the classification-first
+    phase), or with ``--full_supervision`` the upper bound: branch B against the masks."""
+    def loss(model, batch, process_group, step):
         if args.full_supervision:
-            logits = model(batch["pixel_values"], segmentation_only=True).logits
-            value = fully_supervised_loss(logits, batch["mask"], ignore_index, data_parallel)
-            return value, {"seg_B_full": value}
-        out = model(batch["pixel_values"], batch["labels"], data_parallel=data_parallel,
-                    classification_only=step < args.seeding_warmup_steps)
+            out = model(batch["pixel_values"], masks=batch["mask"], segmentation_only=True,
+                        process_group=process_group)
+        else:
+            out = model(batch["pixel_values"], batch["labels"], process_group=process_group,
+                        classification_only=step < args.seeding_warmup_steps)
         return out.loss, out.loss_terms
     return loss
 
@@ -175,31 +172,33 @@ def main(argv: list[str] | None = None) -> dict:
     # full supervision trains branch B alone, the classification-first phase branch A alone
     accelerator = training_accelerator(
         args, find_unused_parameters=args.full_supervision or args.seeding_warmup_steps > 0)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    configure_logging(accelerator)
     set_seed(args.seed, deterministic=args.deterministic)
 
-    # data
     with accelerator.main_process_first():  # one process builds the caches
         train_ds, val_ds = datasets_for(args)
-    train_loader, val_loader = training_loaders(accelerator, args, train_ds, val_ds)
-
-    # model
-    config = model_config(args)
-    model = AgenModel(config)
-    for path, load in ((args.vgg16_weights, load_vgg16), (args.resnet38_weights, load_resnet38)):
-        if path:
-            logger.info("%s", load(model, path))
+    model = build_model(args)
+    config = model.config
+    train_dl, val_dl = loaders_from_args(accelerator, args, train_ds, val_ds,
+                                         config.image_mean, config.image_std)
     if args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer, base_lrs = build_optimizer(model, args)
-    logger.info("model config %s", args.model_config)
-    result = run_training(
-        accelerator, args, model, optimizer, base_lrs, train_loader, val_loader,
-        compute_loss(args, config.ignore_index),
-        log_extras=lambda m: {f"coam{n}_lambda": c.weight.item() for n, c in m.coam.items()},
-        model_card=lambda metrics: model_card(metrics, config, argv),
-        result_extras={"supervision": "full" if args.full_supervision else "image-level"})
+    if args.compile:
+        model = torch.compile(model)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    options, state = begin(accelerator, args, train_dl, project="agen")
+
+    started = time.time()
+    unwrapped = accelerator.unwrap_model(model)
+    state = train(accelerator, model, optimizer, base_lrs, train_dl, compute_loss(args), options,
+                  state, model_files=getattr(unwrapped, "_orig_mod", unwrapped).save_model_config,
+                  validate=lambda epoch: validate(accelerator, model, val_dl, state.global_step,
+                                                  epoch, args.with_tracking),
+                  log_extras=getattr(unwrapped, "_orig_mod", unwrapped).coam_weights)
+    result = finish(accelerator, args, model, val_dl, state, started,
+                    lambda metrics: card(metrics, config, argv, args),
+                    supervision="full" if args.full_supervision else "image-level")
     if args.cam_figure > 0 and accelerator.is_main_process:
         print(f"written {write_cam_figure(args.output_dir, val_ds, args.cam_figure)}")
     return result

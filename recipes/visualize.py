@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
-from agen_hf import AgenImageProcessor, AgenModel  # noqa: E402
+from agen_hf import AgenImageProcessor, AgenModel, segment  # noqa: E402
 from agen_hf.data import load_voc  # noqa: E402
 from agen_hf.data.samples import decode_sample  # noqa: E402
 from agen_hf.visualization import cam_figure, segmentation_figure  # noqa: E402
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
     model = AgenModel.from_pretrained(args.model).eval()
-    processor = AgenImageProcessor.from_pretrained(args.model, scales=args.scales, flip=args.flip)
+    processor = AgenImageProcessor.from_pretrained(args.model)
     labels = masks = None
     if args.voc_root:
         dataset = load_voc(args.voc_root, args.split)
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     cell = (args.cell, args.cell)
     paths = [out / "fig4_cams.png", out / "fig5_segmentation.png"]
     cam_figure(model, images, labels, processor, cell).save(paths[0])
-    predictions = {"AGEN": processor.segment(model, list(images))}
+    predictions = {"AGEN": segment(model, list(images), processor, scales=args.scales,
+                                   flip=args.flip)}
     segmentation_figure(images, predictions, masks, cell).save(paths[1])
     for path in paths:
         print(f"written {path}")

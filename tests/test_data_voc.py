@@ -131,11 +131,11 @@ def test_any_dataset_with_a_column_mapping():
     mask = np.zeros((20, 30), dtype=np.uint8)
     mask[5:10, 5:10] = 12
     foreign = datasets.Dataset.from_dict(
-        {"img": [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))],
+        {"photo": [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))],
          "seg": [Image.fromarray(mask)], "extra": [1]},
-        features=datasets.Features({"img": datasets.Image(), "seg": datasets.Image(),
+        features=datasets.Features({"photo": datasets.Image(), "seg": datasets.Image(),
                                     "extra": datasets.Value("int32")}))
-    ds = load_voc(foreign, column_mapping={"img": "image", "seg": "mask"})
+    ds = load_voc(foreign, column_mapping={"photo": "image", "seg": "mask"})
     assert ds.features == FEATURES and ds["labels"] == [hot(12)] and ds["id"] == ["0"]
     with pytest.raises(ValueError, match="no 'image' column"):
         load_voc(foreign)
@@ -168,3 +168,51 @@ def test_real_val_masks_have_valid_values():
     for sid in ids[:200]:
         labels = labels_from_mask(decode_mask(str(folder / f"{sid}.png")))
         assert np.flatnonzero(labels).tolist() == sorted(all_labels[sid]), sid
+
+
+def test_common_column_names_are_recognised_and_flags_map_the_rest():
+    """Issue 12.11: image/pixel_values and annotation/label (image columns) need no mapping;
+    a class-label ``label`` column is not taken for a mask; the flags build the mapping."""
+    from agen_hf.data.voc import column_mapping_from
+
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[2:8, 2:8] = 3
+    image = Image.fromarray(np.full((20, 30, 3), 90, dtype=np.uint8))
+    for image_name, mask_name in (("pixel_values", "label"), ("image", "annotation"),
+                                  ("img", "segmentation")):
+        ds = datasets.Dataset.from_dict(
+            {image_name: [image], mask_name: [Image.fromarray(mask)]},
+            features=datasets.Features({image_name: datasets.Image(),
+                                        mask_name: datasets.Image()}))
+        out = load_voc(ds)
+        assert out.features == FEATURES and out["labels"] == [hot(3)], (image_name, mask_name)
+    classification = datasets.Dataset.from_dict(
+        {"image": [image], "label": [3]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    with pytest.raises(ValueError, match="needs a 'labels'"):
+        load_voc(classification)
+    assert column_mapping_from() is None
+    assert column_mapping_from("photo", "seg", "tags") == {"photo": "image", "seg": "mask",
+                                                            "tags": "labels"}
+
+
+def test_mean_iou_module_accepts_pil_maps(monkeypatch, tmp_path):
+    evaluate = pytest.importorskip("evaluate")
+    from agen_hf.metrics import MEAN_IOU
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    metric = evaluate.load(MEAN_IOU)
+    ref = np.array([[0, 1, 1], [2, 2, 255]], dtype=np.uint8)
+    pred = np.array([[0, 1, 2], [2, 2, 0]], dtype=np.uint8)
+    palette = Image.fromarray(ref, mode="P")
+    arrays = metric.compute(predictions=[pred], references=[ref], num_labels=3, ignore_index=255)
+    pil = metric.compute(predictions=[Image.fromarray(pred)], references=[palette],
+                         num_labels=3, ignore_index=255)
+    # by hand: class 0 1/1, class 1 1/2, class 2 2/3
+    assert pil["mean_iou"] == pytest.approx((1 + 0.5 + 2 / 3) / 3) == arrays["mean_iou"]
+    metric.add_batch(predictions=[Image.fromarray(pred)], references=[palette])
+    assert metric.compute(num_labels=3, ignore_index=255)["mean_iou"] == pil["mean_iou"]
+    with pytest.raises(ValueError, match=r"predictions\[0\]: a class-index map has one channel"):
+        metric.compute(predictions=[Image.new("RGB", (3, 2))], references=[palette],
+                       num_labels=3, ignore_index=255)

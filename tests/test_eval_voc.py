@@ -14,7 +14,7 @@ from PIL import Image
 from test_metrics import hub_mean_iou
 from voc_fixtures import make_voc
 
-from agen_hf import AgenConfig, AgenImageProcessor, AgenModel
+from agen_hf import AgenConfig, AgenImageProcessor, AgenModel, segment
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "voc_sample"
@@ -29,10 +29,11 @@ def voc(tmp_path_factory):
 
 
 def reference(model_dir, voc_root, ids, scales=(1.0,), flip=False):
-    """Segment each val image with the processor, score with the Hub algorithm."""
+    """Segment each val image with ``segment``, score with the Hub algorithm."""
     model = AgenModel.from_pretrained(model_dir)
-    proc = AgenImageProcessor.from_pretrained(model_dir, scales=scales, flip=flip)
-    preds = [proc.segment(model, Image.open(voc_root / "JPEGImages" / f"{i}.jpg")) for i in ids]
+    proc = AgenImageProcessor.from_pretrained(model_dir)
+    preds = [segment(model, Image.open(voc_root / "JPEGImages" / f"{i}.jpg"), proc, scales, flip)
+             for i in ids]
     refs = [np.array(Image.open(voc_root / "SegmentationClass" / f"{i}.png")) for i in ids]
     return hub_mean_iou(preds, refs, 21, 255)
 

@@ -168,7 +168,7 @@ def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
 
 
 def test_data_parallel_seeding_loss_pools_the_global_batch():
-    from agen_hf.losses import DataParallel, fully_supervised_loss
+    from agen_hf.losses import ProcessGroup, fully_supervised_loss
 
     torch.manual_seed(0)
     logits = torch.randn(4, 3, 5, 5)
@@ -182,13 +182,13 @@ def test_data_parallel_seeding_loss_pools_the_global_batch():
         return lambda c: sum(torch.stack([(s[1] != 255).logical_and(s[1] == 0).sum(),
                                           (s[1] != 255).logical_and(s[1] > 0).sum()]).float()
                              for s in halves)
-    per_process = [balanced_seeding_loss(l, s, data_parallel=DataParallel(2, counts(i)))
+    per_process = [balanced_seeding_loss(l, s, process_group=ProcessGroup(2, counts(i)))
                    for i, (l, s) in enumerate(halves)]
     assert torch.stack(per_process).mean().item() == pytest.approx(full.item(), rel=1e-6)
     masks = seeds.clone()
     total = fully_supervised_loss(logits, masks)
     valid = lambda m: (m != 255).sum().float()
-    per_process = [fully_supervised_loss(l, s, data_parallel=DataParallel(
+    per_process = [fully_supervised_loss(l, s, process_group=ProcessGroup(
         2, lambda c: valid(seeds[:2]) + valid(seeds[2:]))) for l, s in halves]
     assert torch.stack(per_process).mean().item() == pytest.approx(total.item(), rel=1e-6)
     assert total.item() == pytest.approx(torch.nn.functional.cross_entropy(

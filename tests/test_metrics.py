@@ -138,3 +138,37 @@ def test_eight_bit_pair_counts_mix_with_other_updates_and_fold_when_read():
     assert mixed.confusion.sum() == 0
     with pytest.raises(ValueError, match="confusion: expected shape \\(22, 22\\)"):
         mixed.confusion = torch.zeros(3, 3)
+
+
+def loop_confusion(preds, refs, n, ignore):
+    """The confusion matrix pixel by pixel (last row/column: out of range)."""
+    conf = torch.zeros(n + 1, n + 1, dtype=torch.int64)
+    for p, r in zip(preds, refs):
+        for pv, rv in zip(np.ravel(p).tolist(), np.ravel(r).tolist()):
+            if rv == ignore:
+                continue
+            conf[rv if 0 <= rv < n else n, pv if 0 <= pv < n else n] += 1
+    return conf
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+def test_argmax_maps_that_fit_in_a_byte_take_the_byte_pair_path(dtype):
+    """Issue 12.13: ``logits.argmax(1)`` is int64; its values fit in 8 bits, so it is counted
+    by byte pairs like a uint8 PNG (the fast path), with the same numbers."""
+    preds, refs = random_maps(5, n=3, labels=21, shape=(10, 12))
+    metric = StreamingMeanIoU(21)
+    for p, r in zip(preds, refs):
+        metric.update(torch.from_numpy(p).to(dtype), torch.from_numpy(r))
+    assert metric._pairs_pending  # folded only when read
+    assert torch.equal(metric.confusion, loop_confusion(preds, refs, 21, 255))
+    assert_same(metric.compute(), hub_mean_iou(preds, refs, 21, 255))
+
+
+def test_values_outside_a_byte_take_the_general_path_with_the_same_numbers():
+    preds, refs = random_maps(6, n=3, labels=21, shape=(10, 12))
+    preds[0][0, :3] = [300, -1, 70000]
+    metric = StreamingMeanIoU(21)
+    for p, r in zip(preds, refs):
+        metric.update(p, r)
+    assert torch.equal(metric.confusion, loop_confusion(preds, refs, 21, 255))
+    assert_same(metric.compute(), hub_mean_iou(preds, refs, 21, 255))

@@ -238,3 +238,56 @@ def test_classifier_bias_starts_at_zero_and_round_trips(tmp_path):
     back = AgenModel.from_pretrained(tmp_path)
     assert back.config.classifier_bias
     torch.testing.assert_close(back.agm.cls_shared[-1].bias, model.agm.cls_shared[-1].bias)
+
+
+def test_weights_saved_by_a_wrapped_training_model_load(tmp_path):
+    """A checkpoint-<step> of a DDP or torch.compile run names its weights ``module.*`` /
+    ``_orig_mod.*``; from_pretrained strips the wrapper's prefix and still loads strictly."""
+    from safetensors.torch import save_file
+
+    model = AgenModel(AgenConfig.tiny())
+    model.save_model_config(tmp_path)
+    state = {f"module._orig_mod.{k}": v.clone() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "model.safetensors")
+    loaded = AgenModel.from_pretrained(tmp_path)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    save_file({f"module.{k}": v for k, v in list(model.state_dict().items())[1:]},
+              tmp_path / "model.safetensors")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        AgenModel.from_pretrained(tmp_path)
+
+
+def test_model_card_has_model_index_results_names_the_repo_and_is_regenerated(tmp_path,
+                                                                           monkeypatch):
+    """Issue 12.8: evaluation results as model-index (dataset, split, mean_iou, value), the
+    loading example names the folder or the pushed repo, no dead link, a folder saved again
+    gets the new card."""
+    from huggingface_hub import HfApi, ModelCard, RepoUrl
+
+    from agen_hf.hub import mean_iou_result
+
+    model = AgenModel(AgenConfig.tiny())
+    model.save_pretrained(tmp_path, model_card_kwargs={"metrics": "first"})
+    card = (tmp_path / "README.md").read_text()
+    assert f'AgenModel.from_pretrained("{tmp_path}")' in card
+    assert "REPO_ID" not in card and "github.com" not in card and "model-index" not in card
+    result = mean_iou_result(0.61234567, "pascal_voc", "PASCAL VOC 2012", "val")
+    model.save_pretrained(tmp_path, model_card_kwargs={"metrics": "second",
+                                                       "eval_results": [result]})
+    card = ModelCard.load(tmp_path / "README.md")
+    assert "second" in card.text and "first" not in card.text
+    (entry,) = card.data.eval_results
+    assert (entry.task_type, entry.dataset_type, entry.dataset_name, entry.dataset_split,
+            entry.metric_type, entry.metric_value) == (
+        "image-segmentation", "pascal_voc", "PASCAL VOC 2012", "val", "mean_iou", 0.6123)
+    assert "model-index" in (tmp_path / "README.md").read_text()
+
+    pushed = {}
+    monkeypatch.setattr(HfApi, "create_repo",
+                        lambda self, repo_id, **k: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, repo_id, folder_path, **k:
+                        pushed.setdefault("card", (Path(folder_path) / "README.md").read_text()))
+    model.push_to_hub("someone/agen-tiny", token="hf_fake",
+                      model_card_kwargs={"eval_results": [result]})
+    assert 'AgenModel.from_pretrained("someone/agen-tiny")' in pushed["card"]
+    assert "name: agen-tiny" in pushed["card"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agen_hf import AgenImageProcessor, AgenModel
+from agen_hf import AgenImageProcessor, AgenModel, segment
 from agen_hf.data import voc_palette
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +49,10 @@ def test_every_mode_and_size_gives_a_palette_png_of_the_input_size(model_dir, tm
         assert mask.getpalette()[:63] == voc_palette()[:63]
         assert np.array(mask).max() <= 20
         assert Image.open(tmp_path / "out" / "overlays" / f"{name}.jpg").size == size
-    # the mask is the processor's segmentation of the file
+    # the mask is segment()'s segmentation of the file
     model = AgenModel.from_pretrained(model_dir)
-    expected = AgenImageProcessor.from_pretrained(model_dir).segment(
-        model, Image.open(tmp_path / "in" / "rgba.png"))
+    expected = segment(model, Image.open(tmp_path / "in" / "rgba.png"),
+                       AgenImageProcessor.from_pretrained(model_dir))
     assert np.array_equal(np.array(Image.open(tmp_path / "out" / "masks" / "rgba.png")), expected)
 
 
@@ -120,3 +120,30 @@ def test_crf_post_processing_keeps_the_predicted_classes(model_dir, tmp_path):
     refined = np.array(Image.open(tmp_path / "crf" / "masks" / "a.png"))
     assert refined.shape == plain.shape
     assert set(np.unique(refined)) <= set(np.unique(plain)) | {0}
+
+
+def test_a_photo_taken_sideways_is_segmented_upright(model_dir, tmp_path):
+    """Issue 12.10: EXIF orientation 6 (rotate 90 clockwise to display): the pixels stored
+    30 wide x 20 high are shown 20 x 30; the mask and the processor see the upright image."""
+    rng = np.random.default_rng(1)
+    stored = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "in").mkdir()
+    Image.fromarray(stored).save(tmp_path / "in" / "phone.jpg", exif=exif, quality=95)
+    Image.fromarray(stored).save(tmp_path / "in" / "plain.jpg", quality=95)
+    report = predict["main"](["--model", str(model_dir), "--images", str(tmp_path / "in"),
+                              "--out", str(tmp_path / "out"), "--num_workers", "0", "--cpu"])
+    assert report == {"written": 2, "failed": {}}
+    assert Image.open(tmp_path / "out" / "masks" / "phone.png").size == (20, 30)
+    assert Image.open(tmp_path / "out" / "masks" / "plain.png").size == (30, 20)  # no EXIF
+    from agen_hf.image_processing import rgb_array
+
+    with Image.open(tmp_path / "in" / "phone.jpg") as img, \
+            Image.open(tmp_path / "in" / "plain.jpg") as plain:
+        upright = rgb_array(img)
+        assert upright.shape == (30, 20, 3)
+        # orientation 6 displays the stored pixels turned 90 degrees clockwise
+        assert np.array_equal(upright, np.rot90(np.array(plain.convert("RGB")), k=-1))
+        inputs = AgenImageProcessor()(img)
+        assert inputs["pixel_values"].shape[-2:] == (32, 24)

@@ -37,18 +37,50 @@ def test_readme_model_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "agen-tiny" / "model.safetensors").exists()
 
 
-def test_readme_segmentation_example_runs(tmp_path, monkeypatch):
+def segmentation_blocks() -> tuple[str, str]:
+    """The five-line block and the transformers-way block after it."""
     readme = (ROOT / "README.md").read_text()
-    code = re.search(r"## Segment an image in five lines\n\n```python\n(.+?)```", readme,
-                     re.S).group(1)
-    assert len(code.strip().splitlines()) == 5
+    found = re.search(r"## Segment an image in five lines\n\n```python\n(.+?)```\n\n"
+                      r"The transformers way.+?```python\n(.+?)```", readme, re.S)
+    assert found, "README: the five lines, then 'The transformers way' and its block"
+    return found.group(1), found.group(2)
+
+
+def run_five_lines(tmp_path, monkeypatch) -> dict:
     monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
     AgenModel(AgenConfig.tiny()).save_pretrained(tmp_path / "runs" / "quickstart")
-    Image.new("RGB", (45, 31), (200, 10, 10)).save(tmp_path / "photo.jpg")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (31, 45, 3), dtype=np.uint8)).save(
+        tmp_path / "photo.jpg")
+    code, _ = segmentation_blocks()
+    assert len(code.strip().splitlines()) == 5
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
+    return scope
+
+
+def test_readme_segmentation_example_runs(tmp_path, monkeypatch):
+    from agen_hf import segment
+
+    scope = run_five_lines(tmp_path, monkeypatch)
     assert scope["mask"].shape == (31, 45) and scope["mask"].dtype == np.uint8
-    assert scope["processor"].flip and scope["processor"].scales == (0.5, 1, 1.5, 2)
+    # it is the multi-scale + flip segmentation the line asks for
+    expected = segment(scope["model"], scope["image"], scales=(0.5, 1, 1.5, 2), flip=True)
+    assert np.array_equal(scope["mask"], expected)
+
+
+def test_readme_transformers_way_equals_segment_at_one_scale(tmp_path, monkeypatch):
+    from agen_hf import segment
+
+    scope = run_five_lines(tmp_path, monkeypatch)
+    _, code = segmentation_blocks()
+    exec(compile(code, "README.md", "exec"), scope)
+    mask = scope["mask"]
+    assert mask.shape == (31, 45) and mask.dtype == torch.int64
+    assert set(scope["inputs"]) == {"pixel_values"}
+    assert scope["inputs"].pixel_values.shape == (1, 3, 32, 48)
+    assert np.array_equal(mask.numpy(), segment(scope["model"], scope["image"]))
 
 
 def test_readme_opens_with_the_quickstart_then_the_test_command():
@@ -65,8 +97,8 @@ def test_quickstart_config_is_valid():
     import sys
 
     sys.path.insert(0, str(ROOT / "recipes"))
-    from train_voc import model_config, parse_args
+    from train_voc import build_model, parse_args
 
     args = parse_args(["--config", str(ROOT / "recipes" / "quickstart.yaml")])
     assert args.dataset == "synthetic" and args.output_dir == "runs/quickstart"
-    assert model_config(args).num_labels == 21
+    assert build_model(args).config.num_labels == 21

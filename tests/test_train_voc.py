@@ -70,6 +70,13 @@ def test_a_few_steps_lower_the_loss_and_save_a_loadable_model(tmp_path, env):
     assert model.config.agm_stages == (3, 4, 5)
     card = (out / "README.md").read_text()
     assert "| **mIoU** |" in card and "recipes/train_voc.py" in card
+    from huggingface_hub import ModelCard
+
+    (entry,) = ModelCard.load(out / "README.md").data.eval_results
+    assert (entry.dataset_type, entry.dataset_split, entry.metric_type) == (
+        "synthetic", "val", "mean_iou")
+    assert entry.metric_value == round(results["val_mean_iou"], 4)
+    assert f'from_pretrained("{out}")' in card
     record = log(out)[-1]
     assert {"cls_A", "cls_agm3", "seg_B", "seg_agm5", "boundary", "lr", "coam3_lambda"} <= set(record)
     # --cam_figure 2: two val images x (input, ground truth, A, AGM-5/4/3 before and after
@@ -89,8 +96,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, env):
     kill_after_first_checkpoint = """
         import os, signal, agen_hf.engine.loop as engine
         _save = engine.save_checkpoint
-        def save_then_die(accelerator, output_dir, step, state, keep_last=None):
-            path = _save(accelerator, output_dir, step, state, keep_last)
+        def save_then_die(accelerator, output_dir, step, state, keep_last=None, **kw):
+            path = _save(accelerator, output_dir, step, state, keep_last, **kw)
             if step == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
             return path
@@ -104,6 +111,59 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, env):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["loss"] for r in log(straight)][3:] == [r["loss"] for r in log(resumed)][3:]
+
+
+def test_rerun_after_the_final_checkpoint_trains_no_extra_step(tmp_path, env):
+    """Issue 12.2: a job killed in its final evaluation and rerun with --resume_from_checkpoint
+    latest ends with exactly the unbroken run's weights, without an extra step; a rerun of a
+    finished run resumes from its final checkpoint and trains nothing either."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = lambda out: base_args(out, steps=7, extra=["--checkpointing_steps", "3",
+                                                      "--eval_every_epochs", "0"])
+    run(args(straight), env)
+    assert (straight / "checkpoint-7").is_dir()  # the last step is checkpointed too
+    die_in_final_evaluation = """
+        import os, signal, agen_hf.engine.evaluation as evaluation
+        def evaluate_then_die(*a, **k):
+            os.kill(os.getpid(), signal.SIGKILL)
+        evaluation.evaluate_segmentation = evaluate_then_die
+    """
+    assert run(args(killed), env, patch=die_in_final_evaluation, check=False).returncode == -9
+    assert not (killed / "model.safetensors").exists() and (killed / "checkpoint-7").is_dir()
+    proc = run(args(killed) + ["--resume_from_checkpoint", "latest"], env)
+    assert "after 7 steps" in proc.stdout
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert {int(v) for k, v in b.items() if k.endswith("num_batches_tracked")} == {7}
+    assert [r["step"] for r in log(killed)] == list(range(1, 8))
+    before = (straight / "model.safetensors").read_bytes()
+    proc = run(args(straight) + ["--resume_from_checkpoint", "latest"], env)
+    assert "after 7 steps" in proc.stdout and "checkpoint-7" in proc.stderr
+    assert (straight / "model.safetensors").read_bytes() == before
+    assert len(log(straight)) == 7
+
+
+def test_every_checkpoint_is_a_loadable_model_folder(tmp_path, env):
+    """Issue 12.6: checkpoint-<step> has config.json and preprocessor_config.json beside the
+    weights, so from_pretrained (and eval_voc.py --model) load it."""
+    from agen_hf import AgenImageProcessor, AgenModel
+
+    out = tmp_path / "run"
+    run(base_args(out, steps=6, extra=["--checkpointing_steps", "3",
+                                       "--checkpoints_total_limit", "5"]), env)
+    final = AgenModel.from_pretrained(out)
+    for step in (3, 6):
+        folder = out / f"checkpoint-{step}"
+        assert {"config.json", "preprocessor_config.json", "model.safetensors"} <= \
+            {p.name for p in folder.iterdir()}
+        model = AgenModel.from_pretrained(folder)
+        assert model.config == final.config
+        assert AgenImageProcessor.from_pretrained(folder).image_mean == tuple(
+            final.config.image_mean)
+    weights = AgenModel.from_pretrained(out / "checkpoint-6").state_dict()
+    assert all(torch.equal(v, final.state_dict()[k]) for k, v in weights.items())
+    assert not all(torch.equal(v, final.state_dict()[k]) for k, v in
+                   AgenModel.from_pretrained(out / "checkpoint-3").state_dict().items())
 
 
 def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path, env):
@@ -243,3 +303,113 @@ def test_config_file_and_bad_flags(tmp_path, env):
     assert proc.returncode == 2 and "unknown option(s) presett" in proc.stderr
     proc = run(["--dataset", "voc"], env, check=False)
     assert proc.returncode == 2 and "--voc_root" in proc.stderr
+
+
+@pytest.fixture
+def recipe():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    try:
+        import train_voc
+
+        yield train_voc
+    finally:
+        sys.path.remove(str(ROOT / "recipes"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optimizer: SGD\n", "optimizer: invalid choice: 'SGD'"),
+    ("report_to: tensorbord\n", "report_to: invalid choice: 'tensorbord'"),
+    ("mixed_precision: bf\n", "mixed_precision: invalid choice: 'bf'"),
+    ("learning_rate: fast\n", "learning_rate: invalid float value: 'fast'"),
+    ("max_train_steps: 1.5\n", "max_train_steps: invalid int value: '1.5'"),
+    ("scale_range: [64]\n", "scale_range: expected 2 arguments"),
+    ("deterministic: 'yes'\n", "deterministic: expected true or false, got 'yes'"),
+    ("- optimizer\n", "expected a mapping"),
+])
+def test_a_config_file_is_checked_like_the_command_line(recipe, tmp_path, capsys, text, message):
+    """Issue 12.4: same choices, types and value counts as the flags; the error names the
+    file and the key."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        recipe.parse_args(["--config", str(cfg)])
+    assert e.value.code == 2
+    assert f"--config {cfg}: {message}" in capsys.readouterr().err
+
+
+def test_config_file_values_are_typed_and_the_command_line_wins(recipe, tmp_path, capsys):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"optimizer": "adamw", "learning_rate": 1, "scale_range": [64, 96],
+                               "deterministic": True, "max_train_steps": None}))
+    args = recipe.parse_args(["--config", str(cfg)])
+    assert (args.optimizer, args.learning_rate, args.scale_range, args.deterministic) == \
+        ("adamw", 1.0, [64, 96], True)
+    assert isinstance(args.learning_rate, float) and args.max_train_steps is None
+    args = recipe.parse_args(["--config", str(cfg), "--optimizer", "sgd", "--scale_range", "8",
+                              "9"])
+    assert args.optimizer == "sgd" and args.scale_range == [8, 9]
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--config", str(tmp_path / "missing.yaml")])
+    assert f"--config {tmp_path / 'missing.yaml'}: cannot read it" in capsys.readouterr().err
+
+
+def test_tracking_without_a_tracker_fails_at_start_saying_what_to_install(monkeypatch):
+    """Issue 12.5: --with_tracking after the plain install names the package; --report_to
+    goes to Accelerate as given (all: every installed tracker)."""
+    import agen_hf.engine.arguments as loop
+
+    monkeypatch.setattr(loop, "get_available_trackers", lambda: [])
+    with pytest.raises(SystemExit, match=r"tensorboard is not installed; pip install tensorboard"):
+        loop.check_trackers("tensorboard")
+    with pytest.raises(SystemExit, match="no tracker is installed"):
+        loop.check_trackers("all")
+    with pytest.raises(SystemExit, match="pip install comet-ml"):
+        loop.check_trackers("comet_ml")
+    monkeypatch.setattr(loop, "get_available_trackers", lambda: [loop.LoggerType.TENSORBOARD])
+    loop.check_trackers("all")
+    loop.check_trackers("tensorboard")
+    assert "all" in loop.TRACKERS and "wandb" in loop.TRACKERS
+
+
+def test_fine_tuning_starts_from_a_saved_model(tmp_path, env):
+    """Issue 12.7: --model_name_or_path (a folder, a checkpoint) replaces --model_config: with
+    a zero learning rate the weights come out as they went in."""
+    first, tuned = tmp_path / "first", tmp_path / "tuned"
+    run(base_args(first, steps=2, extra=["--preset", "oa", "--eval_every_epochs", "0"]), env)
+    proc = run(base_args(tuned, steps=2, extra=[
+        "--model_name_or_path", str(first / "checkpoint-2"), "--learning_rate", "0",
+        "--use_boundary_loss", "false", "--eval_every_epochs", "0"]), env)
+    assert f"model {first / 'checkpoint-2'}" in proc.stderr
+    a, b = load_file(first / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert a.keys() == b.keys()  # AGM-4 only, as saved, not the tiny default's AGM-3/4/5
+    assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "tracked" not in k)
+    saved = json.loads((tuned / "config.json").read_text())
+    assert saved["agm_stages"] == [4] and saved["use_boundary_loss"] is False
+    proc = run(base_args(tmp_path / "bad", steps=1, extra=[
+        "--model_name_or_path", str(first), "--preset", "ac"]), env, check=False)
+    assert proc.returncode != 0 and "a preset builds a fresh model" in proc.stderr
+
+
+def test_a_hub_dataset_in_another_schema_trains_through_the_column_flags(tmp_path, env):
+    """Issue 12.11: --dataset_name with --image_column/--mask_column (the Hub stands in: the
+    patch serves load_dataset from the synthetic data under foreign column names)."""
+    serve = """
+        import datasets
+        from agen_hf.data import make_synthetic
+        def load_dataset(name, split):
+            assert name == "someone/roads"
+            ds = make_synthetic(8 if split == "train" else 4, seed=len(split), image_size=64)
+            return ds.remove_columns(["labels", "id"]).rename_columns(
+                {"image": "photo", "mask": "seg"})
+        datasets.load_dataset = load_dataset
+    """
+    out = tmp_path / "run"
+    args = ["--dataset_name", "someone/roads", "--train_split", "train", "--eval_split", "val",
+            "--image_column", "photo", "--mask_column", "seg", "--model_config", "tiny",
+            "--per_device_train_batch_size", "4", "--max_train_steps", "2", "--num_workers", "0",
+            "--boundary_crf", "torch", "--scale_range", "64", "64", "--crop_size", "64",
+            "--output_dir", str(out)]
+    proc = run(args, env, patch=serve)
+    assert "val mIoU (image-level supervision)" in proc.stdout
+    proc = run(args[:6] + args[10:], env, patch=serve, check=False)
+    assert proc.returncode != 0 and "--image_column NAME" in proc.stderr

@@ -20,12 +20,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..normalization import IMAGENET_MEAN, IMAGENET_STD
 from .samples import IGNORE_INDEX, VocDataError, decode_sample
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class RandomLongSideResize(v2.Transform):

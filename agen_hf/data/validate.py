@@ -15,6 +15,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..progress import progress
 from .samples import VocDataError, decode_sample, labels_from_mask
 from .voc import _mask_dirs, _resolve_root, _split_ids, find_mask
 
@@ -49,7 +50,8 @@ def validate(root: str | Path, splits: tuple[str, ...] = SPLITS, out=None) -> in
         ids, list_name = _split_ids(root, split)
         mask_dirs = _mask_dirs(root, split)
         with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(lambda i: check_sample(root, i, mask_dirs), ids))
+            results = list(progress(pool.map(lambda i: check_sample(root, i, mask_dirs), ids),
+                                    desc=f"checking {split}", total=len(ids)))
         bad = [p for r in results for p in r]
         for p in bad:
             print(f"[{split}] {p}", file=out)

@@ -27,6 +27,7 @@ import datasets
 import numpy as np
 from datasets.arrow_writer import ArrowWriter
 
+from ..progress import progress
 from .samples import (NUM_CLASSES, VocDataError, check_image_header, check_mask_size,
                       decode_mask, labels_from_mask, open_image)
 
@@ -171,7 +172,8 @@ def build_voc_index(root: str | os.PathLike, split: str, *, skip_bad_samples: bo
             return e
 
     with ThreadPoolExecutor(num_threads or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        rows = list(pool.map(index, ids))
+        rows = list(progress(pool.map(index, ids), desc=f"indexing VOC {split}",
+                             total=len(ids)))
     bad = [r for r in rows if isinstance(r, VocDataError)]
     if bad and not skip_bad_samples:
         more = f" (and {len(bad) - 1} more bad samples)" if len(bad) > 1 else ""
@@ -271,18 +273,60 @@ def _looks_like_hub_id(text: str) -> bool:
     return len(parts) <= 2 and all(parts) and not text.startswith((".", "~"))
 
 
+# the names other segmentation datasets give our columns (the no_trainer example's and the
+# Hub's: scene_parse_150 "annotation", segments/sidewalk "pixel_values" + "label"), tried in
+# order when a column is missing and no mapping names it; an image column only
+COMMON_NAMES = {"image": ("pixel_values", "img"),
+                "mask": ("annotation", "label", "segmentation", "semantic_segmentation")}
+
+
+def add_column_arguments(group) -> None:
+    """``--image_column``, ``--mask_column``, ``--labels_column``: how a ``--dataset_name``
+    in another schema maps to ours (:func:`column_mapping_from`)."""
+    group.add_argument("--image_column", help="--dataset_name's image column")
+    group.add_argument("--mask_column", help="--dataset_name's segmentation-map column")
+    group.add_argument("--labels_column",
+                       help="--dataset_name's 20 image-level multi-hot labels (derived from "
+                            "the masks when absent)")
+
+
+def column_mapping_from(image_column: str | None = None, mask_column: str | None = None,
+                        labels_column: str | None = None) -> dict[str, str] | None:
+    """``{their column: ours}`` from the recipes' ``--image_column`` / ``--mask_column`` /
+    ``--labels_column`` flags (None when none is given)."""
+    pairs = {their: ours for their, ours in ((image_column, "image"), (mask_column, "mask"),
+                                             (labels_column, "labels")) if their}
+    return pairs or None
+
+
+def _recognise_columns(ds: datasets.Dataset) -> dict[str, str]:
+    """Common names of image columns for ``image`` and ``mask`` when they are missing."""
+    found = {}
+    for ours, names in COMMON_NAMES.items():
+        if ours in ds.column_names:
+            continue
+        for their in names:
+            if their in ds.column_names and their not in found and \
+                    isinstance(ds.features[their], datasets.Image):
+                found[their] = ours
+                break
+    return found
+
+
 def _conform(ds: datasets.Dataset, column_mapping: dict[str, str] | None,
              name: str) -> datasets.Dataset:
-    """Rename columns, derive ``labels``/``id`` where missing, and check the schema."""
+    """Rename columns (``column_mapping``, then the common names of :data:`COMMON_NAMES`),
+    derive ``labels``/``id`` where missing, and check the schema."""
     if column_mapping:
         missing = [c for c in column_mapping if c not in ds.column_names]
         if missing:
             raise ValueError(f"{name}: column_mapping names columns {missing} that are not in "
                              f"{ds.column_names}")
         ds = ds.rename_columns(column_mapping)
+    ds = ds.rename_columns(_recognise_columns(ds))
     if "image" not in ds.column_names:
         raise ValueError(f"{name}: no 'image' column (columns: {ds.column_names}); map yours "
-                         "with column_mapping={'their_name': 'image'}")
+                         "with --image_column NAME (column_mapping={'their_name': 'image'})")
     if "labels" not in ds.column_names:
         if "mask" not in ds.column_names:
             raise ValueError(f"{name}: needs a 'labels' (20 image-level multi-hot) or a 'mask' "

@@ -10,12 +10,16 @@ optimizer and RNG states are Accelerate's files; ``trainer_state.json`` holds ou
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from accelerate import Accelerator
+
+logger = logging.getLogger("agen_hf.train")
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -47,9 +51,12 @@ def resolve_checkpoint(output_dir: str | os.PathLike, which: str) -> Path:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int,
-                    state: dict, keep_last: int | None = None) -> Path:
+                    state: dict, keep_last: int | None = None,
+                    model_files: Callable[[Path], None] | None = None) -> Path:
     """Save model, optimizer, RNG states and ``state`` as ``checkpoint-<step>``, atomically;
-    keep only the newest ``keep_last`` checkpoints."""
+    keep only the newest ``keep_last`` checkpoints. ``model_files(folder)`` (main process)
+    writes what makes the folder a loadable model beside ``model.safetensors``
+    (``config.json``, ``preprocessor_config.json``)."""
     root = Path(output_dir)
     final, tmp = root / f"checkpoint-{step}", root / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
@@ -58,6 +65,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
+        if model_files is not None:
+            model_files(tmp)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -83,3 +92,24 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return stale
+
+
+def start_output_dir(accelerator: Accelerator, output_dir: str | os.PathLike,
+                     resume_from: str | None = None) -> dict:
+    """Create ``output_dir`` (removing what an interrupted save left) and, with
+    ``resume_from`` (``"latest"`` or a checkpoint folder), restore model, optimizer and RNG
+    states from it. Returns the saved position (``trainer_state.json``), or {} for a fresh
+    run."""
+    root = Path(output_dir)
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in remove_partial_checkpoints(root):
+            logger.warning("removed %s, left by an interrupted checkpoint save", stale)
+    accelerator.wait_for_everyone()
+    if not resume_from:
+        return {}
+    path = resolve_checkpoint(root, resume_from)
+    state = load_checkpoint(accelerator, path)
+    logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["global_step"],
+                state["epoch"], state["batches_in_epoch"])
+    return state

@@ -3,6 +3,8 @@ val set and the matrices are summed, so no prediction is ever gathered."""
 
 from __future__ import annotations
 
+import logging
+
 from typing import Callable
 
 import torch
@@ -10,9 +12,12 @@ from accelerate import Accelerator
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ..crf import CrfPool, present_classes
+from ..crf import CrfPool
 from ..data.transforms import collate
 from ..metrics import StreamingMeanIoU
+from ..progress import progress
+
+logger = logging.getLogger("agen_hf.train")
 
 
 def shard_loader(dataset, accelerator: Accelerator, batch_size: int,
@@ -41,7 +46,7 @@ def evaluate_segmentation(accelerator: Accelerator, predict: Callable[[torch.Ten
     if crf is not None and unnormalize is None:
         raise ValueError("evaluate_segmentation: crf needs unnormalize to recover the RGB image")
     metric = StreamingMeanIoU(num_labels, ignore_index)
-    for batch in loader:
+    for batch in progress(loader, desc="validation", main_process=accelerator.is_main_process):
         if batch is None:
             continue
         pixel_values = batch["pixel_values"].to(accelerator.device)
@@ -57,12 +62,31 @@ def evaluate_segmentation(accelerator: Accelerator, predict: Callable[[torch.Ten
                 continue
             rgb = unnormalize(pixel_values[i:i + 1, :, :h, :w])[0]
             rgb = rgb.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            classes = present_classes(labels[i, :h, :w])
-            probs = scores[i, :, :h, :w].softmax(dim=0)[torch.as_tensor(classes)]
-            for ref, refined in crf.submit(rgb, probs, classes, tag=mask):
+            probs = scores[i, :, :h, :w].softmax(dim=0)
+            for ref, refined in crf.refine(rgb, labels[i, :h, :w],
+                                           lambda classes: probs[torch.as_tensor(classes)],
+                                           tag=mask):
                 metric.update(refined, ref)
     for ref, refined in crf.finish() if crf is not None else []:
         metric.update(refined, ref)
     total = accelerator.reduce(metric.confusion.to(accelerator.device), "sum")
     metric.confusion = total.cpu()
     return metric.compute()
+
+
+def validate(accelerator: Accelerator, model, val_loader: DataLoader, step: int,
+             epoch: int, with_tracking: bool = False) -> dict:
+    """The mean IoU of ``model``'s segmentation (``model(x, segmentation_only=True).logits``:
+    branch B for AGEN) on ``val_loader``, logged (and tracked per class at ``step``)."""
+    config = accelerator.unwrap_model(model).config
+    model.eval()
+    metrics = evaluate_segmentation(
+        accelerator, lambda x: model(x, segmentation_only=True).logits, val_loader,
+        config.num_labels, config.ignore_index)
+    model.train()
+    logger.info("epoch %d: val mIoU %.2f%%", epoch, 100 * metrics["mean_iou"])
+    if with_tracking:
+        per_class = {f"val/iou_{config.id2label[i]}": float(v)
+                     for i, v in enumerate(metrics["per_category_iou"])}
+        accelerator.log({"val/mean_iou": metrics["mean_iou"], **per_class}, step=step)
+    return metrics

@@ -60,5 +60,7 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, virtual_index: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(self.seed, virtual_index))
+            # the CPU generator alone (the one forked; transforms draw from it):
+            # torch.manual_seed also seeds every accelerator backend, ~1 ms a call
+            torch.default_generator.manual_seed(_seed(self.seed, virtual_index))
             return self.dataset[virtual_index % len(self.dataset)]

@@ -20,6 +20,17 @@ def _as_array(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _as_bytes(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as uint8 when every value fits in 0..255 (an int64 argmax, a uint8 PNG), so
+    that they take the byte-pair path of :meth:`StreamingMeanIoU.update`; else None."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype.kind not in "iub" or (values.size and (values.min() < 0 or
+                                                             values.max() > 255)):
+        return None
+    return values.astype(np.uint8)
+
+
 def remap_references(references: np.ndarray, label_map: dict | None,
                      reduce_labels: bool) -> np.ndarray:
     """The Hub metric's reference preprocessing: ``label_map`` applied entry by entry, in
@@ -92,7 +103,9 @@ class StreamingMeanIoU:
         if pred.shape != ref.shape:
             raise ValueError(f"predictions ({pred.size} pixels) and references "
                              f"({ref.size} pixels) differ in size")
-        if pred.dtype == np.uint8 and ref.dtype == np.uint8:
+        pred8, ref8 = _as_bytes(pred), _as_bytes(ref)
+        if pred8 is not None and ref8 is not None:
+            pred, ref = pred8, ref8
             pair = ref.astype(np.uint16)
             pair <<= 8
             pair |= pred

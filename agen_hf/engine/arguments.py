@@ -1,0 +1,164 @@
+"""The flags every training recipe shares (the paper's schedule by default), ``--config``
+files checked like the command line, and the Accelerator they configure."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+from pathlib import Path
+
+import yaml
+from accelerate import Accelerator
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import DistributedDataParallelKwargs, LoggerType
+
+from .accelerator import make_accelerator
+from .schedule import SCHEDULES
+
+TRACKERS = [t.value for t in LoggerType]  # what --report_to passes to Accelerate
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The data-loading, optimisation, checkpoint, evaluation, logging and Hub flags (paper
+    defaults; a recipe resolves ``--crop_size``/``--scale_range`` left unset)."""
+    g = p.add_argument_group("data loading")
+    g.add_argument("--crop_size", type=int, default=None,
+                   help="training crop (paper: 321; synthetic: its image size)")
+    g.add_argument("--scale_range", type=int, nargs=2, default=None,
+                   help="long-side range of the random rescale (paper: 321 481)")
+    g.add_argument("--skip_bad_samples", action="store_true")
+    g.add_argument("--num_workers", type=int, default=2)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--per_device_train_batch_size", type=int, default=15)
+    g.add_argument("--per_device_eval_batch_size", type=int, default=1)
+    g.add_argument("--learning_rate", type=float, default=1e-3, help="backbone learning rate")
+    g.add_argument("--head_lr_multiplier", type=float, default=10.0,
+                   help="AGMs and new heads train at this multiple of --learning_rate")
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="sgd (the paper's, with --momentum) or adamw (for models trained from "
+                        "scratch, e.g. on the synthetic data)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--num_train_epochs", type=int, default=35)
+    g.add_argument("--max_train_steps", type=int, default=None,
+                   help="overrides --num_train_epochs")
+    g.add_argument("--lr_decay_epochs", type=int, default=10,
+                   help="with --lr_scheduler step: divide the lr by 10 every N epochs")
+    g.add_argument("--lr_scheduler", choices=SCHEDULES, default="step",
+                   help="step (the paper's), poly or cosine (for models trained from scratch)")
+    g.add_argument("--warmup_steps", type=int, default=0,
+                   help="linear learning-rate warm-up over the first N optimizer steps")
+    g.add_argument("--lr_restart_at", type=int, default=0,
+                   help="poly/cosine: restart the schedule (warm-up included) at step N, e.g. "
+                        "where a classification-first phase ends (0: one cycle)")
+    g.add_argument("--max_grad_norm", type=float, default=None,
+                   help="clip the global gradient norm (the paper does not clip)")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across GPUs")
+    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is there")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels: bit-identical reruns and resumes")
+    g.add_argument("--max_nonfinite_steps", type=int, default=5,
+                   help="abort after this many NaN/inf losses in a row (each one is skipped)")
+    g = p.add_argument_group("checkpoints, evaluation, logging")
+    g.add_argument("--output_dir", default="runs/agen")
+    g.add_argument("--checkpointing_steps", type=int, default=0,
+                   help="checkpoint every N optimizer steps (0: only at the end of each epoch)")
+    g.add_argument("--checkpoints_total_limit", type=int, default=3)
+    g.add_argument("--resume_from_checkpoint", help="latest or a checkpoint folder")
+    g.add_argument("--eval_every_epochs", type=int, default=1, help="0: only at the end")
+    g.add_argument("--logging_steps", type=int, default=10)
+    g.add_argument("--with_tracking", action="store_true")
+    g.add_argument("--report_to", default="tensorboard", choices=TRACKERS,
+                   help="with --with_tracking: the tracker Accelerate logs to (all: every "
+                        "installed one)")
+    g.add_argument("--push_to_hub", action="store_true")
+    g.add_argument("--hub_model_id")
+    g.add_argument("--hub_token")
+
+
+def parse_with_config(parser: argparse.ArgumentParser,
+                      argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``--config FILE`` (YAML or JSON, dest names as keys) supplies defaults
+    that flags on the command line override. Each value goes through its flag's own parsing
+    (type, ``choices``, number of values), so a file is checked exactly like the command line;
+    a bad or unknown key is an error naming the file and the key."""
+    args, _ = parser.parse_known_args(argv)
+    if args.config:
+        parser.set_defaults(**config_file_values(parser, Path(args.config)))
+    args = parser.parse_args(argv)
+    if getattr(args, "push_to_hub", False) and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    return args
+
+
+def config_file_values(parser: argparse.ArgumentParser, path: Path) -> dict:
+    """The values of a ``--config`` file, each parsed by its flag's action."""
+    try:
+        text = path.read_text()
+        values = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        parser.error(f"--config {path}: cannot read it ({e})")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a mapping of option names to values")
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    unknown = sorted(set(values) - set(actions) - {"config"})
+    if unknown:
+        parser.error(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    parsed = {}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or value is None:
+            continue
+        if action.nargs == 0:  # store_true / store_false
+            if not isinstance(value, bool):
+                parser.error(f"--config {path}: {key}: expected true or false, got {value!r}")
+            parsed[key] = value if isinstance(action, argparse._StoreTrueAction) else not value
+            continue
+        tokens = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+        probe._add_action(copy.copy(action))
+        try:
+            parsed[key] = getattr(probe.parse_args([action.option_strings[0], *tokens]), key)
+        except argparse.ArgumentError as e:
+            parser.error(f"--config {path}: {key}: {e.message}")
+    return parsed
+
+
+def check_trackers(report_to: str) -> None:
+    """Fail at start, saying what to install, when ``--with_tracking`` would log nowhere."""
+    available = [t.value for t in get_available_trackers()]
+    if report_to == "all" and not available:
+        raise SystemExit("--with_tracking --report_to all: no tracker is installed; "
+                         "pip install tensorboard (or agen_hf[tracking]), or wandb")
+    if report_to != "all" and report_to not in available:
+        package = "tensorboard (or agen_hf[tracking])" if report_to == "tensorboard" else \
+            report_to.replace("_", "-")
+        raise SystemExit(f"--with_tracking --report_to {report_to}: {report_to} is not "
+                         f"installed; pip install {package}")
+
+
+def training_accelerator(args: argparse.Namespace,
+                         find_unused_parameters: bool = False) -> Accelerator:
+    if args.with_tracking:
+        check_trackers(args.report_to)
+    return make_accelerator(
+        args.cpu,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            find_unused_parameters=find_unused_parameters)],
+    )
+
+
+def configure_logging(accelerator: Accelerator) -> None:
+    """INFO on the main process, warnings only on the others (every recipe's logging)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)

@@ -1,0 +1,88 @@
+"""The end of a training run: its figures (``eval_results.json``), the model folder
+(``config.json`` + ``model.safetensors`` + model card + ``preprocessor_config.json``) and the
+Hub push. A failed push keeps the saved folder and is reported in the figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from accelerate import Accelerator
+
+from ..hub import mean_iou_result
+from ..metrics.report import class_iou_markdown
+from .evaluation import validate
+from .loop import TrainState
+
+logger = logging.getLogger("agen_hf.train")
+
+
+def final_results(metrics: dict, id2label: dict, steps: int, seconds: float, **extras) -> dict:
+    """The figures of a finished run, as ``eval_results.json`` holds them."""
+    return {"val_mean_iou": metrics["mean_iou"], "val_mean_accuracy": metrics["mean_accuracy"],
+            "val_overall_accuracy": metrics["overall_accuracy"],
+            "val_per_category_iou": {id2label[i]: float(v) for i, v in
+                                     enumerate(metrics["per_category_iou"])},
+            "steps": steps, "train_seconds": seconds, **extras}
+
+
+def save_and_push(accelerator: Accelerator, model, output_dir: str | Path, result: dict,
+                  card: dict | None = None, hub_model_id: str | None = None,
+                  hub_token: str | None = None) -> dict:
+    """On the main process: save ``model`` (unwrapped) with its card into ``output_dir``, push
+    it to ``hub_model_id`` when given, and write ``result`` (plus ``push_error`` if the push
+    failed) as ``eval_results.json``. Returns ``result``."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return result
+    output_dir = Path(output_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile's wrapper
+    unwrapped.save_pretrained(output_dir, model_card_kwargs=card or {})
+    print(f"val mIoU ({result.get('supervision', 'full')} supervision): "
+          f"{100 * result['val_mean_iou']:.2f}% after {result['steps']} steps; model saved to "
+          f"{output_dir}")
+    if hub_model_id:
+        try:
+            url = unwrapped.push_to_hub(hub_model_id, token=hub_token,
+                                        model_card_kwargs=card or {})
+            print(f"pushed to {url}")
+        except Exception as e:  # the local model is already saved: report and go on
+            logger.error("push to the Hub failed (%s: %s); the model is saved in %s",
+                         type(e).__name__, e, output_dir)
+            result["push_error"] = str(e)
+    (output_dir / "eval_results.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def model_card(metrics: dict, id2label: dict, command: str, description: str,
+               dataset: tuple[str, str, str]) -> dict:
+    """The model card's fields for a trained model: the per-class IoU table, the
+    ``model-index`` result (``dataset``: type, name, split) and how it was trained
+    (``description`` and the redacted ``command``)."""
+    names = [id2label[i] for i in range(len(id2label))]
+    return {"metrics": class_iou_markdown(metrics["per_category_iou"], metrics["mean_iou"],
+                                          names),
+            "eval_results": [mean_iou_result(metrics["mean_iou"], *dataset)],
+            "training": f"{description}\n\n```bash\n{command}\n```"}
+
+
+def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader,
+           state: TrainState, started: float, card: Callable[[dict], dict], **extras) -> dict:
+    """The end of every training recipe: the final validation, ``eval_results.json``, the
+    model folder with ``card(metrics)``, the Hub push (``--push_to_hub``) and the trackers'
+    end. Returns the figures."""
+    metrics = validate(accelerator, model, val_loader, state.global_step, state.epoch,
+                       args.with_tracking)
+    config = accelerator.unwrap_model(model).config
+    result = final_results(metrics, config.id2label, state.global_step, time.time() - started,
+                           **extras)
+    save_and_push(accelerator, model, args.output_dir, result, card(metrics),
+                  args.hub_model_id if args.push_to_hub else None, args.hub_token)
+    if args.with_tracking:
+        accelerator.end_training()
+    return result
