@@ -74,19 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
-    configure_logging(accelerator)
-    model = load_segmentation_model(args.model).to(accelerator.device).eval()
-    config = model.config
-    processor = AgenImageProcessor.from_pretrained(args.model, max_size=None)
+def scored_dataset(args: argparse.Namespace) -> datasets.Dataset:
+    """The split to score; an error naming the images without a ground-truth mask."""
     try:
-        with accelerator.main_process_first():
-            dataset = load_voc(args.voc_root or args.dataset_name, args.split,
-                               skip_bad_samples=args.skip_bad_samples,
-                               column_mapping=column_mapping_from(
-                                   args.image_column, args.mask_column, args.labels_column))
+        dataset = load_voc(args.voc_root or args.dataset_name, args.split,
+                           skip_bad_samples=args.skip_bad_samples,
+                           column_mapping=column_mapping_from(
+                               args.image_column, args.mask_column, args.labels_column))
     except VocDataError as e:
         raise SystemExit(f"{e}\n(eval_voc scores against ground-truth masks: every image of "
                          f"the {args.split!r} split needs one)") from None
@@ -97,6 +91,18 @@ def main(argv: list[str] | None = None) -> dict:
             f"split {args.split!r}: {len(unmasked)} of {len(dataset)} images have no "
             f"ground-truth mask to score against (e.g. {', '.join(unmasked[:5])}); segment "
             "them with recipes/predict.py (--voc_layout for the VOC test server)")
+    return dataset
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    configure_logging(accelerator)
+    model = load_segmentation_model(args.model).to(accelerator.device).eval()
+    config = model.config
+    processor = AgenImageProcessor.from_pretrained(args.model, max_size=None)
+    with accelerator.main_process_first():
+        dataset = scored_dataset(args)
     loader = shard_loader(with_transforms(dataset, eval_transform(processor.image_mean,
                                                                   processor.image_std),
                                           args.skip_bad_samples),

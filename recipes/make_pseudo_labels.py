@@ -134,12 +134,6 @@ def main(argv: list[str] | None = None) -> dict:
               "label_restriction": not args.no_label_restriction,
               "scored_against_ground_truth": scored}
     if accelerator.is_main_process:
-        lists = out / "ImageSets" / "Segmentation"
-        lists.mkdir(parents=True, exist_ok=True)
-        (lists / f"{args.split}.txt").write_text("\n".join(rows["id"]) + "\n")
-        link = out / "JPEGImages"
-        if source_images is not None and not link.exists():
-            link.symlink_to(source_images.resolve(), target_is_directory=True)
         if scored:
             m = metric.compute()
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -148,20 +142,33 @@ def main(argv: list[str] | None = None) -> dict:
                                           zip(names, m["per_category_iou"])}
             print(f"pseudo labels vs ground truth ({scored} images):\n")
             print(iou_table(m["per_category_iou"], m["mean_iou"], names, "pseudo"))
-        if args.format == "datasets":
-            table = {"id": rows["id"], "labels": rows["labels"],
-                     "image": [{"path": str(link / f"{i}.jpg"), "bytes": None}
-                               for i in rows["id"]],
-                     "mask": [{"path": str(out / MASK_DIR / f"{i}.png"), "bytes": None}
-                              for i in rows["id"]]}
-            target = out / "pseudo_labels.arrow"
-            target.unlink(missing_ok=True)
-            cached_arrow(out, "pseudo_labels",
-                         lambda: datasets.Dataset.from_dict(table, features=FEATURES))
-            report["arrow"] = str(target)
+        write_voc_root(out, rows, args.split, source_images, args.format, report)
         (out / "pseudo_labels_report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
     return report
+
+
+def write_voc_root(out: Path, rows: datasets.Dataset, split: str, source_images: Path | None,
+                   fmt: str, report: dict) -> None:
+    """Make ``out`` a VOC root that ``load_voc`` reads: the split's id list, ``JPEGImages``
+    linked to the source images, and with ``fmt == "datasets"`` an Arrow index of the pairs
+    (its path goes into ``report``)."""
+    lists = out / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / f"{split}.txt").write_text("\n".join(rows["id"]) + "\n")
+    link = out / "JPEGImages"
+    if source_images is not None and not link.exists():
+        link.symlink_to(source_images.resolve(), target_is_directory=True)
+    if fmt == "datasets":
+        table = {"id": rows["id"], "labels": rows["labels"],
+                 "image": [{"path": str(link / f"{i}.jpg"), "bytes": None} for i in rows["id"]],
+                 "mask": [{"path": str(out / MASK_DIR / f"{i}.png"), "bytes": None}
+                          for i in rows["id"]]}
+        target = out / "pseudo_labels.arrow"
+        target.unlink(missing_ok=True)
+        cached_arrow(out, "pseudo_labels",
+                     lambda: datasets.Dataset.from_dict(table, features=FEATURES))
+        report["arrow"] = str(target)
 
 
 if __name__ == "__main__":
