@@ -137,6 +137,16 @@ def padded_size(sizes: Sequence[tuple[int, int]], divisor: int) -> tuple[int, in
             -(-max(w for _, w in sizes) // divisor) * divisor)
 
 
+def pad_to_multiple(pixel_values: list[torch.Tensor] | torch.Tensor,
+                    divisor: int) -> torch.Tensor:
+    """Stack (3, h, w) images (one, a list, or a (B, 3, h, w) batch), zero-padded (the mean
+    colour after normalisation) bottom/right to the largest size rounded up to ``divisor``."""
+    items = [pixel_values] if torch.is_tensor(pixel_values) and pixel_values.ndim == 3 \
+        else list(pixel_values)
+    h, w = padded_size([tuple(t.shape[-2:]) for t in items], divisor)
+    return torch.stack([F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in items])
+
+
 def _scores_of(outputs) -> tuple[torch.Tensor, bool]:
     """(scores (B, K, h, w), whether they are a model output's logits)."""
     if torch.is_tensor(outputs):
@@ -229,12 +239,8 @@ class AgenImageProcessor:
         return unnormalize(pixel_values, self.image_mean, self.image_std)
 
     def pad(self, pixel_values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-        """Stack (3, h, w) images, zero-padded (the mean colour) bottom/right to the largest
-        size rounded up to ``size_divisor``."""
-        items = [pixel_values] if torch.is_tensor(pixel_values) and pixel_values.ndim == 3 \
-            else list(pixel_values)
-        h, w = padded_size([tuple(t.shape[-2:]) for t in items], self.size_divisor)
-        return torch.stack([F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in items])
+        """:func:`pad_to_multiple` of ``size_divisor``."""
+        return pad_to_multiple(pixel_values, self.size_divisor)
 
     def preprocess(self, images, return_tensors: str = "pt") -> BatchFeature:
         """One image or a list (anything :func:`rgb_array` takes) -> a :class:`BatchFeature`

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from .crf import CrfPool
-from .image_processing import AgenImageProcessor, padded_size, rgb_array, upsample_argmax
+from .image_processing import AgenImageProcessor, pad_to_multiple, rgb_array, upsample_argmax
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -27,12 +27,6 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales: need one or more positive scales, got {scales}")
     return scales
-
-
-def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
-    """(B, C, h, w) zero-padded bottom/right to multiples of ``divisor``."""
-    h, w = padded_size([tuple(x.shape[-2:])], divisor)
-    return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
 
 
 @torch.no_grad()

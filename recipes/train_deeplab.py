@@ -39,7 +39,6 @@ from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
 from agen_hf.engine.loop import begin, train  # noqa: E402
 from agen_hf.engine.optimizer import build_optimizer  # noqa: E402
 from agen_hf.engine.saving import finish, model_card  # noqa: E402
-from agen_hf.engine.evaluation import validate  # noqa: E402
 from agen_hf.engine.redaction import command_line  # noqa: E402
 from agen_hf.weights import load_resnet101, load_vgg16  # noqa: E402
 
@@ -144,11 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     options, state = begin(accelerator, args, train_dl, project="agen-deeplab")
 
     started = time.time()
-    unwrapped = accelerator.unwrap_model(model)
     state = train(accelerator, model, optimizer, base_lrs, train_dl, compute_loss, options,
-                  state, model_files=getattr(unwrapped, "_orig_mod", unwrapped).save_model_config,
-                  validate=lambda epoch: validate(accelerator, model, val_dl, state.global_step,
-                                                  epoch, args.with_tracking))
+                  state, val_loader=val_dl)
     return finish(accelerator, args, model, val_dl, state, started, lambda metrics: model_card(
         metrics, config.id2label, command_line("recipes/train_deeplab.py", argv),
         f"Two-step AGEN: DeepLab ({config.backbone}) trained on AGEN's pseudo labels.",

@@ -32,6 +32,7 @@ from agen_hf import AgenConfig, AgenModel  # noqa: E402
 from agen_hf.configuration_agen import TABLE1_PRESETS  # noqa: E402
 from agen_hf.data import load_voc, make_synthetic  # noqa: E402
 from agen_hf.data.voc import add_column_arguments, column_mapping_from  # noqa: E402
+from agen_hf.engine.accelerator import base_model  # noqa: E402
 from agen_hf.engine.arguments import (add_training_arguments,  # noqa: E402
                                       configure_logging, parse_with_config,
                                       training_accelerator)
@@ -39,7 +40,6 @@ from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
 from agen_hf.engine.loop import begin, train  # noqa: E402
 from agen_hf.engine.optimizer import build_optimizer  # noqa: E402
 from agen_hf.engine.saving import finish, model_card  # noqa: E402
-from agen_hf.engine.evaluation import validate  # noqa: E402
 from agen_hf.engine.redaction import command_line  # noqa: E402
 from agen_hf.visualization import write_cam_figure  # noqa: E402
 from agen_hf.weights import load_resnet38, load_vgg16  # noqa: E402
@@ -190,12 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     options, state = begin(accelerator, args, train_dl, project="agen")
 
     started = time.time()
-    unwrapped = accelerator.unwrap_model(model)
     state = train(accelerator, model, optimizer, base_lrs, train_dl, compute_loss(args), options,
-                  state, model_files=getattr(unwrapped, "_orig_mod", unwrapped).save_model_config,
-                  validate=lambda epoch: validate(accelerator, model, val_dl, state.global_step,
-                                                  epoch, args.with_tracking),
-                  log_extras=getattr(unwrapped, "_orig_mod", unwrapped).coam_weights)
+                  state, val_loader=val_dl,
+                  log_extras=base_model(accelerator, model).coam_weights)
     result = finish(accelerator, args, model, val_dl, state, started,
                     lambda metrics: card(metrics, config, argv, args),
                     supervision="full" if args.full_supervision else "image-level")

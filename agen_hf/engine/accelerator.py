@@ -16,6 +16,14 @@ def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
     return Accelerator(cpu=on_cpu, **kwargs)
 
 
+def base_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself under whatever wraps it for training: DDP (Accelerate's
+    ``unwrap_model``) and ``torch.compile`` (``_orig_mod``). What is saved, configured and
+    introspected."""
+    unwrapped = accelerator.unwrap_model(model)
+    return getattr(unwrapped, "_orig_mod", unwrapped)
+
+
 def cpus_per_process() -> int:
     """This machine's CPU cores shared among the processes a launcher started on it (for
     worker pools that should not oversubscribe the node)."""

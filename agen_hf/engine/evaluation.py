@@ -16,6 +16,7 @@ from ..crf import CrfPool
 from ..data.transforms import collate
 from ..metrics import StreamingMeanIoU
 from ..progress import progress
+from .accelerator import base_model
 
 logger = logging.getLogger("agen_hf.train")
 
@@ -78,7 +79,7 @@ def validate(accelerator: Accelerator, model, val_loader: DataLoader, step: int,
              epoch: int, with_tracking: bool = False) -> dict:
     """The mean IoU of ``model``'s segmentation (``model(x, segmentation_only=True).logits``:
     branch B for AGEN) on ``val_loader``, logged (and tracked per class at ``step``)."""
-    config = accelerator.unwrap_model(model).config
+    config = base_model(accelerator, model).config
     model.eval()
     metrics = evaluate_segmentation(
         accelerator, lambda x: model(x, segmentation_only=True).logits, val_loader,

@@ -20,7 +20,9 @@ from accelerate import Accelerator
 
 from ..losses import ProcessGroup
 from ..progress import progress
+from .accelerator import base_model
 from .checkpointing import save_checkpoint, start_output_dir
+from .evaluation import validate
 from .redaction import redact_args
 from .schedule import lr_factor
 
@@ -169,14 +171,14 @@ def epoch_batches(accelerator: Accelerator, train_loader, state: TrainState,
 
 def train(accelerator: Accelerator, model, optimizer, base_lrs: list[float], train_loader,
           compute_loss: LossFn, options: LoopOptions, state: TrainState, *,
-          model_files: Callable[[Path], None] | None = None,
-          validate: Callable[[int], dict] | None = None,
-          log_extras: Callable[[], dict] | None = None) -> TrainState:
+          val_loader=None, log_extras: Callable[[], dict] | None = None) -> TrainState:
     """Train from ``state`` to ``options.max_steps``: a checkpoint every
-    ``checkpointing_steps``, at every epoch end and at the last step (``model_files`` makes
-    each a loadable model folder); ``validate(epoch)`` every ``eval_every_epochs`` epochs
-    before the last. A run resumed from its last checkpoint trains nothing."""
+    ``checkpointing_steps``, at every epoch end and at the last step, each a loadable model
+    folder; :func:`~agen_hf.engine.evaluation.validate` on ``val_loader`` every
+    ``eval_every_epochs`` epochs before the last. A run resumed from its last checkpoint
+    trains nothing."""
     group = process_group(accelerator)
+    model_files = base_model(accelerator, model).save_model_config
     saved_at = [state.global_step]  # a fresh run: step 0 needs no checkpoint
 
     def checkpoint() -> None:
@@ -214,10 +216,11 @@ def train(accelerator: Accelerator, model, optimizer, base_lrs: list[float], tra
             state.epoch, state.batches_in_epoch = epoch + 1, 0
             if saved_at[0] != state.global_step:
                 checkpoint()
-            if validate and options.eval_every_epochs and \
+            if val_loader is not None and options.eval_every_epochs and \
                     (epoch + 1) % options.eval_every_epochs == 0 and \
                     state.global_step < options.max_steps:
-                validate(epoch)
+                validate(accelerator, model, val_loader, state.global_step, epoch,
+                         options.with_tracking)
         if state.global_step >= options.max_steps:
             break
     bar.close()

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 
 from ..hub import mean_iou_result
 from ..metrics.report import class_iou_markdown
+from .accelerator import base_model
 from .evaluation import validate
 from .loop import TrainState
 
@@ -40,8 +41,7 @@ def save_and_push(accelerator: Accelerator, model, output_dir: str | Path, resul
     if not accelerator.is_main_process:
         return result
     output_dir = Path(output_dir)
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile's wrapper
+    unwrapped = base_model(accelerator, model)
     unwrapped.save_pretrained(output_dir, model_card_kwargs=card or {})
     print(f"val mIoU ({result.get('supervision', 'full')} supervision): "
           f"{100 * result['val_mean_iou']:.2f}% after {result['steps']} steps; model saved to "
@@ -78,7 +78,7 @@ def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader
     end. Returns the figures."""
     metrics = validate(accelerator, model, val_loader, state.global_step, state.epoch,
                        args.with_tracking)
-    config = accelerator.unwrap_model(model).config
+    config = base_model(accelerator, model).config
     result = final_results(metrics, config.id2label, state.global_step, time.time() - started,
                            **extras)
     save_and_push(accelerator, model, args.output_dir, result, card(metrics),
