@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer, base_lrs = build_optimizer(model, args)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if args.compile:
         model = torch.compile(model)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)

@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train with the classification loss (eq. 11) alone for the first N "
                         "steps (0: the paper, all losses from the start)")
     g.add_argument("--full_supervision", action="store_true",
-                   help="train branch B from ground-truth masks: the upper bound")
+                   help="train branch B from ground-truth masks: the upper bound (it has no "
+                        "classification-first phase: --seeding_warmup_steps and "
+                        "--lr_restart_at do not apply)")
     g.add_argument("--vgg16_weights",
                    help="torchvision VGG16(-BN) ImageNet state dict for the stem + branch A")
     g.add_argument("--resnet38_weights",
@@ -99,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size = args.synthetic_image_size
     args.crop_size = args.crop_size or (size if synthetic else 321)
     args.scale_range = args.scale_range or ((size, int(size * 1.5)) if synthetic else (321, 481))
+    if args.full_supervision:  # one cycle: the restart belongs to the classification phase
+        args.seeding_warmup_steps = args.lr_restart_at = 0
     return args
 
 
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer, base_lrs = build_optimizer(model, args)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if args.compile:
         model = torch.compile(model)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)

@@ -413,3 +413,56 @@ def test_a_hub_dataset_in_another_schema_trains_through_the_column_flags(tmp_pat
     assert "val mIoU (image-level supervision)" in proc.stdout
     proc = run(args[:6] + args[10:], env, patch=serve, check=False)
     assert proc.returncode != 0 and "--image_column NAME" in proc.stderr
+
+
+def test_full_supervision_has_no_classification_phase_and_so_no_restart(recipe):
+    """The quickstart's classification-first phase and its learning-rate restart belong to
+    the weak run: the upper bound from the same config trains branch B in one cycle."""
+    quickstart = str(ROOT / "recipes" / "quickstart.yaml")
+    weak = recipe.parse_args(["--config", quickstart])
+    assert (weak.seeding_warmup_steps, weak.lr_restart_at) == (700, 700)
+    full = recipe.parse_args(["--config", quickstart, "--full_supervision"])
+    assert (full.seeding_warmup_steps, full.lr_restart_at) == (0, 0)
+
+
+FORMAT_PROBE = """
+import json, os, torch
+import agen_hf.modeling_agen as modeling
+forward = modeling.AgenModel.forward
+def probe(self, pixel_values, *args, **kwargs):
+    if self.training:
+        cl = torch.channels_last
+        with open(os.environ["FORMAT_LOG"], "a") as f:
+            f.write(json.dumps([pixel_values.is_contiguous(memory_format=cl),
+                                self.stem.conv1.conv1_1.weight.is_contiguous(memory_format=cl)])
+                    + "\\n")
+    return forward(self, pixel_values, *args, **kwargs)
+modeling.AgenModel.forward = probe
+"""
+
+
+def test_channels_last_trains_the_same_numbers_and_saves_a_plain_model(tmp_path, env):
+    """--channels_last changes the memory order of the weights and the training images, not
+    the training: the same losses and weights up to float rounding; the saved model loads."""
+    runs = {}
+    for name, extra in (("plain", []), ("cl", ["--channels_last"])):
+        out, formats = tmp_path / name, tmp_path / f"{name}.formats"
+        run(base_args(out, steps=4, extra=[*extra, "--synthetic_size", "8",
+                                           "--seeding_warmup_steps", "2"]),
+            {**env, "FORMAT_LOG": str(formats)}, patch=FORMAT_PROBE)
+        seen = {tuple(json.loads(line)) for line in formats.read_text().splitlines()}
+        runs[name] = out, seen
+    assert runs["plain"][1] == {(False, False)} and runs["cl"][1] == {(True, True)}
+    plain, cl = (log(runs[n][0]) for n in ("plain", "cl"))
+    assert [r["step"] for r in cl] == [1, 2, 3, 4]
+    for a, b in zip(plain, cl):
+        assert set(a) == set(b)
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    weights = [load_file(runs[n][0] / "model.safetensors") for n in ("plain", "cl")]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-3, atol=1e-5)
+    from agen_hf import AgenModel
+
+    AgenModel.from_pretrained(runs["cl"][0])

@@ -60,6 +60,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across GPUs")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is there")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--channels_last", action="store_true",
+                   help="weights and training images in channels-last (NHWC) memory order: "
+                        "faster convolutions on CPUs (oneDNN) and tensor-core GPUs; the same "
+                        "numbers up to float rounding")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels: bit-identical reruns and resumes")

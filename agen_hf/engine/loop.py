@@ -58,6 +58,7 @@ class LoopOptions:
     eval_every_epochs: int = 1
     logging_steps: int = 10
     with_tracking: bool = False
+    channels_last: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, steps_per_epoch: int) -> "LoopOptions":
@@ -69,7 +70,7 @@ class LoopOptions:
         return cls(Path(args.output_dir), max_steps, steps_per_epoch, schedule,
                    args.max_grad_norm, args.max_nonfinite_steps, args.checkpointing_steps,
                    args.checkpoints_total_limit, args.eval_every_epochs, args.logging_steps,
-                   args.with_tracking)
+                   args.with_tracking, args.channels_last)
 
 
 def begin(accelerator: Accelerator, args: argparse.Namespace, train_loader,
@@ -113,6 +114,8 @@ def training_step(accelerator: Accelerator, model, optimizer, base_lrs: list[flo
     learning rate ``base * lr_factor(step)``. Returns the loss terms, or None when the loss
     was not finite on some process: then every process skips the batch together (or DDP
     would hang) and no gradient is kept."""
+    if options.channels_last:
+        batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
     with accelerator.accumulate(model):
         loss, terms = compute_loss(model, batch, group, step)
         if accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum") > 0:
