@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
@@ -32,13 +31,12 @@ from agen_hf import AgenConfig, AgenModel  # noqa: E402
 from agen_hf.configuration_agen import TABLE1_PRESETS  # noqa: E402
 from agen_hf.data import load_voc, make_synthetic  # noqa: E402
 from agen_hf.data.voc import add_column_arguments, column_mapping_from  # noqa: E402
-from agen_hf.engine.accelerator import base_model  # noqa: E402
+from agen_hf.engine.accelerator import base_model, prepare_training  # noqa: E402
 from agen_hf.engine.arguments import (add_training_arguments,  # noqa: E402
                                       configure_logging, parse_with_config,
                                       training_accelerator)
 from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
 from agen_hf.engine.loop import begin, train  # noqa: E402
-from agen_hf.engine.optimizer import build_optimizer  # noqa: E402
 from agen_hf.engine.saving import finish, model_card  # noqa: E402
 from agen_hf.engine.redaction import command_line  # noqa: E402
 from agen_hf.visualization import write_cam_figure  # noqa: E402
@@ -185,14 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = model.config
     train_dl, val_dl = loaders_from_args(accelerator, args, train_ds, val_ds,
                                          config.image_mean, config.image_std)
-    if args.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer, base_lrs = build_optimizer(model, args)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.compile:
-        model = torch.compile(model)
-    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    model, optimizer, base_lrs, train_dl = prepare_training(accelerator, args, model, train_dl)
     options, state = begin(accelerator, args, train_dl, project="agen")
 
     started = time.time()

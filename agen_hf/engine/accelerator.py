@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 
+import argparse
+
 import torch
 from accelerate import Accelerator
+
+from .optimizer import build_optimizer
 
 
 def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
@@ -14,6 +18,23 @@ def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
     processes are CPU ones."""
     on_cpu = cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     return Accelerator(cpu=on_cpu, **kwargs)
+
+
+def prepare_training(accelerator: Accelerator, args: argparse.Namespace, model: torch.nn.Module,
+                     train_loader) -> tuple:
+    """What every recipe does between building the model and training it, from the shared
+    flags: ``--sync_bn``, the optimizer (:func:`~agen_hf.engine.optimizer.build_optimizer`),
+    ``--channels_last``, ``--compile``, then ``accelerator.prepare``. Returns the prepared
+    ``(model, optimizer, base_lrs, train_loader)``."""
+    if args.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer, base_lrs = build_optimizer(model, args)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model = torch.compile(model)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    return model, optimizer, base_lrs, train_loader
 
 
 def base_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
