@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
 from accelerate.utils import set_seed  # noqa: E402

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import argparse
+import os
 
 import torch
 from accelerate import Accelerator
