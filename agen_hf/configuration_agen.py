@@ -12,13 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .data.voc import VOC_CLASSES
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)
 STAGES = (3, 4, 5)
 CRF_BACKENDS = ("pydensecrf", "torch")
 # the rows of Table 1: (agm_stages, coam_stages)
@@ -27,7 +23,9 @@ TABLE1_PRESETS = {"baseline": ((), ()), "oa": ((4,), ()), "sc": ((4,), (4,)),
 
 
 def default_id2label(num_labels: int) -> dict[int, str]:
-    """VOC's class names for 21 labels, ``LABEL_i`` otherwise (transformers' convention)."""
+    """The names of a config built without any: VOC's for the paper's 21 labels (the paper
+    trains on VOC), ``LABEL_i`` otherwise (transformers' convention). A model trained by the
+    recipes always takes its names from the training dataset (``agen_hf.data.id2label_for``)."""
     names = VOC_CLASSES if num_labels == len(VOC_CLASSES) else [
         f"LABEL_{i}" for i in range(num_labels)]
     return dict(enumerate(names))
@@ -38,8 +36,10 @@ class AgenConfig:
     """Configuration of :class:`agen_hf.AgenModel`.
 
     Labels
-        num_labels: classes of the segmentation output, background included (``C + 1``; VOC: 21).
-        id2label / label2id: class names; VOC's when ``num_labels == 21`` and none are given.
+        num_labels: classes of the segmentation output, background included (``C + 1``; the
+            paper's VOC: 21). The recipes set it, with the names, from the training dataset.
+        id2label / label2id: class names, background at 0; VOC's when ``num_labels == 21`` and
+            none are given.
         ignore_index: label value of unassigned, conflicting and boundary pixels (255, as VOC).
 
     Classification branch A (DeepLab-style VGG16, output stride 8, section III.1)
@@ -242,6 +242,12 @@ class AgenConfig:
         if name_or_path == "tiny":
             return cls.tiny()
         return cls.from_json_file(name_or_path)
+
+    def with_classes(self, id2label: dict[int, str]) -> "AgenConfig":
+        """This config for another label set (``{0: "background", 1: ...}``, e.g.
+        :func:`agen_hf.data.id2label_for` of a dataset's classes)."""
+        return dataclasses.replace(self, num_labels=len(id2label), id2label=dict(id2label),
+                                   label2id=None)
 
     def with_preset(self, preset: str) -> "AgenConfig":
         """This config with the AGM and CoAM stages of a Table 1 row (``TABLE1_PRESETS``)."""

@@ -41,7 +41,9 @@ class DeepLabConfig:
 
     backbone: ``"resnet101"`` or ``"vgg16"``.
     head: for VGG16, ``"largefov"`` (DeepLab-LargeFOV) or ``"aspp"`` (DeepLab-v2 ASPP-L).
-    num_labels: classes with background (21); ignore_index: 255.
+    num_labels: classes with background (the paper's VOC: 21; the recipe takes them from the
+        pseudo-label dataset); id2label / label2id: their names (``LABEL_i``/VOC's when none
+        are given, as :class:`agen_hf.AgenConfig`); ignore_index: 255.
     resnet_layers: bottleneck units per ResNet stage ((3, 4, 23, 3): ResNet-101).
     vgg_channels / vgg_depths: VGG16's (64, 128, 256, 512, 512) / (2, 2, 3, 3, 3).
     fc_channels: width of fc6/fc7 (1024); aspp_dilations: (6, 12, 18, 24).
@@ -51,6 +53,8 @@ class DeepLabConfig:
     backbone: str = "resnet101"
     head: str = "largefov"
     num_labels: int = 21
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
     ignore_index: int = 255
     resnet_layers: tuple[int, ...] = (3, 4, 23, 3)
     vgg_channels: tuple[int, ...] = (64, 128, 256, 512, 512)
@@ -74,10 +78,21 @@ class DeepLabConfig:
         if self.num_labels < 2 or self.ignore_index < self.num_labels:
             raise ValueError(f"num_labels: must be >= 2 and below ignore_index, got "
                              f"{self.num_labels} / {self.ignore_index}")
+        self.id2label = default_id2label(self.num_labels) if self.id2label is None else {
+            int(k): str(v) for k, v in self.id2label.items()}
+        if sorted(self.id2label) != list(range(self.num_labels)):
+            raise ValueError(f"id2label: keys must be 0..{self.num_labels - 1}, got "
+                             f"{sorted(self.id2label)}")
+        expected = {v: k for k, v in self.id2label.items()}
+        if self.label2id is not None and {str(k): int(v) for k, v in
+                                          self.label2id.items()} != expected:
+            raise ValueError("label2id: must be the inverse of id2label")
+        self.label2id = expected
 
-    @property
-    def id2label(self) -> dict[int, str]:
-        return default_id2label(self.num_labels)
+    def with_classes(self, id2label: dict[int, str]) -> "DeepLabConfig":
+        """This config for another label set (``{0: "background", 1: ...}``)."""
+        return dataclasses.replace(self, num_labels=len(id2label), id2label=dict(id2label),
+                                   label2id=None)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

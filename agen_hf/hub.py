@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, PyTorchModelHubMixin
 from safetensors.torch import load_file
+from torch import nn
 
+from .data.schema import same_classes_or_raise
 from .image_processing import AgenImageProcessor
+
+logger = logging.getLogger(__name__)
 
 # what a training wrapper puts in front of every weight name: DistributedDataParallel's
 # ``module.`` and torch.compile's ``_orig_mod.`` (a checkpoint-<step> is saved wrapped)
@@ -22,7 +27,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 class SegmentationHubMixin(
     PyTorchModelHubMixin,
     library_name="agen_hf",
-    tags=["image-segmentation", "weakly-supervised-segmentation", "pascal-voc"],
+    tags=["image-segmentation", "weakly-supervised-segmentation"],
     pipeline_tag="image-segmentation",
     license="mit",
     paper_url="https://doi.org/10.23919/cje.2021.00.230",
@@ -47,14 +52,19 @@ class SegmentationHubMixin(
                                    **kwargs)
 
     def generate_model_card(self, *args, repo_id: str | None = None,
-                            eval_results: list[dict] | None = None, **kwargs) -> ModelCard:
+                            eval_results: list[dict] | None = None,
+                            dataset_tags: list[str] | None = None, **kwargs) -> ModelCard:
         """The card of this model. ``repo_id``: what its loading example names (the Hub repo
         when pushing, the folder otherwise); ``eval_results``: ``EvalResult`` fields
         (``task_type``, ``dataset_type``, ``dataset_name``, ``dataset_split``, ``metric_type``,
-        ``metric_value`` ...), written as the ``model-index`` the Hub shows; other keyword
-        arguments fill the template."""
+        ``metric_value`` ...), written as the ``model-index`` the Hub shows; ``dataset_tags``:
+        the training data's tags (``pascal-voc``, ``coco``, ...) and ``datasets`` entry; other
+        keyword arguments fill the template."""
         info = self._hub_mixin_info
         card_data = copy.deepcopy(info.model_card_data)
+        if dataset_tags:
+            card_data.tags = [*(card_data.tags or []), *dataset_tags]
+            card_data.datasets = [eval_results[0]["dataset_type"]] if eval_results else None
         if eval_results:
             card_data.eval_results = [EvalResult(**r) for r in eval_results]
             card_data.model_name = Path(repo_id).name if repo_id else type(self).__name__
@@ -105,3 +115,31 @@ def mean_iou_result(mean_iou: float, dataset_type: str, dataset_name: str,
             "dataset_type": dataset_type, "dataset_name": dataset_name,
             "dataset_split": split, "metric_type": "mean_iou", "metric_name": "mean IoU",
             "metric_value": round(float(mean_iou), 4)}
+
+
+def for_classes(model, id2label: dict[int, str], *, ignore_mismatched_sizes: bool = False,
+                model_name: str = "the model", data_name: str = "the dataset"):
+    """``model`` when it knows ``id2label``'s classes; otherwise, with
+    ``ignore_mismatched_sizes`` (transformers' flag), a model of the same architecture for
+    those classes that keeps every weight whose shape still fits and re-initialises the class
+    layers (logged), else a ValueError naming both class lists."""
+    ours = [model.config.id2label[i] for i in range(1, model.config.num_labels)]
+    theirs = [id2label[i] for i in range(1, len(id2label))]
+    if ours == theirs:
+        return model
+    if not ignore_mismatched_sizes:
+        same_classes_or_raise(ours, theirs, model_name, data_name)
+    fresh = type(model)(model.config.with_classes(id2label))
+    state = fresh.state_dict()
+    sizes = {model.config.num_labels, model.config.num_labels - 1}  # C + 1 logits, C scores
+    class_layers = {f"{name}.{p}" for name, m in model.named_modules()
+                    if isinstance(m, nn.Conv2d) and m.out_channels in sizes
+                    for p, _ in m.named_parameters(recurse=False)}
+    kept = {k: v for k, v in model.state_dict().items()
+            if k in state and state[k].shape == v.shape and k not in class_layers}
+    state.update(kept)
+    fresh.load_state_dict(state)
+    new = sorted(set(state) - set(kept))
+    logger.warning("%s: %d classes -> %s's %d (--ignore_mismatched_sizes); re-initialised %s",
+                   model_name, len(ours), data_name, len(theirs), ", ".join(new))
+    return fresh

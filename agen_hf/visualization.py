@@ -25,7 +25,8 @@ _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 
 
 def label_image(labels: np.ndarray) -> Image.Image:
-    """(H, W) class indices -> palette PNG image in VOC colours (what VOC's masks are)."""
+    """(H, W) class indices -> palette PNG image in VOC colours (what VOC's masks are; every
+    index up to 254 has its own colour, so any class count works)."""
     img = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
     img.putpalette(voc_palette())
     return img
@@ -155,8 +156,8 @@ def write_cam_figure(model_dir: str | Path, val_ds, n: int) -> Path:
     classes) and branch B's prediction (:func:`cam_figure`), written atomically."""
     model = AgenModel.from_pretrained(model_dir).eval()
     rows = val_ds.select(range(min(n, len(val_ds))))
-    labels = [[c for c, on in enumerate(multi_hot) if on] for multi_hot in rows["labels"]]
-    figure = cam_figure(model, rows["image"], labels, masks=rows["mask"], prediction=True)
+    figure = cam_figure(model, rows["image"], rows["labels"], masks=rows["mask"],
+                        prediction=True)
     path = Path(model_dir) / "cams.png"
     save_image_atomic(figure, path)
     return path

@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Score a trained AGEN on PASCAL VOC 2012 (paper Table 4): mean IoU over background + 20
-classes, optionally with multi-scale + flip and dense-CRF post-processing.
+"""Score a trained AGEN on PASCAL VOC 2012 (paper Table 4) or any dataset with masks: mean
+IoU over background + the dataset's classes, optionally with multi-scale + flip and dense-CRF
+post-processing.
 
     accelerate launch recipes/eval_voc.py --model runs/agen --voc_root /data/VOCdevkit/VOC2012 \
         --scales 0.5 1 1.5 2 --flip --crf
+    accelerate launch recipes/eval_voc.py --model runs/agen-coco --coco_root /data/coco
+    python recipes/eval_voc.py --model runs/mine --dataset folder --validation_dir checked/
 
 Each process scores its own shard of the split and the confusion matrices are summed, so any
 number of processes (GPUs, nodes, or CPU processes under torchrun) gives the same numbers.
@@ -28,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from agen_hf import AgenImageProcessor, segmentation_probabilities  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
-from agen_hf.data import VocDataError, load_voc  # noqa: E402
-from agen_hf.data.voc import add_column_arguments, column_mapping_from  # noqa: E402
+from agen_hf.data import DataError, class_names  # noqa: E402
+from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
+from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
 from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
 from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
@@ -43,11 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
-    p.add_argument("--voc_root", help="local VOCdevkit/VOC2012")
-    p.add_argument("--dataset_name", help="a Hub dataset id (VOC schema, or mapped with the "
-                   "column flags; image/pixel_values and annotation/label are recognised)")
-    add_column_arguments(p)
-    p.add_argument("--split", default="val")
+    add_data_arguments(p.add_argument_group("data"))
+    p.add_argument("--split", default=None, help="the split to score (default: --eval_split's)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0],
                    help="test-time scales (the literature's: 0.5 1 1.5 2)")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
@@ -64,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.voc_root or args.dataset_name):
-        parser.error("give --voc_root DIR or --dataset_name HUB_ID")
+    if args.train_dir and not args.validation_dir:
+        parser.error("--train_dir: give the folder to score as --validation_dir")
+    resolve_source(args, parser)
+    args.split = args.split or args.eval_split
     if min(args.scales) <= 0:
         parser.error(f"--scales must be positive, got {args.scales}")
     if args.output is None:
@@ -74,18 +77,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def scored_dataset(args: argparse.Namespace) -> datasets.Dataset:
-    """The split to score; an error naming the images without a ground-truth mask."""
+def scored_dataset(args: argparse.Namespace, model_classes: list[str]) -> datasets.Dataset:
+    """The split to score, in the model's classes; an error naming the images without a
+    ground-truth mask, or both class lists when the model knows other classes."""
     try:
-        dataset = load_voc(args.voc_root or args.dataset_name, args.split,
-                           skip_bad_samples=args.skip_bad_samples,
-                           column_mapping=column_mapping_from(
-                               args.image_column, args.mask_column, args.labels_column))
-    except VocDataError as e:
+        dataset = load_split(args, args.split, role="eval", class_names_=model_classes,
+                             require_foreground=False)
+    except DataError as e:
         raise SystemExit(f"{e}\n(eval_voc scores against ground-truth masks: every image of "
                          f"the {args.split!r} split needs one)") from None
+    try:
+        same_classes_or_raise(model_classes, class_names(dataset), args.model,
+                              f"the {args.split} split", "score it on data of its classes")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     masks = dataset.cast_column("mask", datasets.Image(decode=False))["mask"]
     unmasked = [sid for sid, m in zip(dataset["id"], masks) if m is None]
+    if len(unmasked) == len(dataset):
+        raise SystemExit(f"split {args.split!r}: no masks, so nothing to score (its "
+                         f"{len(dataset)} images have image-level labels only); segment them "
+                         "with recipes/predict.py")
     if unmasked:
         raise SystemExit(
             f"split {args.split!r}: {len(unmasked)} of {len(dataset)} images have no "
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = model.config
     processor = AgenImageProcessor.from_pretrained(args.model, max_size=None)
     with accelerator.main_process_first():
-        dataset = scored_dataset(args)
+        dataset = scored_dataset(args, [config.id2label[i] for i in range(1, config.num_labels)])
     loader = shard_loader(with_transforms(dataset, eval_transform(processor.image_mean,
                                                                   processor.image_std),
                                           args.skip_bad_samples),

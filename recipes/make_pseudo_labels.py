@@ -4,11 +4,16 @@ pseudo ground truth for a fully supervised network (recipes/train_deeplab.py).
 
     accelerate launch recipes/make_pseudo_labels.py --model runs/agen \
         --voc_root /data/VOCdevkit/VOC2012 --scales 0.5 1 1.5 2 --flip --crf --out pseudo
+    accelerate launch recipes/make_pseudo_labels.py --model runs/agen-coco --coco_root /data/coco \
+        --out pseudo-coco
+    python recipes/make_pseudo_labels.py --model runs/mine --train_dir photos/ --out pseudo-mine
 
 Writes a VOC root that ``load_voc`` and ``train_deeplab.py --pseudo_root`` read:
 ``OUT/SegmentationClassAug/<id>.png`` (palette PNGs), ``OUT/ImageSets/Segmentation/<split>.txt``
 and ``OUT/JPEGImages`` (a link to the source images); ``--format datasets`` also writes
-``OUT/pseudo_labels.arrow``, the same rows as a ``datasets`` table (``Dataset.from_file``).
+``OUT/pseudo_labels.arrow``, the same rows as a ``datasets`` table (``Dataset.from_file``) that
+names the classes. Any source but VOC always gets the table (its classes and image paths are
+not VOC's), and ``train_deeplab.py --pseudo_root OUT`` reads it.
 Predictions are restricted to background + each image's image-level classes (known for
 training images; ``--no_label_restriction`` turns that off). Where ground-truth masks exist,
 the pseudo labels' mIoU against them is printed and written to ``OUT/pseudo_labels_report.json``.
@@ -30,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from agen_hf import AgenImageProcessor  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
-from agen_hf.data import FEATURES, VocDataError, load_voc  # noqa: E402
+from agen_hf.data import DataError, class_names, features  # noqa: E402
+from agen_hf.data.cache import cached_arrow  # noqa: E402
 from agen_hf.data.samples import decode_sample  # noqa: E402
-from agen_hf.data.voc import cached_arrow  # noqa: E402
+from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
+from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
 from agen_hf.engine import make_accelerator  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
@@ -49,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a trained AGEN folder or Hub model id")
-    p.add_argument("--voc_root", required=True, help="local VOCdevkit/VOC2012")
-    p.add_argument("--split", default="train_aug")
-    p.add_argument("--labels_file", help="JSON id -> classes, for ids without a mask")
+    add_data_arguments(p.add_argument_group("data"))
+    p.add_argument("--split", default=None, help="the split to label (default: "
+                   "--train_split's)")
+    p.add_argument("--labels_file", help="VOC: JSON id -> classes, for ids without a mask")
     p.add_argument("--out", required=True, help="the pseudo-label VOC root to write")
     p.add_argument("--format", choices=["voc", "datasets"], default="voc",
                    help="datasets: also write OUT/pseudo_labels.arrow")
@@ -70,40 +78,50 @@ def build_parser() -> argparse.ArgumentParser:
 class TrainingImages(Dataset):
     """Decoded RGB, image-level classes and ground truth (when there is a mask) per id."""
 
-    def __init__(self, rows: datasets.Dataset) -> None:
+    def __init__(self, rows: datasets.Dataset, num_classes: int) -> None:
         self.rows = rows
+        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
-        image, mask = decode_sample(row["image"], row["mask"])
-        classes = np.flatnonzero(np.asarray(row["labels"])) + 1
+        image, mask = decode_sample(row["image"], row["mask"], self.num_classes)
+        classes = np.asarray(row["labels"], dtype=np.int64) + 1
         return {"id": row["id"], "rgb": np.array(image.convert("RGB")), "classes": classes,
                 "mask": mask}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    resolve_source(args, parser)
+    args.split = args.split or args.train_split
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
     configure_logging(accelerator)
     out = Path(args.out)
+    model = load_segmentation_model(args.model).to(accelerator.device).eval()
+    names = [model.config.id2label[i] for i in range(1, model.config.num_labels)]
     try:
         with accelerator.main_process_first():
-            rows = load_voc(args.voc_root, args.split, labels_file=args.labels_file,
-                            skip_bad_samples=args.skip_bad_samples)
-    except VocDataError as e:
+            rows = load_split(args, args.split, class_names_=names)
+        same_classes_or_raise(names, class_names(rows), args.model, f"the {args.split} split",
+                              "label data of the model's classes")
+    except (DataError, ValueError) as e:
         raise SystemExit(str(e)) from None
+    if args.dataset != "voc" and args.format != "datasets":
+        print(f"--format datasets: {args.dataset} images are not VOC's, so the pseudo labels "
+              "also go into OUT/pseudo_labels.arrow, which names their classes")
+        args.format = "datasets"
     rows = rows.cast_column("image", datasets.Image(decode=False)).cast_column(
         "mask", datasets.Image(decode=False))
     source_images = Path(rows[0]["image"]["path"]).parent if len(rows) else None
-    model = load_segmentation_model(args.model).to(accelerator.device).eval()
     processor = AgenImageProcessor.from_pretrained(args.model)
     crf = crf_pool(args)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     mine = rows.select(range(accelerator.process_index, len(rows), accelerator.num_processes))
-    loader = DataLoader(TrainingImages(mine), batch_size=None, collate_fn=as_is,
+    loader = DataLoader(TrainingImages(mine, len(names)), batch_size=None, collate_fn=as_is,
                         num_workers=args.num_workers)
     metric = StreamingMeanIoU(model.config.num_labels, model.config.ignore_index)
     stream = SegmentationStream(model, processor, crf, accelerator.autocast,
@@ -112,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def done(results) -> None:
         for (sample_id, mask), _, labels in results:
-            save_image_atomic(label_image(labels), out / MASK_DIR / f"{sample_id}.png")
+            target = out / MASK_DIR / f"{sample_id}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)  # ids with folders (imagefolder)
+            save_image_atomic(label_image(labels), target)
             if mask is not None:
                 metric.update(labels, mask)
                 scored[0] += 1
@@ -160,14 +180,15 @@ def write_voc_root(out: Path, rows: datasets.Dataset, split: str, source_images:
     if source_images is not None and not link.exists():
         link.symlink_to(source_images.resolve(), target_is_directory=True)
     if fmt == "datasets":
+        images = rows.cast_column("image", datasets.Image(decode=False))["image"]
         table = {"id": rows["id"], "labels": rows["labels"],
-                 "image": [{"path": str(link / f"{i}.jpg"), "bytes": None} for i in rows["id"]],
+                 "image": [{"path": im["path"], "bytes": im["bytes"]} for im in images],
                  "mask": [{"path": str(out / MASK_DIR / f"{i}.png"), "bytes": None}
                           for i in rows["id"]]}
         target = out / "pseudo_labels.arrow"
         target.unlink(missing_ok=True)
-        cached_arrow(out, "pseudo_labels",
-                     lambda: datasets.Dataset.from_dict(table, features=FEATURES))
+        cached_arrow(out, "pseudo_labels", lambda: datasets.Dataset.from_dict(
+            table, features=features(class_names(rows))))
         report["arrow"] = str(target)
 
 

@@ -8,6 +8,10 @@
     accelerate launch recipes/train_deeplab.py --pseudo_root pseudo --voc_root VOC2012 \
         --backbone vgg16 --head aspp --backbone_weights vgg16-397923af.pth --output_dir runs/agen-vgg
 
+The pseudo labels name their classes (``OUT/pseudo_labels.arrow``, written for every source
+but VOC) and the model learns those; validation reads the ground truth of any source
+(``--voc_root``, ``--coco_root``, ``--validation_dir``, ``--dataset_name``) in them.
+
 The same loop as train_voc.py (``agen_hf.engine.loop``): the schedule flags, checkpoints and
 exact resume, validation on ``--voc_root``'s ground truth, tracking, the final save and Hub
 push. The training targets are the pseudo masks (an image whose pseudo mask is all
@@ -29,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from accelerate.utils import set_seed  # noqa: E402
 
-from agen_hf.data import VocDataError, load_voc  # noqa: E402
+from agen_hf.data import DataError, class_names, id2label_for, load_voc  # noqa: E402
+from agen_hf.data.sources import (add_data_arguments, card_dataset,  # noqa: E402
+                                  load_split, resolve_source, scored)
 from agen_hf.deeplab import BACKBONES, VGG_HEADS, DeepLabConfig, DeepLabModel  # noqa: E402
 from agen_hf.engine.arguments import (add_training_arguments,  # noqa: E402
                                       configure_logging, parse_with_config,
@@ -39,6 +45,7 @@ from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
 from agen_hf.engine.loop import begin, train  # noqa: E402
 from agen_hf.engine.saving import finish, model_card  # noqa: E402
 from agen_hf.engine.redaction import command_line  # noqa: E402
+from agen_hf.hub import for_classes  # noqa: E402
 from agen_hf.weights import load_resnet101, load_vgg16  # noqa: E402
 
 logger = logging.getLogger("train_deeplab")
@@ -51,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--pseudo_root", required=False,
                    help="make_pseudo_labels.py's output (a VOC root), or its pseudo_labels.arrow")
-    g.add_argument("--train_split", default="train_aug")
-    g.add_argument("--voc_root", help="VOC root with ground-truth masks for validation")
-    g.add_argument("--eval_split", default="val")
+    add_data_arguments(g)  # the validation data, with ground truth
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=BACKBONES, default="resnet101")
     g.add_argument("--head", choices=VGG_HEADS, default="aspp",
@@ -61,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model_config", help="a DeepLabConfig JSON (overrides --backbone/--head)")
     g.add_argument("--model_name_or_path",
                    help="fine-tune a saved DeepLabModel: a model folder or a Hub id")
+    g.add_argument("--ignore_mismatched_sizes", action="store_true",
+                   help="with --model_name_or_path: fresh class layers for other classes")
     g.add_argument("--backbone_weights",
                    help="ImageNet weights by path: torchvision resnet101 or vgg16 state dict")
     add_training_arguments(p)
@@ -70,37 +77,48 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parse_with_config(parser, argv)
-    if not args.pseudo_root or not args.voc_root:
-        parser.error("give --pseudo_root (make_pseudo_labels.py's output) and --voc_root "
-                     "(ground truth for validation)")
+    if not args.pseudo_root:
+        parser.error("give --pseudo_root (make_pseudo_labels.py's output) and the validation "
+                     "data (--voc_root, --coco_root, --train_dir/--validation_dir or "
+                     "--dataset_name)")
+    resolve_source(args, parser)
     args.crop_size = args.crop_size or 321
     args.scale_range = args.scale_range or [321, 481]
     return args
 
 
-def model_config(args: argparse.Namespace) -> DeepLabConfig:
+def model_config(args: argparse.Namespace, id2label: dict[int, str]) -> DeepLabConfig:
     if args.model_config:
         import json
 
         try:
-            return DeepLabConfig(**json.loads(Path(args.model_config).read_text()))
+            config = DeepLabConfig(**json.loads(Path(args.model_config).read_text()))
         except (OSError, ValueError, TypeError) as e:
             raise SystemExit(f"--model_config {args.model_config}: {e}") from None
-    return DeepLabConfig(backbone=args.backbone, head=args.head)
+    else:
+        config = DeepLabConfig(backbone=args.backbone, head=args.head)
+    return config.with_classes(id2label)
 
 
 def pseudo_dataset(args: argparse.Namespace) -> datasets.Dataset:
+    """The pseudo labels, with their classes: the table when there is one, else the VOC
+    root (VOC's classes)."""
     path = Path(args.pseudo_root)
+    if path.is_dir() and (path / "pseudo_labels.arrow").is_file():
+        path = path / "pseudo_labels.arrow"
     if path.suffix == ".arrow":
-        return load_voc(datasets.Dataset.from_file(str(path)))
+        return datasets.Dataset.from_file(str(path))
     return load_voc(path, args.train_split, skip_bad_samples=args.skip_bad_samples,
                     require_foreground=False)
 
 
-def build_model(args: argparse.Namespace) -> DeepLabModel:
-    """A fresh DeepLab (with ImageNet weights given by path) or ``--model_name_or_path``."""
-    model = DeepLabModel.from_pretrained(args.model_name_or_path) if args.model_name_or_path \
-        else DeepLabModel(model_config(args))
+def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> DeepLabModel:
+    """A fresh DeepLab for the pseudo labels' classes (with ImageNet weights given by path),
+    or ``--model_name_or_path`` (which must know them, see :func:`agen_hf.hub.for_classes`)."""
+    model = for_classes(DeepLabModel.from_pretrained(args.model_name_or_path), id2label,
+                        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+                        model_name=args.model_name_or_path, data_name="the pseudo labels") \
+        if args.model_name_or_path else DeepLabModel(model_config(args, id2label))
     if args.backbone_weights:
         load = load_resnet101 if model.config.backbone == "resnet101" else load_vgg16
         logger.info("%s", load(model, args.backbone_weights))
@@ -125,11 +143,16 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         with accelerator.main_process_first():
             train_ds = pseudo_dataset(args)
-            val_ds = load_voc(args.voc_root, args.eval_split,
-                              skip_bad_samples=args.skip_bad_samples)
-    except VocDataError as e:
+            names = class_names(train_ds)
+            val_ds = load_split(args, args.eval_split, role="eval", class_names_=names,
+                                require_foreground=False)
+    except (DataError, ValueError) as e:
         raise SystemExit(str(e)) from None
-    model = build_model(args)
+    if val_ds is not None and class_names(val_ds) != names:
+        raise SystemExit(f"the pseudo labels name the classes {list(names)}, the "
+                         f"{args.eval_split} split {list(class_names(val_ds))}")
+    val_ds = scored(val_ds, f"the {args.eval_split} split")
+    model = build_model(args, id2label_for(names))
     config = model.config
     train_dl, val_dl = loaders_from_args(accelerator, args, train_ds, val_ds,
                                          config.image_mean, config.image_std)
@@ -142,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     return finish(accelerator, args, model, val_dl, state, started, lambda metrics: model_card(
         metrics, config.id2label, command_line("recipes/train_deeplab.py", argv),
         f"Two-step AGEN: DeepLab ({config.backbone}) trained on AGEN's pseudo labels.",
-        ("pascal_voc", "PASCAL VOC 2012", args.eval_split)), supervision="pseudo labels")
+        card_dataset(args)), supervision="pseudo labels")
 
 
 if __name__ == "__main__":

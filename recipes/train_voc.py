@@ -2,8 +2,14 @@
 """Train AGEN end-to-end from image-level labels (section IV.1 of the paper).
 
     accelerate launch recipes/train_voc.py --voc_root /data/VOCdevkit/VOC2012
+    accelerate launch recipes/train_voc.py --config recipes/configs/coco.yaml --coco_root /data/coco
+    accelerate launch recipes/train_voc.py --train_dir photos/ --validation_dir checked/
     accelerate launch --config_file launch/cpu.yaml recipes/train_voc.py --dataset synthetic \
         --model_config tiny
+
+The model learns the training dataset's classes (its ``labels`` feature): a fresh model takes
+``num_labels`` and ``id2label`` from it; a saved one (``--model_name_or_path``) must know the
+same classes unless ``--ignore_mismatched_sizes`` re-initialises its class layers.
 
 Defaults are the paper's schedule: SGD (momentum 0.9, weight decay 5e-4), lr 1e-3 for the
 ImageNet-initialised backbone and 1e-2 for the AGMs and new heads, divided by 10 every 10
@@ -28,8 +34,9 @@ from accelerate.utils import set_seed  # noqa: E402
 
 from agen_hf import AgenConfig, AgenModel  # noqa: E402
 from agen_hf.configuration_agen import TABLE1_PRESETS  # noqa: E402
-from agen_hf.data import load_voc, make_synthetic  # noqa: E402
-from agen_hf.data.voc import add_column_arguments, column_mapping_from  # noqa: E402
+from agen_hf.data import class_names, id2label_for, make_synthetic  # noqa: E402
+from agen_hf.data.sources import (add_data_arguments, card_dataset,  # noqa: E402
+                                  load_split, resolve_source, scored)
 from agen_hf.engine.accelerator import base_model, prepare_training  # noqa: E402
 from agen_hf.engine.arguments import (add_training_arguments,  # noqa: E402
                                       configure_logging, parse_with_config,
@@ -37,6 +44,7 @@ from agen_hf.engine.arguments import (add_training_arguments,  # noqa: E402
 from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
 from agen_hf.engine.loop import begin, train  # noqa: E402
 from agen_hf.engine.saving import finish, model_card  # noqa: E402
+from agen_hf.hub import for_classes  # noqa: E402
 from agen_hf.engine.redaction import command_line  # noqa: E402
 from agen_hf.visualization import write_cam_figure  # noqa: E402
 from agen_hf.weights import load_resnet38, load_vgg16  # noqa: E402
@@ -48,14 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="YAML or JSON file of flag values (dest names as keys)")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=["voc", "synthetic"], default=None,
-                   help="voc (needs --voc_root or --dataset_name) or the embedded synthetic data")
-    g.add_argument("--voc_root", help="local VOCdevkit/VOC2012 (with SegmentationClassAug)")
-    g.add_argument("--dataset_name", help="a Hub dataset id (VOC schema, or mapped with the "
-                   "column flags; image/pixel_values and annotation/label are recognised)")
-    add_column_arguments(g)
-    g.add_argument("--train_split", default="train_aug")
-    g.add_argument("--eval_split", default="val")
+    add_data_arguments(g, synthetic=True)
     g.add_argument("--synthetic_size", type=int, default=2000)
     g.add_argument("--synthetic_val_size", type=int, default=200)
     g.add_argument("--synthetic_image_size", type=int, default=128)
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model_name_or_path",
                    help="fine-tune a saved model: a model folder (a checkpoint-<step> too) or a "
                         "Hub id; its config replaces --model_config")
+    g.add_argument("--ignore_mismatched_sizes", action="store_true",
+                   help="with --model_name_or_path: a model of other classes than the "
+                        "dataset's gets fresh class layers for the dataset's classes")
     g.add_argument("--preset", choices=sorted(TABLE1_PRESETS), default=None,
                    help="Table 1 row: baseline, oa (AGM-4), sc (+CoAM-4), ma (AGM-3/4/5), "
                         "ac (+CoAM-3/4/5, the full AGEN)")
@@ -90,10 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parse_with_config(parser, argv)
-    if args.dataset is None:
-        args.dataset = "voc" if (args.voc_root or args.dataset_name) else "synthetic"
-    if args.dataset == "voc" and not (args.voc_root or args.dataset_name):
-        parser.error("--dataset voc needs --voc_root DIR or --dataset_name HUB_ID")
+    resolve_source(args, parser, default="synthetic")
     synthetic = args.dataset == "synthetic"
     size = args.synthetic_image_size
     args.crop_size = args.crop_size or (size if synthetic else 321)
@@ -103,13 +104,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_model(args: argparse.Namespace) -> AgenModel:
-    """A fresh model of ``--model_config`` (with the ImageNet weights given by path), or the
-    saved one of ``--model_name_or_path``; the loss flags apply to both, ``--preset`` only to
-    a fresh one."""
-    saved = AgenModel.from_pretrained(args.model_name_or_path) \
+def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> AgenModel:
+    """A fresh model of ``--model_config`` for the dataset's classes ``id2label`` (with the
+    ImageNet weights given by path), or the saved one of ``--model_name_or_path`` (which must
+    know those classes, see :func:`agen_hf.hub.for_classes`); the loss flags apply to both,
+    ``--preset`` only to a fresh one."""
+    saved = for_classes(AgenModel.from_pretrained(args.model_name_or_path), id2label,
+                        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+                        model_name=args.model_name_or_path,
+                        data_name=f"the training data ({args.dataset})") \
         if args.model_name_or_path else None
-    config = saved.config if saved else AgenConfig.named(args.model_config)
+    config = saved.config if saved else AgenConfig.named(args.model_config).with_classes(
+        id2label)
     if args.preset and saved:
         raise SystemExit(f"--preset {args.preset}: {args.model_name_or_path} has its own AGM "
                          f"and CoAM stages; a preset builds a fresh model")
@@ -128,24 +134,26 @@ def build_model(args: argparse.Namespace) -> AgenModel:
 
 
 def datasets_for(args: argparse.Namespace):
+    """The training split and the validation split to score (None when it has no masks)."""
     if args.dataset == "synthetic":
         return (make_synthetic(args.synthetic_size, seed=args.seed,
                                image_size=args.synthetic_image_size),
                 make_synthetic(args.synthetic_val_size, seed=args.seed + 1_000_003,
                                image_size=args.synthetic_image_size))
-    source = args.voc_root or args.dataset_name
-    mapping = column_mapping_from(args.image_column, args.mask_column, args.labels_column)
-    return tuple(load_voc(source, split, skip_bad_samples=args.skip_bad_samples,
-                          column_mapping=mapping) for split in (args.train_split, args.eval_split))
+    train = load_split(args, args.train_split)
+    val = load_split(args, args.eval_split, role="eval", class_names_=class_names(train),
+                     require_foreground=False)
+    if val is not None and class_names(val) != class_names(train):
+        raise SystemExit(f"the {args.eval_split} split names the classes "
+                         f"{list(class_names(val))}, the {args.train_split} split "
+                         f"{list(class_names(train))}")
+    return train, scored(val, f"the {args.eval_split} split")
 
 
-def card(metrics: dict, config: AgenConfig, argv: list[str], args: argparse.Namespace) -> dict:
+def card(metrics: dict | None, config: AgenConfig, argv: list[str],
+         args: argparse.Namespace) -> dict:
     """The model card: IoU table, model-index result, the stages, the command and config."""
-    if args.dataset == "synthetic":
-        dataset = ("synthetic", "agen_hf synthetic", "val")
-    else:
-        name = args.dataset_name or "PASCAL VOC 2012"
-        dataset = (args.dataset_name or "pascal_voc", name, args.eval_split)
+    dataset = card_dataset(args)
     stages = f"AGM {list(config.agm_stages)}, CoAM {list(config.coam_stages)}"
     return model_card(metrics, config.id2label, command_line("recipes/train_voc.py", argv),
                       f"{stages}.\n\n```json\n{config.to_json_string()}\n```", dataset)
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with accelerator.main_process_first():  # one process builds the caches
         train_ds, val_ds = datasets_for(args)
-    model = build_model(args)
+    model = build_model(args, id2label_for(class_names(train_ds)))
     config = model.config
     train_dl, val_dl = loaders_from_args(accelerator, args, train_ds, val_ds,
                                          config.image_mean, config.image_std)
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = finish(accelerator, args, model, val_dl, state, started,
                     lambda metrics: card(metrics, config, argv, args),
                     supervision="full" if args.full_supervision else "image-level")
-    if args.cam_figure > 0 and accelerator.is_main_process:
+    if args.cam_figure > 0 and val_ds is not None and accelerator.is_main_process:
         print(f"written {write_cam_figure(args.output_dir, val_ds, args.cam_figure)}")
     return result
 

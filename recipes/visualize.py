@@ -6,7 +6,8 @@ before and after CoAM) and Fig. 5 (input / ground truth / prediction).
         --ids 2007_000129 2007_000033 --out figures
     python recipes/visualize.py --model runs/agen --images cat.jpg dog.png --out figures
 
-With --voc_root the CAMs are drawn for each image's ground-truth classes and Fig. 5 has a
+With a dataset (--voc_root, --coco_root, --train_dir/--validation_dir, --dataset_name) the CAMs
+are drawn for each image's ground-truth classes and Fig. 5 has a
 ground-truth column; with --images the classes are the ones branch A predicts.
 """
 
@@ -22,8 +23,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
 from agen_hf import AgenImageProcessor, AgenModel, segment  # noqa: E402
-from agen_hf.data import load_voc  # noqa: E402
+from agen_hf.data import class_names  # noqa: E402
 from agen_hf.data.samples import decode_sample  # noqa: E402
+from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
 from agen_hf.visualization import cam_figure, segmentation_figure  # noqa: E402
 
 
@@ -31,11 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--voc_root", help="local VOCdevkit/VOC2012")
-    src.add_argument("--images", nargs="+", help="image files")
-    p.add_argument("--split", default="val")
-    p.add_argument("--ids", nargs="+", help="VOC ids to draw (default: the first --num_images)")
+    add_data_arguments(p.add_argument_group("data (or --images)"))
+    p.add_argument("--images", nargs="+", help="image files (instead of a dataset)")
+    p.add_argument("--split", default=None, help="default: --eval_split's")
+    p.add_argument("--ids", nargs="+", help="ids to draw (default: the first --num_images)")
     p.add_argument("--num_images", type=int, default=6)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0])
     p.add_argument("--flip", action="store_true")
@@ -45,12 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.images:
+        resolve_source(args, parser)
+        args.split = args.split or args.eval_split
     model = AgenModel.from_pretrained(args.model).eval()
     processor = AgenImageProcessor.from_pretrained(args.model)
     labels = masks = None
-    if args.voc_root:
-        dataset = load_voc(args.voc_root, args.split)
+    if not args.images:
+        names = [model.config.id2label[i] for i in range(1, model.config.num_labels)]
+        dataset = load_split(args, args.split, role="eval", class_names_=names,
+                             require_foreground=False)
+        if dataset is None or class_names(dataset) != tuple(names):
+            raise SystemExit(f"the {args.split} split is missing or names other classes than "
+                             f"{args.model} ({names})")
         index = {sid: i for i, sid in enumerate(dataset["id"])}
         ids = args.ids or dataset["id"][: args.num_images]
         missing = [sid for sid in ids if sid not in index]
@@ -61,10 +71,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         images, masks, labels = [], [], []
         for sid in ids:
             row = raw[index[sid]]
-            image, mask = decode_sample(row["image"], row["mask"])
+            image, mask = decode_sample(row["image"], row["mask"], len(names))
             images.append(image.convert("RGB"))
             masks.append(mask)
-            labels.append([c for c, on in enumerate(row["labels"]) if on])
+            labels.append(list(row["labels"]))
     else:
         images = [Image.open(p) for p in args.images]
     out = Path(args.out)

@@ -104,4 +104,5 @@ def test_real_voc_masks_survive_the_transforms(tmp_path):
             values = set(sample["mask"].unique().tolist())
             assert values <= set(original.tolist()) | {255}
             assert 255 in values  # the VOC boundary band is kept (or padding was added)
-            assert sample["labels"].tolist() == [float(v) for v in ds[i]["labels"]]
+            hot = [float(c in ds[i]["labels"]) for c in range(20)]  # multi-hot of eq. 11
+            assert sample["labels"].tolist() == hot

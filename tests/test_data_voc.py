@@ -18,10 +18,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def hot(*classes):
-    out = [0] * 20
-    for c in classes:
-        out[c - 1] = 1
-    return out
+    """The labels of an image with these mask values: class indices (value - 1), sorted."""
+    return sorted(c - 1 for c in classes)
 
 
 def test_splits_schema_and_labels_from_masks(tmp_path):
@@ -151,13 +149,14 @@ def test_real_voc_sample_labels_match_cls_labels(tmp_path):
         for sid, labels in zip(ds["id"], ds["labels"]):
             assert labels == hot(*[VOC_CLASSES.index(n) for n in names[sid]]), sid
     all_labels = json.loads((SHARED / "voc12_image_labels.json").read_text())
-    assert all(sorted(np.flatnonzero(l).tolist()) == sorted(all_labels[s])
+    assert all(l == sorted(all_labels[s])
                for s, l in zip(ds["id"], ds["labels"]))
 
 
 @pytest.mark.skipif(not (SHARED / "voc_val_masks").is_dir(), reason="../shared/data not present")
 def test_real_val_masks_have_valid_values():
-    from agen_hf.data.samples import decode_mask, labels_from_mask
+    from agen_hf.data.samples import decode_mask
+    from agen_hf.data.schema import label_ids_from_mask
 
     folder = SHARED / "voc_val_masks" / "SegmentationClassAug"
     ids = (SHARED / "voc_val_masks" / "val.txt").read_text().split() \
@@ -166,14 +165,14 @@ def test_real_val_masks_have_valid_values():
     assert len(ids) == 1449
     all_labels = json.loads((SHARED / "voc12_image_labels.json").read_text())
     for sid in ids[:200]:
-        labels = labels_from_mask(decode_mask(str(folder / f"{sid}.png")))
-        assert np.flatnonzero(labels).tolist() == sorted(all_labels[sid]), sid
+        labels = label_ids_from_mask(decode_mask(str(folder / f"{sid}.png"), 20), 20)
+        assert labels == sorted(all_labels[sid]), sid
 
 
 def test_common_column_names_are_recognised_and_flags_map_the_rest():
     """Issue 12.11: image/pixel_values and annotation/label (image columns) need no mapping;
     a class-label ``label`` column is not taken for a mask; the flags build the mapping."""
-    from agen_hf.data.voc import column_mapping_from
+    from agen_hf.data.conform import column_mapping_from
 
     mask = np.zeros((20, 30), dtype=np.uint8)
     mask[2:8, 2:8] = 3

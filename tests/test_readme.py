@@ -99,6 +99,9 @@ def test_quickstart_config_is_valid():
     sys.path.insert(0, str(ROOT / "recipes"))
     from train_voc import build_model, parse_args
 
+    from agen_hf.data import SYNTHETIC_CLASS_NAMES, id2label_for
+
     args = parse_args(["--config", str(ROOT / "recipes" / "quickstart.yaml")])
     assert args.dataset == "synthetic" and args.output_dir == "runs/quickstart"
-    assert build_model(args).config.num_labels == 21
+    config = build_model(args, id2label_for(SYNTHETIC_CLASS_NAMES)).config
+    assert config.num_labels == 21 and config.id2label[1] == "ellipse-disk"

@@ -1,5 +1,6 @@
-"""One sample of the VOC schema: checks and decoding shared by the loader, the transforms and
-the validator. Every problem is a :class:`VocDataError` naming the file."""
+"""One sample of the schema (:mod:`agen_hf.data.schema`): checks and decoding shared by the
+loaders, the transforms and the validator. Every problem is a :class:`DataError` naming the
+file."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-NUM_CLASSES = 20  # VOC foreground classes; mask value c + 1 is class c, 0 background
-IGNORE_INDEX = 255
+from .schema import IGNORE_INDEX, MAX_CLASSES
 
 
-class VocDataError(ValueError):
+class DataError(ValueError):
     """A bad sample: ``path`` is the file at fault, ``problem`` what is wrong with it."""
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+VocDataError = DataError  # the name of agen_hf <= 0.1's VOC-only loader
 
 
 def open_image(source: dict | str, role: str) -> tuple[Image.Image, str]:
@@ -30,9 +33,9 @@ def open_image(source: dict | str, role: str) -> tuple[Image.Image, str]:
     try:
         img = Image.open(io.BytesIO(data)) if data is not None else Image.open(path)
     except FileNotFoundError:
-        raise VocDataError(path, f"{role} file is missing") from None
+        raise DataError(path, f"{role} file is missing") from None
     except (UnidentifiedImageError, OSError) as e:
-        raise VocDataError(path, f"cannot be read as an image ({e})") from None
+        raise DataError(path, f"cannot be read as an image ({e})") from None
     return img, path
 
 
@@ -41,29 +44,31 @@ def check_image_header(img: Image.Image, path: str) -> None:
         kind = {"I;16": "16-bit", "I": "32-bit integer", "I;16B": "16-bit", "CMYK": "CMYK",
                 "L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA", "P": "palette",
                 "1": "1-bit"}.get(img.mode, img.mode)
-        raise VocDataError(path, f"{kind} image (mode {img.mode!r}); expected 8-bit RGB")
+        raise DataError(path, f"{kind} image (mode {img.mode!r}); expected 8-bit RGB")
 
 
-def mask_values(mask: np.ndarray, path: str, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Unique values of a decoded mask, checked to lie in 0..num_classes or 255."""
+def mask_values(mask: np.ndarray, path: str, num_classes: int | None = None) -> np.ndarray:
+    """Unique values of a decoded mask, checked to lie in 0..num_classes (C, the dataset's
+    foreground classes; None: any class value) or 255."""
+    num_classes = MAX_CLASSES if num_classes is None else num_classes
     values = np.unique(mask)
     bad = values[(values > num_classes) & (values != IGNORE_INDEX)]
     if bad.size:
-        raise VocDataError(path, f"mask values {bad.tolist()} outside 0..{num_classes} and "
+        raise DataError(path, f"mask values {bad.tolist()} outside 0..{num_classes} and "
                                  f"{IGNORE_INDEX}")
     return values
 
 
-def decode_mask(source: dict | str, num_classes: int = NUM_CLASSES) -> np.ndarray:
+def decode_mask(source: dict | str, num_classes: int | None = None) -> np.ndarray:
     """Decode a class-index mask (palette ``P`` or grayscale ``L`` PNG) to (H, W) uint8."""
     img, path = open_image(source, "mask")
     if img.mode not in ("P", "L"):
-        raise VocDataError(path, f"mask mode {img.mode!r}; expected a palette (P) or 8-bit (L) "
+        raise DataError(path, f"mask mode {img.mode!r}; expected a palette (P) or 8-bit (L) "
                                  "PNG of class indices")
     try:
         mask = np.array(img, dtype=np.uint8)
     except OSError as e:
-        raise VocDataError(path, f"truncated or corrupt mask ({e})") from None
+        raise DataError(path, f"truncated or corrupt mask ({e})") from None
     mask_values(mask, path, num_classes)
     return mask
 
@@ -75,12 +80,12 @@ def decode_image(source: dict | str) -> Image.Image:
     try:
         img.load()
     except OSError as e:
-        raise VocDataError(path, f"truncated or corrupt image ({e})") from None
+        raise DataError(path, f"truncated or corrupt image ({e})") from None
     return img
 
 
 def decode_sample(image: dict | str, mask: dict | str | None,
-                  num_classes: int = NUM_CLASSES) -> tuple[Image.Image, np.ndarray | None]:
+                  num_classes: int | None = None) -> tuple[Image.Image, np.ndarray | None]:
     """Decode an image and its mask (if any), checking that their sizes agree."""
     img = decode_image(image)
     if mask is None:
@@ -94,22 +99,14 @@ def decode_sample(image: dict | str, mask: dict | str | None,
 def check_mask_size(mask: np.ndarray, image_size: tuple[int, int], path: str) -> None:
     """A mask (H, W) must match its image's (width, height)."""
     if (mask.shape[1], mask.shape[0]) != tuple(image_size):
-        raise VocDataError(path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+        raise DataError(path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                                  f"size {image_size[0]}x{image_size[1]}")
 
 
-def labels_from_mask(mask: np.ndarray, num_classes: int = NUM_CLASSES) -> list[int]:
-    """Image-level multi-hot labels (num_classes,) from a class-index mask."""
-    present = np.zeros(num_classes, dtype=np.uint8)
-    values = np.unique(mask)
-    values = values[(values >= 1) & (values <= num_classes)]
-    present[values.astype(np.int64) - 1] = 1
-    return present.tolist()
-
-
 def voc_palette() -> list[int]:
-    """The 256-colour VOC palette (flat RGB list): class c gets the bit-interleaved colour of
-    the devkit's ``VOClabelcolormap``, 255 (ignore) is (224, 224, 192)."""
+    """The 256-colour VOC palette (flat RGB list): class index i gets the bit-interleaved
+    colour of the devkit's ``VOClabelcolormap``, 255 (ignore) is (224, 224, 192). Every index
+    up to 254 has its own colour, so it serves any number of classes (COCO's 81 too)."""
     palette = []
     for index in range(256):
         r = g = b = 0

@@ -1,7 +1,8 @@
-"""The embedded synthetic dataset: a small weakly supervised segmentation problem in the VOC
-schema, made on the fly so that every recipe runs on a machine without VOC.
+"""The embedded synthetic dataset: a small weakly supervised segmentation problem in the schema
+of :mod:`agen_hf.data.schema`, made on the fly so that every recipe runs on a machine without
+VOC.
 
-20 object classes come in ten twin pairs. Twins share a shape family (ellipse, box, triangle,
+20 object classes (:data:`SYNTHETIC_CLASS_NAMES`, "<shape>-<emblem>") come in ten twin pairs. Twins share a shape family (ellipse, box, triangle,
 diamond, cross, ring, star, crescent, hexagon, L) and a body texture (stripes, checks, dots,
 waves, speckle; the twins' frequencies differ slightly); the body colour is drawn from a
 palette shared by all classes. What tells twins apart is a small emblem near one end of the
@@ -26,10 +27,18 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from .samples import IGNORE_INDEX, NUM_CLASSES, voc_palette
-from .voc import FEATURES, cached_arrow, default_cache_dir
+from .cache import cached_arrow, default_cache_dir
+from .samples import voc_palette
+from .schema import IGNORE_INDEX, features
 
-_VERSION = "3"
+_VERSION = "4"  # 4: labels as class indices (the images and masks are those of 3)
+_FAMILIES = ("ellipse", "box", "triangle", "diamond", "cross", "ring", "star", "crescent",
+             "hexagon", "ell")
+# class 2f + t: shape family f with a disk (t = 0) or a square (t = 1) emblem
+SYNTHETIC_CLASS_NAMES = tuple(f"{family}-{emblem}" for family in _FAMILIES
+                              for emblem in ("disk", "square"))
+NUM_CLASSES = len(SYNTHETIC_CLASS_NAMES)
+FEATURES = features(SYNTHETIC_CLASS_NAMES)
 _BODY_PALETTE = np.array([[200, 60, 50], [60, 140, 200], [90, 170, 70], [210, 170, 60],
                           [150, 90, 170], [120, 120, 120]], dtype=np.float32)
 _EMBLEM_COLOURS = np.array([  # one per class; twins (2f, 2f+1) get far-apart colours
@@ -113,7 +122,8 @@ def _distractor(rng: np.random.Generator, xs, ys, size: int):
 
 def render_sample(index: int, seed: int = 0, image_size: int = 128, min_classes: int = 1,
                   max_classes: int = 3) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Image (S, S, 3) uint8, mask (S, S) uint8 (0, 1..20, 255) and multi-hot labels (20,)."""
+    """Image (S, S, 3) uint8, mask (S, S) uint8 (0 background, class k as k + 1, 255) and the
+    visible classes k (sorted indices into :data:`SYNTHETIC_CLASS_NAMES`)."""
     rng = np.random.default_rng([seed, index])
     size = image_size
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -161,9 +171,8 @@ def render_sample(index: int, seed: int = 0, image_size: int = 128, min_classes:
         for dx in (0, 1, 2):
             edge |= padded[dy:dy + size, dx:dx + size] != label
     mask[edge] = IGNORE_INDEX
-    labels = np.zeros(NUM_CLASSES, dtype=np.uint8)
-    labels[np.unique(label[label > 0]) - 1] = 1  # an instance hidden by clutter is no label
-    return np.clip(img, 0, 255).astype(np.uint8), mask, labels.tolist()
+    labels = (np.unique(label[label > 0]).astype(np.int64) - 1).tolist()  # an instance
+    return np.clip(img, 0, 255).astype(np.uint8), mask, labels  # hidden by clutter is no label
 
 
 def _png(array: np.ndarray, palette: bool) -> bytes:
@@ -178,7 +187,7 @@ def _png(array: np.ndarray, palette: bool) -> bytes:
 def make_synthetic(num_images: int = 1000, seed: int = 0, image_size: int = 128, *,
                    min_classes: int = 1, max_classes: int = 3,
                    cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
-    """``num_images`` synthetic samples in the VOC schema (ids ``synthetic-<seed>-<i>``),
+    """``num_images`` synthetic samples in the schema, classes :data:`SYNTHETIC_CLASS_NAMES` (ids ``synthetic-<seed>-<i>``),
     deterministic per ``(seed, i)``, cached as Arrow under ``cache_dir`` (default: the datasets
     cache). Images without a visible foreground class are redrawn (index + k * num_images)."""
     if num_images < 1:
@@ -202,7 +211,7 @@ def _build(num_images: int, seed: int, image_size: int, min_classes: int,
         draw = i
         while True:
             img, mask, labels = render_sample(draw, seed, image_size, min_classes, max_classes)
-            if any(labels):
+            if labels:
                 break
             draw += num_images
         rows["id"].append(f"synthetic-{seed}-{i}")

@@ -21,11 +21,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD
-from .samples import IGNORE_INDEX, VocDataError, decode_sample
+from .samples import DataError, decode_sample
+from .schema import IGNORE_INDEX, class_names, multi_hot
 
 logger = logging.getLogger(__name__)
-
-
 
 class RandomLongSideResize(v2.Transform):
     """Resize so that the long side is a uniform random integer in [min_size, max_size]."""
@@ -69,12 +68,15 @@ class SampleTransform:
     """Batch function for ``Dataset.with_transform``: decodes each sample with the checks of
     :mod:`agen_hf.data.samples`, applies ``transform`` jointly to image and mask, and returns
     ``pixel_values`` (3, H, W) float, ``mask`` (H, W) int64 (all 255 when the sample has
-    none) and ``labels`` (20,) float. A bad sample raises :class:`VocDataError`, or with
-    ``skip_bad_samples`` is logged, counted in ``self.skipped`` and returned as None (the
-    collate drops it)."""
+    none) and ``labels`` (C,) float, the multi-hot target of eq. 11 over the dataset's
+    ``num_classes``. A bad sample (a mask value above C included) raises :class:`DataError`,
+    or with ``skip_bad_samples`` is logged, counted in ``self.skipped`` and returned as None
+    (the collate drops it)."""
 
-    def __init__(self, transform: v2.Transform, skip_bad_samples: bool = False) -> None:
+    def __init__(self, transform: v2.Transform, num_classes: int,
+                 skip_bad_samples: bool = False) -> None:
         self.transform = transform
+        self.num_classes = num_classes
         self.skip_bad_samples = skip_bad_samples
         self.skipped = 0
 
@@ -83,8 +85,8 @@ class SampleTransform:
         for i in range(len(batch["image"])):
             sample_id = batch["id"][i] if "id" in batch else str(i)
             try:
-                img, mask = decode_sample(batch["image"][i], batch["mask"][i])
-            except VocDataError as e:
+                img, mask = decode_sample(batch["image"][i], batch["mask"][i], self.num_classes)
+            except DataError as e:
                 if not self.skip_bad_samples:
                     raise
                 self.skipped += 1
@@ -102,16 +104,18 @@ class SampleTransform:
             out["id"].append(sample_id)
             out["pixel_values"].append(pixel_values)
             out["mask"].append(mask_t)
-            out["labels"].append(torch.tensor(batch["labels"][i], dtype=torch.float32))
+            out["labels"].append(torch.from_numpy(multi_hot(batch["labels"][i],
+                                                            self.num_classes)))
         return out
 
 
 def with_transforms(ds: datasets.Dataset, transform: v2.Transform,
                     skip_bad_samples: bool = False) -> datasets.Dataset:
-    """``ds`` (VOC schema) decoded and transformed lazily, sample by sample, on access."""
+    """``ds`` (the schema) decoded and transformed lazily, sample by sample, on access."""
     raw = ds.cast_column("image", datasets.Image(decode=False)).cast_column(
         "mask", datasets.Image(decode=False))
-    return raw.with_transform(SampleTransform(transform, skip_bad_samples))
+    return raw.with_transform(SampleTransform(transform, len(class_names(ds)),
+                                              skip_bad_samples))
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any] | None:

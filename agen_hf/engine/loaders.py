@@ -42,16 +42,17 @@ def val_loader(accelerator: Accelerator, val_ds: datasets.Dataset, *, batch_size
 
 
 def loaders_from_args(accelerator: Accelerator, args: argparse.Namespace,
-                      train_ds: datasets.Dataset, val_ds: datasets.Dataset,
+                      train_ds: datasets.Dataset, val_ds: datasets.Dataset | None,
                       image_mean: Sequence[float], image_std: Sequence[float]
-                      ) -> tuple[DataLoader, DataLoader]:
+                      ) -> tuple[DataLoader, DataLoader | None]:
     """:func:`train_loader` and :func:`val_loader` configured by the flags of
     :func:`agen_hf.engine.arguments.add_training_arguments`, normalised with the model's
-    ``image_mean``/``image_std``."""
+    ``image_mean``/``image_std`` (no val loader when there is nothing to score: ``val_ds``
+    None)."""
     common = dict(image_mean=image_mean, image_std=image_std, num_workers=args.num_workers,
                   skip_bad_samples=args.skip_bad_samples)
     return (train_loader(train_ds, batch_size=args.per_device_train_batch_size,
                          crop_size=args.crop_size, scale_range=args.scale_range, seed=args.seed,
                          **common),
-            val_loader(accelerator, val_ds, batch_size=args.per_device_eval_batch_size,
-                       **common))
+            None if val_ds is None else val_loader(
+                accelerator, val_ds, batch_size=args.per_device_eval_batch_size, **common))

@@ -22,8 +22,15 @@ from .loop import TrainState
 logger = logging.getLogger("agen_hf.train")
 
 
-def final_results(metrics: dict, id2label: dict, steps: int, seconds: float, **extras) -> dict:
-    """The figures of a finished run, as ``eval_results.json`` holds them."""
+def final_results(metrics: dict | None, id2label: dict, steps: int, seconds: float,
+                  **extras) -> dict:
+    """The figures of a finished run, as ``eval_results.json`` holds them; without
+    ``metrics`` (a validation split without masks, or none) ``val_mean_iou`` is None and
+    ``val_scored`` says why."""
+    if metrics is None:
+        return {"val_mean_iou": None, "val_scored": "no masks: no validation split with "
+                "ground-truth masks to score", "steps": steps, "train_seconds": seconds,
+                **extras}
     return {"val_mean_iou": metrics["mean_iou"], "val_mean_accuracy": metrics["mean_accuracy"],
             "val_overall_accuracy": metrics["overall_accuracy"],
             "val_per_category_iou": {id2label[i]: float(v) for i, v in
@@ -43,9 +50,10 @@ def save_and_push(accelerator: Accelerator, model, output_dir: str | Path, resul
     output_dir = Path(output_dir)
     unwrapped = base_model(accelerator, model)
     unwrapped.save_pretrained(output_dir, model_card_kwargs=card or {})
-    print(f"val mIoU ({result.get('supervision', 'full')} supervision): "
-          f"{100 * result['val_mean_iou']:.2f}% after {result['steps']} steps; model saved to "
-          f"{output_dir}")
+    figure = "no masks to score" if result["val_mean_iou"] is None else \
+        f"{100 * result['val_mean_iou']:.2f}%"
+    print(f"val mIoU ({result.get('supervision', 'full')} supervision): {figure} after "
+          f"{result['steps']} steps; model saved to {output_dir}")
     if hub_model_id:
         try:
             url = unwrapped.push_to_hub(hub_model_id, token=hub_token,
@@ -59,16 +67,22 @@ def save_and_push(accelerator: Accelerator, model, output_dir: str | Path, resul
     return result
 
 
-def model_card(metrics: dict, id2label: dict, command: str, description: str,
-               dataset: tuple[str, str, str]) -> dict:
+def model_card(metrics: dict | None, id2label: dict, command: str, description: str,
+               dataset: tuple[str, str, str, list[str]]) -> dict:
     """The model card's fields for a trained model: the per-class IoU table, the
-    ``model-index`` result (``dataset``: type, name, split) and how it was trained
-    (``description`` and the redacted ``command``)."""
+    ``model-index`` result (``dataset``: type, name, split, tags; none without ``metrics``)
+    and how it was trained (``description`` and the redacted ``command``)."""
     names = [id2label[i] for i in range(len(id2label))]
+    kind, name, split, tags = dataset
+    training = f"Trained on {name} ({len(names) - 1} classes: {', '.join(names[1:])}).\n\n" \
+        f"{description}\n\n```bash\n{command}\n```"
+    if metrics is None:
+        return {"metrics": f"No masks to score on {name}: no mIoU.", "training": training,
+                "dataset_tags": tags}
     return {"metrics": class_iou_markdown(metrics["per_category_iou"], metrics["mean_iou"],
                                           names),
-            "eval_results": [mean_iou_result(metrics["mean_iou"], *dataset)],
-            "training": f"{description}\n\n```bash\n{command}\n```"}
+            "eval_results": [mean_iou_result(metrics["mean_iou"], kind, name, split)],
+            "dataset_tags": tags, "training": training}
 
 
 def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader,
@@ -76,8 +90,8 @@ def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader
     """The end of every training recipe: the final validation, ``eval_results.json``, the
     model folder with ``card(metrics)``, the Hub push (``--push_to_hub``) and the trackers'
     end. Returns the figures."""
-    metrics = validate(accelerator, model, val_loader, state.global_step, state.epoch,
-                       args.with_tracking)
+    metrics = None if val_loader is None else validate(
+        accelerator, model, val_loader, state.global_step, state.epoch, args.with_tracking)
     config = base_model(accelerator, model).config
     result = final_results(metrics, config.id2label, state.global_step, time.time() - started,
                            **extras)
