@@ -35,7 +35,7 @@ packaged with the agen_hf library.
 ```python
 from agen_hf import AgenModel
 model = AgenModel.from_pretrained("{{ repo_id }}")
-logits = model(pixel_values, segmentation_only=True).logits  # (B, 21, H/8, W/8)
+logits = model(pixel_values, segmentation_only=True).logits  # (B, {{ num_labels | default("num_labels", true) }}, H/8, W/8)
 ```
 
 ## Evaluation

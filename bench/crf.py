@@ -2,7 +2,10 @@
 batch, with all 21 classes vs background + the image's classes, pydensecrf vs the pure-torch
 backend, serial vs a process pool; and full-resolution post-processing of a 500 x 375 image.
 
-    python bench/crf.py [--batch 15] [--size 321] [--processes 2] [--step_json bench_train_step.json]
+    python bench/crf.py [--batch 15] [--size 321] [--processes 2] [--num_labels 81]
+        [--step_json bench_train_step.json]
+
+``--num_labels 81``: COCO's label count (background + 80); an image still shows 2 classes.
 
 With ``--step_json`` (written by bench/train_step.py with the same --batch and --size) the
 boundary CRF is also given as a fraction of the paper-size training step.
@@ -53,16 +56,18 @@ def boundary_crf(args) -> dict:
     side = -(-args.size // 8)
     factor = args.size / side
     params = CrfParams().scaled(factor)
-    classes = [[0, 1 + i % 10, 11 + i % 10] for i in range(args.batch)]  # the image labels
-    cases = [scene(side, side, 21, c, i) for i, c in enumerate(classes)]
+    k = args.num_labels
+    half = (k - 1) // 2  # two classes an image, one from each half of the label set
+    classes = [[0, 1 + i % half, 1 + half + i % half] for i in range(args.batch)]
+    cases = [scene(side, side, k, c, i) for i, c in enumerate(classes)]
     images = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() for im, _ in cases])
     probs = torch.stack([p for _, p in cases])
-    present = torch.zeros(args.batch, 21, dtype=torch.bool)
+    present = torch.zeros(args.batch, k, dtype=torch.bool)
     present[:, 0] = True
     for i, c in enumerate(classes):
         present[i, c] = True
     everything = torch.ones_like(present)
-    out = {"logits_side": side, "batch": args.batch}
+    out = {"logits_side": side, "batch": args.batch, "num_labels": k}
     for backend in ("pydensecrf", "torch"):
         for name, mask in (("all_classes", everything), ("present_classes", present)):
             out[f"{backend}_{name}_serial_s"] = best_of(
@@ -84,10 +89,11 @@ def boundary_crf(args) -> dict:
 
 def post_processing(args) -> dict:
     present = np.array([0, 8, 15])  # what the prediction contains
-    image, probs = scene(375, 500, 21, present.tolist(), 0)
-    out = {"image": "500x375"}
+    image, probs = scene(375, 500, args.num_labels, present.tolist(), 0)
+    out = {"image": "500x375", "num_labels": args.num_labels}
     with CrfPool(CrfParams(), 0) as serial:
-        out["all_classes_s"] = best_of(lambda: serial.submit(image, probs, np.arange(21)),
+        out["all_classes_s"] = best_of(lambda: serial.submit(image, probs,
+                                                             np.arange(args.num_labels)),
                                        args.repeats)
         out["present_classes_s"] = best_of(
             lambda: serial.submit(image, probs[torch.as_tensor(present)], present), args.repeats)
@@ -111,6 +117,7 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--images", type=int, default=8, help="images for the pooled post-processing")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--num_labels", type=int, default=21, help="21 (VOC) or 81 (COCO)")
     p.add_argument("--step_json", help="bench/train_step.py output for the step-time fraction")
     p.add_argument("--out", default="bench_crf.json")
     args = p.parse_args()

@@ -3,7 +3,10 @@
 matrix vs the Hub metric's per-image histogram algorithm (written out as it is in
 ``evaluate``'s ``mean_iou``), timed in the same run.
 
-    python bench/metric.py [--masks DIR] [--out metric.json]
+    python bench/metric.py [--masks DIR] [--num_labels 81] [--out metric.json]
+
+``--num_labels 81`` (COCO's background + 80): the masks' classes are spread over 81 labels
+(class c of the i-th mask becomes c + 20 * (i % 4)), so the same shapes carry 81 classes.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from test_metrics import hub_mean_iou  # noqa: E402  (the Hub algorithm, written
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_val_masks"
 
 
-def timed_streaming(preds: list[np.ndarray], refs: list[np.ndarray]) -> tuple[dict, float]:
+def timed_streaming(preds: list[np.ndarray], refs: list[np.ndarray],
+                    num_labels: int) -> tuple[dict, float]:
     """``StreamingMeanIoU`` over every pair, and the seconds it took (updates + compute)."""
     t0 = time.perf_counter()
-    metric = StreamingMeanIoU(21)
+    metric = StreamingMeanIoU(num_labels)
     for p_, r in zip(preds, refs):
         metric.update(p_, r)
     return metric.compute(), time.perf_counter() - t0
@@ -37,28 +41,35 @@ def timed_streaming(preds: list[np.ndarray], refs: list[np.ndarray]) -> tuple[di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--masks", default=str(SHARED))
+    p.add_argument("--num_labels", type=int, default=21, help="21 (VOC) up to 81 (COCO)")
     p.add_argument("--out", default="bench_metric.json")
     args = p.parse_args()
+    n = args.num_labels
+    if not 21 <= n <= 81:
+        p.error("--num_labels: 21..81")
     folder = Path(args.masks) / "SegmentationClassAug"
     ids = (Path(args.masks) / "val.txt").read_text().split()
     refs = [np.array(Image.open(folder / f"{i}.png")) for i in ids]
+    spread = (n - 1) // 20  # class c of mask i -> c + 20 * (i % spread)
+    refs = [np.where((r > 0) & (r < 255), r + 20 * (i % spread), r).astype(np.uint8)
+            for i, r in enumerate(refs)]
     rng = np.random.default_rng(0)
     preds = []
     for r in refs:  # perturbed ground truth: shifted, with random class noise
         p_ = np.roll(np.where(r == 255, 0, r), 7, axis=1).astype(np.uint8)  # as PNGs are
         noise = rng.random(r.shape) < 0.1
-        p_[noise] = rng.integers(0, 21, noise.sum())
+        p_[noise] = rng.integers(0, n, noise.sum())
         preds.append(p_)
     t0 = time.perf_counter()
-    hub_iou = hub_mean_iou(preds, refs, 21, 255)["per_category_iou"]
+    hub_iou = hub_mean_iou(preds, refs, n, 255)["per_category_iou"]
     t_hub = time.perf_counter() - t0
-    ours, t_ours = timed_streaming(preds, refs)
+    ours, t_ours = timed_streaming(preds, refs, n)
     # int64 predictions, as ``logits.argmax(1)`` gives them: values fit in a byte, same path
-    ours64, t_ours64 = timed_streaming([p_.astype(np.int64) for p_ in preds], refs)
+    ours64, t_ours64 = timed_streaming([p_.astype(np.int64) for p_ in preds], refs, n)
     equal = bool(np.allclose(ours["per_category_iou"], hub_iou, rtol=1e-12, atol=0)) and \
         bool(np.array_equal(ours64["per_category_iou"], ours["per_category_iou"],
                             equal_nan=True))
-    result = {"images": len(refs), "hub_per_image_histogram_s": t_hub, "streaming_s": t_ours,
+    result = {"images": len(refs), "num_labels": n, "hub_per_image_histogram_s": t_hub, "streaming_s": t_ours,
               "speedup": t_hub / t_ours, "streaming_int64_predictions_s": t_ours64,
               "speedup_int64_predictions": t_hub / t_ours64, "mean_iou": float(ours["mean_iou"]),
               "identical_per_category_iou": equal, "date": time.strftime("%Y-%m-%d")}

@@ -95,6 +95,10 @@ def _length(feature) -> int:
     return getattr(feature, "length", -1)
 
 
+def _is_text(feature) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
 def _split_names(value) -> list:
     """A CSV cell's names: a JSON list, or names separated by ';' or ','."""
     if value is None:
@@ -131,8 +135,7 @@ def _label_ids(ds: datasets.Dataset, names: Sequence[str] | None, default: Seque
         rows = [[v] if isinstance(feature, datasets.ClassLabel) else list(v) for v in column]
         return rows, check_class_names(own, f"{name}: labels")
     names = names if names is not None else default
-    if isinstance(feature, datasets.Value) and feature.dtype == "string" or \
-            isinstance(inner, datasets.Value) and inner.dtype == "string":
+    if _is_text(feature) or _is_text(inner):
         tags = [_split_names(v) for v in column]
         found = sorted({t for row in tags for t in row})
         names = check_class_names(names if names is not None else found, f"{name}: labels")

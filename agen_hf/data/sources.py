@@ -66,17 +66,16 @@ def resolve_source(args: argparse.Namespace, parser: argparse.ArgumentParser | N
                    default: str | None = None) -> str:
     """The source the flags name (``args.dataset`` set, ``args.train_split``/``eval_split``
     filled with its defaults); a parser error when none or two are named."""
-    named = [s for s, flag in (("voc", "voc_root"), ("coco", "coco_root"),
-                               ("folder", "train_dir"), ("hub", "dataset_name"))
-             if getattr(args, flag, None)]
+    named = [s for s, flags in (("voc", ("voc_root",)), ("coco", ("coco_root",)),
+                                ("folder", ("train_dir", "validation_dir")),
+                                ("hub", ("dataset_name",)))
+             if any(getattr(args, f, None) for f in flags)]
 
     def fail(message: str):
         if parser is not None:
             parser.error(message)
         raise ValueError(message)
 
-    if getattr(args, "validation_dir", None) and "folder" not in named:
-        fail("--validation_dir goes with --train_dir")
     source = args.dataset
     if source is None:
         if len(named) > 1:
@@ -85,7 +84,7 @@ def resolve_source(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     if source is None:
         fail("give the data: --voc_root, --coco_root, --train_dir or --dataset_name")
     flag = {"voc": ("voc_root", "dataset_name"), "coco": ("coco_root",),
-            "folder": ("train_dir",), "hub": ("dataset_name",)}.get(source, ())
+            "folder": ("train_dir", "validation_dir"), "hub": ("dataset_name",)}.get(source, ())
     if flag and not any(getattr(args, f, None) for f in flag):
         fail(f"--dataset {source} needs --{flag[0]}")
     args.dataset = source
@@ -113,6 +112,8 @@ def load_split(args: argparse.Namespace, split: str, *, role: str = "train",
         return load_coco(args.coco_root, split, skip_bad_samples=skip)
     if source == "folder":
         folder = args.train_dir if role == "train" else args.validation_dir
+        if folder is None and role == "train":
+            raise ValueError("the training images: give --train_dir FOLDER")
         if folder is None:
             return None
         return load_folder(folder, labels_column=args.labels_column, class_names=names,

@@ -76,13 +76,13 @@ def model_card(metrics: dict | None, id2label: dict, command: str, description: 
     kind, name, split, tags = dataset
     training = f"Trained on {name} ({len(names) - 1} classes: {', '.join(names[1:])}).\n\n" \
         f"{description}\n\n```bash\n{command}\n```"
+    common = {"training": training, "dataset_tags": tags, "num_labels": len(names)}
     if metrics is None:
-        return {"metrics": f"No masks to score on {name}: no mIoU.", "training": training,
-                "dataset_tags": tags}
+        return {"metrics": f"No masks to score on {name}: no mIoU.", **common}
     return {"metrics": class_iou_markdown(metrics["per_category_iou"], metrics["mean_iou"],
                                           names),
             "eval_results": [mean_iou_result(metrics["mean_iou"], kind, name, split)],
-            "dataset_tags": tags, "training": training}
+            **common}
 
 
 def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader,
