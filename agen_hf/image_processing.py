@@ -8,7 +8,7 @@ statistics and padded bottom/right with zeros to a multiple of the output stride
 logits' grid is aligned with the pixels.
 ``processor.post_process_semantic_segmentation(outputs, target_sizes)`` brings the scores back
 to each image's original size and takes the argmax, class by class so that a 4000 x 3000 image
-never needs all 21 full-size maps at once. Running the model (multi-scale + flip test-time
+never needs all C + 1 full-size maps at once. Running the model (multi-scale + flip test-time
 augmentation, the dense CRF) is :mod:`agen_hf.inference`'s job.
 """
 

@@ -121,6 +121,24 @@ def test_iou_table_in_the_layout_of_table_4():
         iou_table([0.5, 0.25], 0.375)
 
 
+def test_81_classes_read_down_four_column_pairs():
+    """COCO's 81 IoUs: 21 lines of 4 (class, IoU) pairs, in label order down each pair."""
+    from agen_hf.data import COCO_CLASS_NAMES
+    from agen_hf.metrics.report import iou_table
+
+    names = ["background", *COCO_CLASS_NAMES]
+    iou = np.arange(81) / 100
+    iou[3] = np.nan
+    lines = iou_table(iou, 0.4, names, row_name="AGEN").splitlines()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:23]]
+    assert len(rows) == 21 and lines[-1] == "AGEN mIoU: 40.0"
+    assert rows[0][:4] == ["background", "0.0", names[21], "21.0"]  # 21 rows a column
+    column = [r[k] for k in range(0, 8, 2) for r in rows if r[k]]
+    assert column == names  # every class once, in order
+    values = [r[k + 1] for k in range(0, 8, 2) for r in rows if r[k]]
+    assert values[3] == "-" and values[80] == "80.0" and values[21] == "21.0"
+
+
 def test_eight_bit_pair_counts_mix_with_other_updates_and_fold_when_read():
     preds, refs = random_maps(4, n=4, labels=21, shape=(12, 13))
     for ignore in (255, 3):

@@ -160,3 +160,37 @@ def test_a_validation_split_without_masks_is_reported_not_nan(trained, tmp_path,
                            "--cpu", "--num_workers", "0"], env=env, capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode != 0 and "no masks, so nothing to score" in proc.stderr
+
+
+def test_a_dataset_built_in_python_trains_through_save_to_disk(tmp_path, env):
+    """A ``DatasetDict`` of 5 classes (``Sequence(ClassLabel)`` tags) made in Python, saved
+    with ``save_to_disk``, is ``--dataset_name DIR`` to every recipe."""
+    import datasets
+    from folder_fixtures import draw
+
+    names = ["kiwi", "lime", "plum", "pear", "fig"]  # label order is the feature's, not sorted
+    feats = datasets.Features({"image": datasets.Image(), "tags": datasets.Sequence(
+        datasets.ClassLabel(names=names))})
+
+    def split(n, seed):
+        tags = [[(i + seed) % 5] for i in range(n)]
+        images = [draw(seed * 100 + i, [CLASSES[t[0]]])[0] for i, t in enumerate(tags)]
+        return datasets.Dataset.from_dict({"image": images, "tags": tags}, features=feats)
+
+    datasets.DatasetDict({"train": split(8, 0), "validation": split(4, 1)}).save_to_disk(
+        tmp_path / "fruit")
+    out = tmp_path / "run"
+    proc = recipe("train_voc.py", ["--dataset_name", tmp_path / "fruit", "--output_dir", out,
+                                   *TINY], env)
+    config = json.loads((out / "config.json").read_text())
+    assert [config["id2label"][str(k)] for k in range(1, 6)] == names
+    assert "no masks, so no mIoU" in proc.stderr  # its validation split has tags only
+
+
+def test_visualize_on_the_validation_folder(trained, tmp_path):
+    visualize = runpy.run_path(str(RECIPES / "visualize.py"))
+    paths = visualize["main"](["--model", str(trained["out"]), "--validation_dir",
+                               str(trained["checked"]), "--num_images", "2", "--cell", "48",
+                               "--out", str(tmp_path / "fig")])
+    assert [p.name for p in paths] == ["fig4_cams.png", "fig5_segmentation.png"]
+    assert Image.open(paths[0]).size[1] > 2 * 48  # two rows of pictures

@@ -78,3 +78,12 @@ def test_cam_figure_with_ground_truth_and_branch_b_prediction():
     expected = np.asarray(Image.fromarray(label_colors(pred)).resize((32, 32),
                                                                      Image.Resampling.BILINEAR))
     assert np.array_equal(cell, expected)
+
+
+def test_palette_gives_81_classes_distinct_colours():
+    """COCO's background + 80 classes (and any count up to 254) each get their own colour."""
+    from agen_hf.visualization import label_colors
+
+    colours = label_colors(np.arange(81, dtype=np.uint8)[None])[0]
+    assert len({tuple(c) for c in colours}) == 81
+    assert tuple(colours[0]) == (0, 0, 0) and tuple(colours[15]) == (192, 128, 128)  # VOC's

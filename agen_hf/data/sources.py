@@ -83,6 +83,9 @@ def resolve_source(args: argparse.Namespace, parser: argparse.ArgumentParser | N
         source = named[0] if named else default
     if source is None:
         fail("give the data: --voc_root, --coco_root, --train_dir or --dataset_name")
+    if source == "hub" and _is_voc_root(args.dataset_name):
+        logger.info("--dataset_name %s is a VOC root: read as --voc_root", args.dataset_name)
+        source = "voc"
     flag = {"voc": ("voc_root", "dataset_name"), "coco": ("coco_root",),
             "folder": ("train_dir", "validation_dir"), "hub": ("dataset_name",)}.get(source, ())
     if flag and not any(getattr(args, f, None) for f in flag):
@@ -104,7 +107,7 @@ def load_split(args: argparse.Namespace, split: str, *, role: str = "train",
     mapping = column_mapping_from(args.image_column, args.mask_column, args.labels_column)
     names = args.class_names or class_names_
     source = args.dataset
-    if source == "voc" or source == "hub" and _is_voc_root(args.dataset_name):
+    if source == "voc":
         return load_voc(args.voc_root or args.dataset_name, split, skip_bad_samples=skip,
                         labels_file=getattr(args, "labels_file", None),
                         column_mapping=mapping, require_foreground=require_foreground)
@@ -129,8 +132,20 @@ def load_hub(name: str, split: str, *, config_name: str | None = None,
              column_mapping: dict[str, str] | None = None,
              class_names: Sequence[str] | None = None,
              require_foreground: bool = True) -> datasets.Dataset:
-    """``split`` of a Hub dataset or of a local folder ``datasets.load_dataset`` reads, in the
-    schema (:func:`agen_hf.data.conform`)."""
+    """``split`` of a Hub dataset, of a local folder ``datasets.load_dataset`` reads, or of a
+    dataset saved with ``save_to_disk`` (how a ``Dataset`` built in Python reaches the
+    recipes), in the schema (:func:`agen_hf.data.conform`)."""
+    path = Path(name)
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        saved = datasets.load_from_disk(str(path))
+        if isinstance(saved, datasets.DatasetDict):
+            if split not in saved:
+                raise ValueError(f"--dataset_name {name}: no split {split!r} (it has "
+                                 f"{sorted(saved)}); choose one with --train_split / "
+                                 "--eval_split")
+            saved = saved[split]
+        return conform(saved, column_mapping, class_names=class_names,
+                       name=f"{name} [{split}]", require_foreground=require_foreground)
     try:
         ds = datasets.load_dataset(name, **({"name": config_name} if config_name else {}),
                                    split=split)

@@ -2,10 +2,10 @@
 of :mod:`agen_hf.data.schema`, made on the fly so that every recipe runs on a machine without
 VOC.
 
-20 object classes (:data:`SYNTHETIC_CLASS_NAMES`, "<shape>-<emblem>") come in ten twin pairs. Twins share a shape family (ellipse, box, triangle,
-diamond, cross, ring, star, crescent, hexagon, L) and a body texture (stripes, checks, dots,
-waves, speckle; the twins' frequencies differ slightly); the body colour is drawn from a
-palette shared by all classes. What tells twins apart is a small emblem near one end of the
+20 object classes (:data:`SYNTHETIC_CLASS_NAMES`, "<shape>-<emblem>") come in ten twin pairs.
+Twins share a shape family (ellipse, box, triangle, diamond, cross, ring, star, crescent,
+hexagon, L) and a body texture (stripes, checks, dots, waves, speckle; the twins' frequencies
+differ slightly); the body colour is drawn from a palette shared by all classes. What tells twins apart is a small emblem near one end of the
 object: a disk or a square in the class's own colour. The emblem is the most discriminative
 part, so a classifier's CAMs peak there and cover the body only partly: the problem AGEN
 addresses.

@@ -68,15 +68,14 @@ def check_dataset(ds: datasets.Dataset, name: str, out) -> int:
     return len(bad)
 
 
-def _load_other(root: Path, split: str | None):
-    """(name, dataset) pairs of a COCO root's splits or of an image folder."""
+def _load_other(root: Path):
+    """(name, loader) pairs of a COCO root's splits, or of an image folder."""
+    from .coco import SPLITS as COCO_SPLITS
     from .coco import load_coco
     from .folder import load_folder
 
     if (root / "annotations").is_dir() or (root / "SegmentationClass").is_dir():
-        splits = [split] if split else [s for s in ("train2014", "val2014")
-                                       if (root / s).is_dir()]
-        return [(s, lambda s=s: load_coco(root, s)) for s in splits]
+        return [(s, lambda s=s: load_coco(root, s)) for s in COCO_SPLITS if (root / s).is_dir()]
     return [(root.name or str(root), lambda: load_folder(root))]
 
 
@@ -90,7 +89,7 @@ def validate(root: str | Path, splits: tuple[str, ...] = SPLITS, out=None) -> in
         if not root.is_dir():
             raise
         problems = checked = 0
-        for name, load in _load_other(root, None):
+        for name, load in _load_other(root):
             try:
                 ds = load()
             except (DataError, ValueError) as e:
