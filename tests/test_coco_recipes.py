@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 eval_voc = runpy.run_path(str(RECIPES / "eval_voc.py"))
 make_pseudo_labels = runpy.run_path(str(RECIPES / "make_pseudo_labels.py"))
+predict = runpy.run_path(str(RECIPES / "predict.py"))
 
 
 def annotations(n, seed):
@@ -89,6 +90,16 @@ def test_eval_and_pseudo_labels_on_coco(trained, coco, tmp_path):
 
     table = datasets.Dataset.from_file(str(tmp_path / "pseudo" / "pseudo_labels.arrow"))
     assert table.features["labels"].feature.names == list(NAMES)
+
+
+def test_predict_with_the_coco_model(trained, coco, tmp_path):
+    from PIL import Image
+
+    report = predict["main"](["--model", str(trained), "--images", str(coco / "val2014"),
+                              "--out", str(tmp_path / "pred"), "--cpu", "--num_workers", "0"])
+    assert report["written"] == 4 and not report["failed"]  # the unannotated image too
+    mask = Image.open(tmp_path / "pred" / "masks" / "COCO_val2014_000000000001.png")
+    assert mask.mode == "P" and mask.size == (40, 32) and np.array(mask).max() <= 4
 
 
 def test_validate_reads_a_coco_root(coco, capsys):
