@@ -6,7 +6,9 @@ bound, and how good each head's pseudo labels are against the exact masks.
         [--extra --optimizer adamw --learning_rate 0.001]  # flags passed to train_voc.py
 
 Every run is ``recipes/train_voc.py --config recipes/quickstart.yaml --preset ROW --seed S``
-(plus ``--extra``) in its own process; the seed also draws the synthetic data. Per run: val
+(the upper bound: ``--config recipes/quickstart_full.yaml``), plus ``--extra``, in its own
+process; the seed also draws the synthetic data. Per run also: how many foreground classes
+score an IoU above 0 (a mean can hide classes at zero). Per run: val
 mIoU of branch B (eval_results.json), and on the same val images, per head (A, AGM-5/4/3):
 the mIoU of its dense pseudo labels (argmax of eq. 4's background and the CAMs of the image's
 classes) and of its seeds (eq. 2-4 with δ; unassigned pixels count as errors), plus the
@@ -39,14 +41,16 @@ from agen_hf.metrics import StreamingMeanIoU  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "train_voc.py"
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+QUICKSTART_FULL = ROOT / "recipes" / "quickstart_full.yaml"
 VAL_SEED_OFFSET = 1_000_003  # train_voc.py's synthetic val split: seed + this
 
 
 def train(row: str, seed: int, out: Path, extra: list[str], threads: int) -> dict:
-    args = [sys.executable, str(RECIPE), "--config", str(QUICKSTART), "--seed", str(seed),
+    config = QUICKSTART_FULL if row == "full" else QUICKSTART
+    args = [sys.executable, str(RECIPE), "--config", str(config), "--seed", str(seed),
             "--output_dir", str(out), "--num_workers", "0", *extra]
     if row == "full":
-        args += ["--full_supervision", "--preset", "ac"]
+        args += ["--preset", "ac"]
     elif row == "cls_only":  # branch A with eq. 10 alone for every step: plain CAMs
         args += ["--preset", "baseline", "--seeding_warmup_steps", str(2 ** 31 - 1)]
     else:
@@ -58,6 +62,8 @@ def train(row: str, seed: int, out: Path, extra: list[str], threads: int) -> dic
         raise RuntimeError(f"{row} seed {seed} failed:\n{proc.stderr[-3000:]}")
     result = json.loads((out / "eval_results.json").read_text())
     result["wall_s"] = time.time() - started
+    iou = list(result["val_per_category_iou"].values())[1:]  # foreground classes
+    result["classes_above_zero"] = sum(v > 0 for v in iou)
     return result
 
 
@@ -125,7 +131,11 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d"), "total_wall_s": None}
     for row in rows:
         entry = {"val_miou": mean_std([runs[(row, s)]["val_mean_iou"] for s in args.seeds]),
-                 "train_s": mean_std([runs[(row, s)]["train_seconds"] for s in args.seeds])}
+                 "train_s": mean_std([runs[(row, s)]["train_seconds"] for s in args.seeds]),
+                 "classes_above_zero": [runs[(row, s)]["classes_above_zero"]
+                                        for s in args.seeds],
+                 "per_category_iou": [runs[(row, s)]["val_per_category_iou"]
+                                      for s in args.seeds]}
         if row != "full":
             per_seed = [pseudo_label_quality(work / f"{row}-seed{s}", s, size, count)
                         for s in args.seeds]
@@ -134,7 +144,9 @@ def main() -> None:
                 for head in per_seed[0]}
         result["rows"][row] = entry
         print(f"{row:9s} val mIoU {100 * entry['val_miou']['mean']:5.2f} "
-              f"+- {100 * entry['val_miou']['std']:4.2f} %", flush=True)
+              f"+- {100 * entry['val_miou']['std']:4.2f} % (seeds "
+              f"{', '.join(f'{100 * v:.2f}' for v in entry['val_miou']['values'])}; classes "
+              f"above 0 IoU {entry['classes_above_zero']})", flush=True)
     if "full" in result["rows"]:
         full = result["rows"]["full"]["val_miou"]["mean"]
         result["weak_over_full"] = {row: result["rows"][row]["val_miou"]["mean"] / full

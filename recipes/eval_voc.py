@@ -36,6 +36,7 @@ from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
 from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
 from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
 from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
+from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import add_crf_arguments, crf_params, crf_pool  # noqa: E402
 from agen_hf.metrics.report import iou_table  # noqa: E402
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time scales (the literature's: 0.5 1 1.5 2)")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
     add_crf_arguments(p)
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
+                   help="bf16/fp16 autocast, no, or auto (bf16 where native, else fp32)")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--skip_bad_samples", action="store_true")

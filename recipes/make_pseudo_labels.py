@@ -41,6 +41,7 @@ from agen_hf.data.samples import decode_sample  # noqa: E402
 from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
 from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
 from agen_hf.engine import make_accelerator  # noqa: E402
+from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
 from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_crf_arguments(p)
     p.add_argument("--skip_bad_samples", action="store_true")
     p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
+                   help="bf16/fp16 autocast, no, or auto (bf16 where native, else fp32)")
     p.add_argument("--cpu", action="store_true")
     return p
 

@@ -33,6 +33,7 @@ from accelerate.utils import gather_object  # noqa: E402
 from agen_hf import AgenImageProcessor  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.engine import make_accelerator  # noqa: E402
+from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
 from agen_hf.image_processing import rgb_array  # noqa: E402
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_existing", action="store_true",
                    help="leave images whose mask is already written (resume a long run)")
     p.add_argument("--num_workers", type=int, default=2, help="image-decoding workers")
-    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    p.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
+                   help="bf16/fp16 autocast, no, or auto (bf16 where native, else fp32)")
     p.add_argument("--cpu", action="store_true")
     return p
 

@@ -91,6 +91,9 @@ def test_readme_opens_with_the_quickstart_then_the_test_command():
     quickstart, tests = commands
     assert "recipes/train_voc.py" in quickstart and "--config recipes/quickstart.yaml" in quickstart
     assert "pytest" in tests
+    # the upper bound's command, between its markers, so that anyone can rerun the pair
+    block = readme.split("<!-- upper-bound-command -->")[1].split("<!-- /upper-bound-command -->")
+    assert len(block) == 2 and "--config recipes/quickstart_full.yaml" in block[0]
 
 
 def test_quickstart_config_is_valid():

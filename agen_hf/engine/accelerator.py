@@ -10,13 +10,50 @@ from accelerate import Accelerator
 
 from .optimizer import build_optimizer
 
+PRECISIONS = ("no", "fp16", "bf16", "auto")  # --mixed_precision's choices in every recipe
 
-def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
+
+def native_bf16(on_cpu: bool) -> tuple[str | None, str]:
+    """Whether bf16 autocast pays on this device: ``(unit, why)`` with the unit that computes
+    it (``"AMX"``, ``"CUDA"``) or None, and the reason in words. On a CPU only AMX counts: a
+    CPU with AVX512-BF16 but no AMX runs bf16 GEMMs at 0.54x its fp32 rate and the quickstart's
+    step at 0.9x (BENCHMARKS.md, issue 20), and a CPU with neither emulates bf16."""
+    if not on_cpu:
+        return ("CUDA", "GPU with bf16") if torch.cuda.is_bf16_supported() else (
+            None, "this GPU has no bf16")
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    if amx:
+        return "AMX", "CPU with AMX"
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return None, "this CPU has AVX512-BF16 but no AMX: bf16 is slower than fp32 there"
+    return None, "this CPU has no native bf16"
+
+
+def resolve_mixed_precision(value: str | None, on_cpu: bool) -> tuple[str | None, str | None]:
+    """``--mixed_precision`` as Accelerate takes it, and what to log about it: ``"auto"``
+    becomes ``"bf16"`` where bf16 pays (:func:`native_bf16`: AMX, a bf16 GPU) and ``"no"``
+    (fp32) elsewhere, never the emulated or slower path; other values pass through."""
+    if value != "auto":
+        return value, None
+    unit, why = native_bf16(on_cpu)
+    if unit is None:
+        return "no", f"--mixed_precision auto: fp32 ({why})"
+    return "bf16", f"--mixed_precision auto: bf16 autocast ({why})"
+
+
+def make_accelerator(cpu: bool = False, mixed_precision: str | None = None,
+                     **kwargs) -> Accelerator:
     """An ``Accelerator`` that also understands torchrun-style multi-process launches on a
-    machine without GPUs: Accelerate only turns to gloo data parallelism when it is told the
-    processes are CPU ones."""
+    machine without GPUs (Accelerate only turns to gloo data parallelism when it is told the
+    processes are CPU ones), with ``mixed_precision="auto"`` resolved for the device
+    (:func:`resolve_mixed_precision`; the choice is logged by
+    :func:`agen_hf.engine.arguments.configure_logging`, as ``accelerator.precision_choice``)."""
     on_cpu = cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
-    return Accelerator(cpu=on_cpu, **kwargs)
+    precision, choice = resolve_mixed_precision(
+        mixed_precision, on_cpu or not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision, **kwargs)
+    accelerator.precision_choice = choice
+    return accelerator
 
 
 def prepare_training(accelerator: Accelerator, args: argparse.Namespace, model: torch.nn.Module,

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import DistributedDataParallelKwargs, LoggerType
 
-from .accelerator import make_accelerator
+from .accelerator import PRECISIONS, make_accelerator
 from .schedule import SCHEDULES
 
 TRACKERS = [t.value for t in LoggerType]  # what --report_to passes to Accelerate
@@ -56,7 +56,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max_grad_norm", type=float, default=None,
                    help="clip the global gradient norm (the paper does not clip)")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    g.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
+                   help="bf16/fp16 autocast, no (fp32), or auto: bf16 where the CPU (AMX, "
+                        "AVX512-BF16) or GPU has it natively, fp32 elsewhere (logged)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across GPUs")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is there")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -166,3 +168,5 @@ def configure_logging(accelerator: Accelerator) -> None:
     """INFO on the main process, warnings only on the others (every recipe's logging)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    if getattr(accelerator, "precision_choice", None):
+        logging.getLogger("agen_hf.train").info("%s", accelerator.precision_choice)
