@@ -24,7 +24,7 @@ from .coco import load_coco
 from .conform import add_column_arguments, column_mapping_from, conform
 from .folder import load_folder
 from .schema import class_names
-from .voc import load_voc
+from .voc import _resolve_root, load_voc
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,12 @@ def load_hub(name: str, split: str, *, config_name: str | None = None,
 
 
 def _is_voc_root(path: str | None) -> bool:
-    p = Path(path or "")
-    return any((c / "JPEGImages").is_dir() for c in (p, p / "VOC2012", p / "VOCdevkit/VOC2012"))
+    """Whether ``load_voc`` would find a VOC root at ``path`` (its own lookup)."""
+    try:
+        _resolve_root(Path(path or ""))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def scored(ds: datasets.Dataset | None, name: str) -> datasets.Dataset | None:
