@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from .crf import CrfParams, crf_refine
+from .upsampling import upsample_bilinear
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ def fully_supervised_loss(seg_logits: torch.Tensor, masks: torch.Tensor,
     """The upper bound's loss: pixel-wise cross-entropy of the logits (B, C+1, h, w),
     bilinearly upsampled to the masks' size, against ground-truth masks (B, H, W), averaged
     over the labelled pixels of the (global) batch."""
-    logits = F.interpolate(seg_logits.float(), size=masks.shape[-2:], mode="bilinear",
-                           align_corners=False)
+    logits = upsample_bilinear(seg_logits.float(), masks.shape[-2:])
     nll = F.cross_entropy(logits, masks.long(), ignore_index=ignore_index, reduction="sum")
     count, scale = ProcessGroup.pool(process_group, (masks != ignore_index).sum().to(nll.dtype))
     return nll / count.clamp_min(1) * scale

@@ -4,7 +4,6 @@ import logging
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .backbones import DeepLabVGG16, ResNet38, SharedStem
 from .cam import pseudo_labels
@@ -13,6 +12,7 @@ from .crf import CrfParams
 from .hub import SegmentationHubMixin
 from .normalization import unnormalize
 from .parameter_groups import split_parameters
+from .upsampling import upsample_bilinear
 from .losses import (ProcessGroup, balanced_seeding_loss, boundary_loss,
                      fully_supervised_loss, multilabel_loss)
 from .modeling_outputs import AgenOutput
@@ -159,8 +159,8 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
                 maps = self.coam[str(n)](maps, high)
             out.class_maps[name] = high = maps
             if not classification_only:
-                out.agm_logits[name] = F.interpolate(self.agm.segment(n, taps_b[n]), size=size,
-                                                     mode="bilinear", align_corners=False)
+                out.agm_logits[name] = upsample_bilinear(
+                    self.agm.segment(n, taps_b[n]).float(), size)
         out.class_logits = {name: m.mean(dim=(2, 3)) for name, m in out.class_maps.items()}
         if labels is not None:
             self._add_loss(out, pixel_values, labels, process_group, classification_only)
@@ -200,7 +200,7 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
                                   cfg.threshold(head), cfg.ignore_index)
             out.seeds[head] = seeds
             if head == "A":
-                seg = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)
+                seg = upsample_bilinear(out.logits.float(), size)
                 terms["seg_B"] = balanced_seeding_loss(seg, seeds, cfg.ignore_index,
                                                        process_group)
             else:

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .upsampling import upsample_bilinear
+
 
 class ConvReLU(nn.Sequential):
     """3x3 convolution followed by ReLU."""
@@ -76,7 +78,7 @@ class ContextAttention(nn.Module):
             raise ValueError(f"ContextAttention: high has shape {tuple(high.shape)}, expected "
                              f"({b}, {c}, *, *) to match low")
         if high.shape[-2:] != (h, w):
-            high = F.interpolate(high, size=(h, w), mode="bilinear", align_corners=False)
+            high = upsample_bilinear(high, (h, w))
         pad = (-c) % 8
         q = F.pad(low.flatten(2).transpose(1, 2), (0, pad)).unsqueeze(1)  # (B, 1, N, C')
         k = F.pad(high.flatten(2).transpose(1, 2), (0, pad)).unsqueeze(1)

@@ -105,7 +105,7 @@ def mean_std(values: list[float]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", nargs="+", default=["baseline", "oa", "sc", "ma", "ac"],
+    p.add_argument("--rows", nargs="*", default=["baseline", "oa", "sc", "ma", "ac"],
                    help="Table 1 rows, and cls_only: branch A trained with its "
                         "classification loss alone, whose CAMs measure the data's difficulty")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -11,11 +11,14 @@ figures here use ``use_boundary_loss=False`` so that FLOPs and time describe the
 ``bench/crf.py`` puts the CRF next to them.
 
 ``--quickstart`` instead breaks one whole training step of the quickstart's model
-(``recipes/configs/quickstart_model.json``, batch 16, 64^2, fp32, boundary loss on as in the
-config) into parts, with ``torch.profiler`` (CPU activity) over ``--repeats`` steps after one
-warm-up step, for the baseline and the full AGEN, and the ratio full / baseline of the step:
+(``recipes/configs/quickstart_model.json``, batch 16, 64^2, channels-last, boundary loss on as
+in the config) into parts, with ``torch.profiler`` (CPU activity) over ``--repeats`` steps
+after one warm-up step, in each of ``--dtypes`` (bf16: autocast around the forward, as the
+recipes run it): the joint step of the baseline and of the full AGEN, the full AGEN's
+classification-phase step (eq. 11 alone), and the ratios full / baseline and joint /
+classification of the step:
 
-    OMP_NUM_THREADS=1 python bench/train_step.py --quickstart [--batch 16] [--repeats 5] \
+    python bench/train_step.py --quickstart [--dtypes fp32 bf16] [--batch 16] [--repeats 5] \
         [--out bench_train_step_quickstart.json]
 
 A step is forward + backward of L_total, gradient clipping (``--max_grad_norm``, the
@@ -228,14 +231,17 @@ def attribute(events) -> dict[tuple[str, str, str], float]:
 
 
 def make_optimizer(model: AgenModel) -> torch.optim.Optimizer:
-    """AdamW over the recipe's parameter groups (the learning rates do not change the time)."""
+    """AdamW over the recipe's parameter groups, fused as the recipes run it (the learning
+    rates do not change the time)."""
     return torch.optim.AdamW([{"params": ps} for ps in model.parameter_groups().values() if ps],
-                             lr=1e-3, weight_decay=5e-4)
+                             lr=1e-3, weight_decay=5e-4, fused=True)
 
 
-def training_step(model, optimizer, pixel_values, labels, max_grad_norm: float) -> None:
-    with record_function("forward"):
-        out = model(pixel_values, labels)
+def training_step(model, optimizer, pixel_values, labels, max_grad_norm: float,
+                  classification_only: bool = False, dtype: torch.dtype = torch.float32) -> None:
+    with record_function("forward"), torch.autocast("cpu", dtype=dtype,
+                                                    enabled=dtype != torch.float32):
+        out = model(pixel_values, labels, classification_only=classification_only)
     with record_function("backward"):
         out.loss.backward()
     with record_function("optimizer"):
@@ -245,21 +251,27 @@ def training_step(model, optimizer, pixel_values, labels, max_grad_norm: float) 
         optimizer.zero_grad(set_to_none=True)
 
 
-def breakdown_row(config: AgenConfig, args) -> dict:
+def breakdown_row(config: AgenConfig, args, dtype: torch.dtype,
+                  classification_only: bool = False) -> dict:
     torch.manual_seed(0)
     model = AgenModel(config).train()
-    optimizer = make_optimizer(model)
     pixel_values, labels = make_batch(config, args.batch, args.size, "cpu")
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model)
+    step = functools.partial(training_step, model, optimizer, pixel_values, labels,
+                             args.max_grad_norm, classification_only, dtype)
     with part_scopes():
-        training_step(model, optimizer, pixel_values, labels, args.max_grad_norm)  # warm-up
+        step()  # warm-up
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            training_step(model, optimizer, pixel_values, labels, args.max_grad_norm)
+            step()
             times.append(time.perf_counter() - t0)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(args.repeats):
-                training_step(model, optimizer, pixel_values, labels, args.max_grad_norm)
+                step()
     totals = attribute(prof.events())
     step_ms = sum(totals.values()) / 1e3 / args.repeats
     parts, detail = {}, defaultdict(dict)
@@ -290,18 +302,31 @@ def print_breakdown(name: str, row: dict) -> None:
 
 
 def bench_quickstart(args) -> dict:
+    """Per dtype: the joint step of the baseline and of the full AGEN, and the full AGEN's
+    classification-phase step (eq. 11 alone, ``classification_only``: the quickstart's first
+    ``seeding_warmup_steps``); the ratios full / baseline and joint / classification."""
     base = AgenConfig.from_json_file(args.model_config).to_dict()
     result = {"model_config": str(args.model_config), "optimizer": "AdamW",
-              "max_grad_norm": args.max_grad_norm, "repeats": args.repeats}
-    for row, (agm, coam) in ROWS.items():
-        config = AgenConfig.from_dict({**base, "agm_stages": agm, "coam_stages": coam})
-        result[row] = breakdown_row(config, args)
-        print_breakdown(row, result[row])
-    result["full_over_baseline_time"] = result["full"]["step_ms"] / result["baseline"]["step_ms"]
-    result["full_over_baseline_time_profiled"] = (result["full"]["profiled_step_ms"]
-                                                  / result["baseline"]["profiled_step_ms"])
-    print(f"\nfull / baseline step time: {result['full_over_baseline_time']:.2f} "
-          f"(profiled: {result['full_over_baseline_time_profiled']:.2f})")
+              "max_grad_norm": args.max_grad_norm, "repeats": args.repeats,
+              "channels_last": args.channels_last}
+    for dtype_name in args.dtypes:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        rows = {}
+        for row, (agm, coam) in ROWS.items():
+            config = AgenConfig.from_dict({**base, "agm_stages": agm, "coam_stages": coam})
+            rows[row] = breakdown_row(config, args, dtype)
+            print_breakdown(f"{row} ({dtype_name})", rows[row])
+        rows["classification"] = breakdown_row(AgenConfig.from_dict(base), args, dtype,
+                                               classification_only=True)
+        print_breakdown(f"classification ({dtype_name})", rows["classification"])
+        for name, (num, den) in {"full_over_baseline": ("full", "baseline"),
+                                 "joint_over_classification": ("full", "classification")}.items():
+            rows[f"{name}_time"] = rows[num]["step_ms"] / rows[den]["step_ms"]
+            rows[f"{name}_time_profiled"] = (rows[num]["profiled_step_ms"]
+                                             / rows[den]["profiled_step_ms"])
+            print(f"{name.replace('_over_', ' / ')} step time ({dtype_name}): "
+                  f"{rows[f'{name}_time']:.2f} (profiled: {rows[f'{name}_time_profiled']:.2f})")
+        result[dtype_name] = rows
     return result
 
 
@@ -315,6 +340,9 @@ def main() -> None:
                    help="with --quickstart: the config.json to break down")
     p.add_argument("--max_grad_norm", type=float, default=10.0,
                    help="with --quickstart: gradient clipping in the step (0: none)")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --quickstart: channels-last weights and images, as the "
+                        "quickstart trains")
     p.add_argument("--batch", type=int, default=None, help="default: 1, --quickstart 16")
     p.add_argument("--size", type=int, default=None, help="default: 321, --quickstart 64")
     p.add_argument("--repeats", type=int, default=3)
@@ -329,8 +357,8 @@ def main() -> None:
     args.batch = args.batch or (16 if q else 1)
     args.size = args.size or (64 if q else 321)
     args.out = args.out or ("bench_train_step_quickstart.json" if q else "bench_train_step.json")
-    if q and (args.device != "cpu" or args.dtypes != ["fp32"]):
-        p.error("--quickstart profiles fp32 on the CPU")
+    if q and args.device != "cpu":
+        p.error("--quickstart profiles the CPU")
     result = {"device": args.device, "batch": args.batch, "size": args.size,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda")

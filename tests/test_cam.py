@@ -91,3 +91,34 @@ def test_seeds_match_a_per_pixel_reference():
             for x in range(12):
                 above = [k for k in range(5) if maps[b, k, y, x] > 0.3]
                 assert seeds[b, y, x] == (above[0] if len(above) == 1 else 255)
+
+
+def _all_class_maps(class_maps, labels, size, alpha):
+    """Eq. 2-4 as written: every one of the C maps, the absent classes' zeroed."""
+    fg = class_activation_maps(class_maps, size) * labels[:, :, None, None]
+    return torch.cat([background_map(fg, alpha), fg], dim=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_seeds_over_the_image_classes_equal_eq_2_to_4_over_all_classes(seed):
+    """The seeds are computed on each image's own classes only; that must give exactly the
+    seeds and dense labels of eq. 2-4 over all C maps (absent ones zeroed), with 0 to 5
+    classes per image (an image with none included)."""
+    from agen_hf.cam import dense_pseudo_labels
+
+    g = torch.Generator().manual_seed(seed)
+    class_maps = torch.randn(6, 20, 8, 8, generator=g) * 3
+    labels = torch.zeros(6, 20)
+    for b, k in enumerate([0, 1, 2, 3, 5, 1]):
+        labels[b, torch.randperm(20, generator=g)[:k]] = 1
+    maps = _all_class_maps(class_maps, labels, (64, 64), 8.0)
+    above = (maps > 0.3).sum(dim=1)
+    expected = torch.where(above == 1, maps.argmax(dim=1), 255)
+    assert torch.equal(pseudo_labels(class_maps, labels, (64, 64), 8.0, 0.3), expected)
+    assert torch.equal(dense_pseudo_labels(class_maps, labels, (64, 64), 8.0),
+                       maps.argmax(dim=1))
+
+
+def test_negative_threshold_is_an_error():
+    with pytest.raises(ValueError, match="threshold"):
+        pseudo_labels(torch.randn(1, 3, 4, 4), torch.ones(1, 3), (8, 8), 8, -0.1)
