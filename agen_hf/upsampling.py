@@ -13,6 +13,8 @@ backward is a scatter: at the quickstart's size (8^2 -> 64^2, 21 channels, batch
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -43,6 +45,17 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if not x.is_floating_point():
         raise TypeError(f"upsample_bilinear: expected a floating tensor, got {x.dtype}")
     with torch.autocast(x.device.type, enabled=False):
-        u_h = interpolation_matrix(size[0], x.shape[-2], x.device, x.dtype)
-        u_w = interpolation_matrix(size[1], x.shape[-1], x.device, x.dtype)
+        u_h = _cached_matrix(size[0], x.shape[-2], x.device, x.dtype)
+        u_w = _cached_matrix(size[1], x.shape[-1], x.device, x.dtype)
         return torch.matmul(torch.matmul(u_h, x), u_w.t())
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_matrix(n_out: int, n_in: int, device: torch.device, dtype: torch.dtype
+                   ) -> torch.Tensor:
+    """The matrices a training run needs, built once per size, device and dtype (never
+    modified): no host-to-device copy, which would wait for the GPU, in every step. Built
+    outside inference mode, so that a matrix first made during evaluation can be saved for
+    backward in the next training step."""
+    with torch.inference_mode(False):
+        return interpolation_matrix(n_out, n_in, device, dtype)

@@ -47,3 +47,13 @@ def test_autocast_does_not_lower_the_precision():
 def test_integer_input_is_an_error():
     with pytest.raises(TypeError, match="floating"):
         upsample_bilinear(torch.zeros(1, 1, 2, 2, dtype=torch.long), (4, 4))
+
+
+def test_first_use_under_inference_mode_then_training():
+    """The weights are cached: a size first met in evaluation (inference mode) must still
+    backpropagate in training."""
+    with torch.inference_mode():
+        upsample_bilinear(torch.randn(1, 1, 3, 3), (13, 11))
+    x = torch.randn(1, 1, 3, 3, requires_grad=True)
+    upsample_bilinear(x, (13, 11)).sum().backward()
+    torch.testing.assert_close(x.grad.sum(), torch.tensor(13.0 * 11.0))
