@@ -2,11 +2,14 @@
 MA, AC) trained from image-level labels with several seeds, the ``--full_supervision`` upper
 bound, and how good each head's pseudo labels are against the exact masks.
 
-    python bench/quality.py [--rows baseline oa sc ma ac cls_only] [--seeds 0 1 2] [--jobs 2]
+    python bench/quality.py [--rows baseline oa sc ma ac agm3 agm5 coam5 coam45 cls_only]
+        [--seeds 0 1 2] [--jobs 2]
         [--extra --optimizer adamw --learning_rate 0.001]  # flags passed to train_voc.py
 
-Every run is ``recipes/train_voc.py --config recipes/quickstart.yaml --preset ROW --seed S``
-(the upper bound: ``--config recipes/quickstart_full.yaml``), plus ``--extra``, in its own
+Every run is ``recipes/train_voc.py --config recipes/quickstart.yaml --seed S`` with the row's
+flags (``ROW_FLAGS``: ``--preset ROW`` for Table 1, ``--agm_stages`` / ``--coam_stages`` for
+Tables 2 and 3; the upper bound: ``--config recipes/quickstart_full.yaml``), plus ``--extra``,
+in its own
 process; the seed also draws the synthetic data. Per run also: how many foreground classes
 score an IoU above 0 (a mean can hide classes at zero). Per run: val
 mIoU of branch B (eval_results.json), and on the same val images, per head (A, AGM-5/4/3):
@@ -43,18 +46,23 @@ RECIPE = ROOT / "recipes" / "train_voc.py"
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 QUICKSTART_FULL = ROOT / "recipes" / "quickstart_full.yaml"
 VAL_SEED_OFFSET = 1_000_003  # train_voc.py's synthetic val split: seed + this
+ROW_FLAGS = {  # train_voc.py's flags of each row
+    **{row: ["--preset", row] for row in ("baseline", "oa", "sc", "ma", "ac")},  # Table 1
+    # Table 2: AGM at one stage (agm4 = oa)
+    **{f"agm{n}": ["--agm_stages", str(n), "--coam_stages"] for n in (3, 4, 5)},
+    # Table 3: accumulated CoAM on MA from the top stage down (coam345 = ac)
+    "coam5": ["--preset", "ma", "--coam_stages", "5"],
+    "coam45": ["--preset", "ma", "--coam_stages", "4", "5"],
+    "cls_only": ["--preset", "baseline", "--seeding_warmup_steps", str(2 ** 31 - 1)],
+    "full": ["--preset", "ac"],
+}
 
 
 def train(row: str, seed: int, out: Path, extra: list[str], threads: int) -> dict:
     config = QUICKSTART_FULL if row == "full" else QUICKSTART
     args = [sys.executable, str(RECIPE), "--config", str(config), "--seed", str(seed),
             "--output_dir", str(out), "--num_workers", "0", *extra]
-    if row == "full":
-        args += ["--preset", "ac"]
-    elif row == "cls_only":  # branch A with eq. 10 alone for every step: plain CAMs
-        args += ["--preset", "baseline", "--seeding_warmup_steps", str(2 ** 31 - 1)]
-    else:
-        args += ["--preset", row]
+    args += ROW_FLAGS[row]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     started = time.time()
     proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
@@ -106,8 +114,11 @@ def mean_std(values: list[float]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="*", default=["baseline", "oa", "sc", "ma", "ac"],
-                   help="Table 1 rows, and cls_only: branch A trained with its "
-                        "classification loss alone, whose CAMs measure the data's difficulty")
+                   choices=[r for r in ROW_FLAGS if r != "full"],
+                   help="Table 1 rows (baseline oa sc ma ac), Table 2's single AGMs (agm3 "
+                        "agm4 agm5), Table 3's CoAM stages on MA (coam5 coam45), and "
+                        "cls_only: branch A trained with its classification loss alone, "
+                        "whose CAMs measure the data's difficulty")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--no_full", action="store_true", help="skip the full-supervision runs")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")

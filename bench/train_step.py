@@ -15,8 +15,9 @@ figures here use ``use_boundary_loss=False`` so that FLOPs and time describe the
 in the config) into parts, with ``torch.profiler`` (CPU activity) over ``--repeats`` steps
 after one warm-up step, in each of ``--dtypes`` (bf16: autocast around the forward, as the
 recipes run it): the joint step of the baseline and of the full AGEN, the full AGEN's
-classification-phase step (eq. 11 alone), and the ratios full / baseline and joint /
-classification of the step:
+classification-phase step (eq. 11 alone), its networks alone (``network_only``: the joint
+forward and backward with a trivial loss, no seeds, losses or CRF: the joint step's floor),
+and the ratios full / baseline, joint / classification and network_only / classification:
 
     python bench/train_step.py --quickstart [--dtypes fp32 bf16] [--batch 16] [--repeats 5] \
         [--out bench_train_step_quickstart.json]
@@ -238,12 +239,20 @@ def make_optimizer(model: AgenModel) -> torch.optim.Optimizer:
 
 
 def training_step(model, optimizer, pixel_values, labels, max_grad_norm: float,
-                  classification_only: bool = False, dtype: torch.dtype = torch.float32) -> None:
+                  classification_only: bool = False, dtype: torch.dtype = torch.float32,
+                  network_only: bool = False) -> None:
+    """One optimizer step. ``network_only``: the joint forward without labels (no seeds, no
+    losses, no CRF) and the plain sum of every head's mean output as the loss: what the
+    networks alone cost, the floor of the joint step."""
     with record_function("forward"), torch.autocast("cpu", dtype=dtype,
                                                     enabled=dtype != torch.float32):
-        out = model(pixel_values, labels, classification_only=classification_only)
+        out = model(pixel_values, None if network_only else labels,
+                    classification_only=classification_only)
+        loss = out.loss if not network_only else sum(
+            t.float().mean() for t in [out.logits, *out.agm_logits.values(),
+                                       *out.class_logits.values()])
     with record_function("backward"):
-        out.loss.backward()
+        loss.backward()
     with record_function("optimizer"):
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -252,7 +261,7 @@ def training_step(model, optimizer, pixel_values, labels, max_grad_norm: float,
 
 
 def breakdown_row(config: AgenConfig, args, dtype: torch.dtype,
-                  classification_only: bool = False) -> dict:
+                  classification_only: bool = False, network_only: bool = False) -> dict:
     torch.manual_seed(0)
     model = AgenModel(config).train()
     pixel_values, labels = make_batch(config, args.batch, args.size, "cpu")
@@ -261,7 +270,7 @@ def breakdown_row(config: AgenConfig, args, dtype: torch.dtype,
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     optimizer = make_optimizer(model)
     step = functools.partial(training_step, model, optimizer, pixel_values, labels,
-                             args.max_grad_norm, classification_only, dtype)
+                             args.max_grad_norm, classification_only, dtype, network_only)
     with part_scopes():
         step()  # warm-up
         times = []
@@ -319,8 +328,14 @@ def bench_quickstart(args) -> dict:
         rows["classification"] = breakdown_row(AgenConfig.from_dict(base), args, dtype,
                                                classification_only=True)
         print_breakdown(f"classification ({dtype_name})", rows["classification"])
+        rows["network_only"] = breakdown_row(AgenConfig.from_dict(base), args, dtype,
+                                             network_only=True)
+        print_breakdown(f"network_only ({dtype_name})", rows["network_only"])
         for name, (num, den) in {"full_over_baseline": ("full", "baseline"),
-                                 "joint_over_classification": ("full", "classification")}.items():
+                                 "joint_over_classification": ("full", "classification"),
+                                 "network_only_over_classification": ("network_only",
+                                                                      "classification")
+                                 }.items():
             rows[f"{name}_time"] = rows[num]["step_ms"] / rows[den]["step_ms"]
             rows[f"{name}_time_profiled"] = (rows[num]["profiled_step_ms"]
                                              / rows[den]["profiled_step_ms"])

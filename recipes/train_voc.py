@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=sorted(TABLE1_PRESETS), default=None,
                    help="Table 1 row: baseline, oa (AGM-4), sc (+CoAM-4), ma (AGM-3/4/5), "
                         "ac (+CoAM-3/4/5, the full AGEN)")
+    g.add_argument("--agm_stages", type=int, nargs="*", default=None, metavar="N",
+                   help="a fresh model's AGM stages, any subset of 3 4 5 (Table 2's rows; "
+                        "none given: no AGM); applied after --preset")
+    g.add_argument("--coam_stages", type=int, nargs="*", default=None, metavar="N",
+                   help="its CoAM stages, a subset of the AGM stages (Table 3's rows); "
+                        "applied after --preset")
     g.add_argument("--boundary_crf", choices=["pydensecrf", "torch"], default=None)
     g.add_argument("--use_boundary_loss", choices=["true", "false"], default=None)
     g.add_argument("--seeding_warmup_steps", type=int, default=0,
@@ -108,7 +114,7 @@ def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> AgenModel
     """A fresh model of ``--model_config`` for the dataset's classes ``id2label`` (with the
     ImageNet weights given by path), or the saved one of ``--model_name_or_path`` (which must
     know those classes, see :func:`agen_hf.hub.for_classes`); the loss flags apply to both,
-    ``--preset`` only to a fresh one."""
+    ``--preset``, ``--agm_stages`` and ``--coam_stages`` only to a fresh one."""
     saved = for_classes(AgenModel.from_pretrained(args.model_name_or_path), id2label,
                         ignore_mismatched_sizes=args.ignore_mismatched_sizes,
                         model_name=args.model_name_or_path,
@@ -116,10 +122,17 @@ def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> AgenModel
         if args.model_name_or_path else None
     config = saved.config if saved else AgenConfig.named(args.model_config).with_classes(
         id2label)
-    if args.preset and saved:
-        raise SystemExit(f"--preset {args.preset}: {args.model_name_or_path} has its own AGM "
-                         f"and CoAM stages; a preset builds a fresh model")
+    stages = {name: tuple(getattr(args, name)) for name in ("agm_stages", "coam_stages")
+              if getattr(args, name) is not None}
+    if (args.preset or stages) and saved:
+        flag = f"--preset {args.preset}" if args.preset else f"--{next(iter(stages))}"
+        raise SystemExit(f"{flag}: {args.model_name_or_path} has its own AGM and CoAM stages; "
+                         f"a preset or stage flag builds a fresh model")
     config = config.with_preset(args.preset) if args.preset else config
+    try:
+        config = dataclasses.replace(config, **stages)
+    except ValueError as e:
+        raise SystemExit(f"--agm_stages / --coam_stages: {e}") from None
     changes = {"boundary_crf": args.boundary_crf, "use_boundary_loss":
                None if args.use_boundary_loss is None else args.use_boundary_loss == "true"}
     model = AgenModel(dataclasses.replace(

@@ -473,3 +473,24 @@ def test_channels_last_trains_the_same_numbers_and_saves_a_plain_model(tmp_path,
     from agen_hf import AgenModel
 
     AgenModel.from_pretrained(runs["cl"][0])
+
+
+def test_table_2_and_3_rows_are_one_flag_away(recipe, tmp_path):
+    """--agm_stages / --coam_stages build any Table 2/3 row (after --preset); a stage set the
+    config refuses is an error naming the flags; none given means no AGM."""
+    id2label = {0: "background", 1: "a", 2: "b"}
+    tiny = ["--model_config", "tiny"]
+    model = recipe.build_model(recipe.parse_args(tiny + ["--agm_stages", "4", "5",
+                                                         "--coam_stages", "5"]), id2label)
+    assert (model.config.agm_stages, model.config.coam_stages) == ((4, 5), (5,))
+    assert sorted(model.coam) == ["5"] and model.heads == ["A", "agm5", "agm4"]
+    model = recipe.build_model(recipe.parse_args(tiny + ["--preset", "ac", "--coam_stages"]),
+                               id2label)
+    assert (model.config.agm_stages, model.config.coam_stages) == ((3, 4, 5), ())
+    cfg = tmp_path / "row.yaml"
+    cfg.write_text("agm_stages: [3]\ncoam_stages: []\n")
+    model = recipe.build_model(recipe.parse_args(tiny + ["--config", str(cfg)]), id2label)
+    assert (model.config.agm_stages, model.config.coam_stages) == ((3,), ())
+    with pytest.raises(SystemExit, match="--agm_stages / --coam_stages: coam_stages: CoAM-3"):
+        recipe.build_model(recipe.parse_args(tiny + ["--agm_stages", "4", "--coam_stages",
+                                                     "3"]), id2label)
