@@ -125,9 +125,10 @@ def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> AgenModel
     stages = {name: tuple(getattr(args, name)) for name in ("agm_stages", "coam_stages")
               if getattr(args, name) is not None}
     if (args.preset or stages) and saved:
-        flag = f"--preset {args.preset}" if args.preset else f"--{next(iter(stages))}"
+        flag, what = (f"--preset {args.preset}", "a preset") if args.preset else (
+            f"--{next(iter(stages))}", "a stage flag")
         raise SystemExit(f"{flag}: {args.model_name_or_path} has its own AGM and CoAM stages; "
-                         f"a preset or stage flag builds a fresh model")
+                         f"{what} builds a fresh model")
     config = config.with_preset(args.preset) if args.preset else config
     try:
         config = dataclasses.replace(config, **stages)
