@@ -9,9 +9,8 @@ bound, and how good each head's pseudo labels are against the exact masks.
 Every run is ``recipes/train_voc.py --config recipes/quickstart.yaml --seed S`` with the row's
 flags (``ROW_FLAGS``: ``--preset ROW`` for Table 1, ``--agm_stages`` / ``--coam_stages`` for
 Tables 2 and 3; the upper bound: ``--config recipes/quickstart_full.yaml``), plus ``--extra``,
-in its own
-process; the seed also draws the synthetic data. Per run also: how many foreground classes
-score an IoU above 0 (a mean can hide classes at zero). Per run: val
+in its own process; the seed also draws the synthetic data. Per run also: how many foreground
+classes score an IoU above 0 (a mean can hide classes at zero). Per run: val
 mIoU of branch B (eval_results.json), and on the same val images, per head (A, AGM-5/4/3):
 the mIoU of its dense pseudo labels (argmax of eq. 4's background and the CAMs of the image's
 classes) and of its seeds (eq. 2-4 with δ; unassigned pixels count as errors), plus the

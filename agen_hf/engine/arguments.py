@@ -57,8 +57,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="clip the global gradient norm (the paper does not clip)")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
-                   help="bf16/fp16 autocast, no (fp32), or auto: bf16 where the CPU (AMX, "
-                        "AVX512-BF16) or GPU has it natively, fp32 elsewhere (logged)")
+                   help="bf16/fp16 autocast, no (fp32), or auto: bf16 on a CPU with AMX or "
+                        "a GPU with bf16, fp32 elsewhere (AVX512-BF16 alone ran slower than "
+                        "fp32; the choice is logged)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across GPUs")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is there")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
