@@ -57,18 +57,26 @@ ROW_FLAGS = {  # train_voc.py's flags of each row
 }
 
 
-def train(row: str, seed: int, out: Path, extra: list[str], threads: int) -> dict:
+def train(row: str, seed: int, out: Path, extra: list[str], threads: int,
+          reuse: bool = False) -> dict:
     config = QUICKSTART_FULL if row == "full" else QUICKSTART
     args = [sys.executable, str(RECIPE), "--config", str(config), "--seed", str(seed),
             "--output_dir", str(out), "--num_workers", "0", *extra]
     args += ROW_FLAGS[row]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-    started = time.time()
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{row} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads((out / "eval_results.json").read_text())
-    result["wall_s"] = time.time() - started
+    record = out / "bench_quality_run.json"  # the command of a finished run, for --reuse
+    command = {"argv": args[1:], "threads": threads}
+    if reuse and record.is_file() and json.loads(record.read_text())["command"] == command:
+        result = json.loads((out / "eval_results.json").read_text())
+        result["wall_s"] = json.loads(record.read_text())["wall_s"]
+    else:
+        started = time.time()
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{row} seed {seed} failed:\n{proc.stderr[-3000:]}")
+        result = json.loads((out / "eval_results.json").read_text())
+        result["wall_s"] = time.time() - started
+        record.write_text(json.dumps({"command": command, "wall_s": result["wall_s"]}))
     iou = list(result["val_per_category_iou"].values())[1:]  # foreground classes
     result["classes_above_zero"] = sum(v > 0 for v in iou)
     return result
@@ -123,6 +131,9 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--work_dir", default="runs/bench_quality")
+    p.add_argument("--reuse", action="store_true",
+                   help="take a run whose folder holds a finished run of the same command "
+                        "(bench_quality_run.json) instead of training it again")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="flags passed on to train_voc.py (must come last)")
     p.add_argument("--out", default="bench_quality.json")
@@ -133,7 +144,7 @@ def main() -> None:
     started = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:  # each job is its own process
         futures = {job: pool.submit(train, *job, work / f"{job[0]}-seed{job[1]}", args.extra,
-                                    args.threads) for job in jobs}
+                                    args.threads, args.reuse) for job in jobs}
         runs = {job: f.result() for job, f in futures.items()}
     quick = yaml.safe_load(QUICKSTART.read_text())
     size, count = quick["synthetic_image_size"], quick["synthetic_val_size"]
