@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_dl, val_dl = loaders_from_args(accelerator, args, train_ds, val_ds,
                                          config.image_mean, config.image_std)
     model, optimizer, base_lrs, train_dl = prepare_training(accelerator, args, model, train_dl)
-    options, state = begin(accelerator, args, train_dl, project="agen-deeplab")
+    options, state = begin(accelerator, args, model, train_dl, train_ds, project="agen-deeplab")
 
     started = time.time()
     state = train(accelerator, model, optimizer, base_lrs, train_dl, compute_loss, options,

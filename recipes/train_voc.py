@@ -38,9 +38,9 @@ from agen_hf.data import class_names, id2label_for, make_synthetic  # noqa: E402
 from agen_hf.data.sources import (add_data_arguments, card_dataset,  # noqa: E402
                                   load_split, resolve_source, scored)
 from agen_hf.engine.accelerator import base_model, prepare_training  # noqa: E402
-from agen_hf.engine.arguments import (add_training_arguments,  # noqa: E402
-                                      configure_logging, parse_with_config,
-                                      training_accelerator)
+from agen_hf.engine.arguments import (add_training_arguments, at_least,  # noqa: E402
+                                      configure_logging, non_negative, parse_with_config,
+                                      positive, training_accelerator)
 from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
 from agen_hf.engine.loop import begin, train  # noqa: E402
 from agen_hf.engine.saving import finish, model_card  # noqa: E402
@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML or JSON file of flag values (dest names as keys)")
     g = p.add_argument_group("data")
     add_data_arguments(g, synthetic=True)
-    g.add_argument("--synthetic_size", type=int, default=2000)
-    g.add_argument("--synthetic_val_size", type=int, default=200)
-    g.add_argument("--synthetic_image_size", type=int, default=128)
+    g.add_argument("--synthetic_size", type=positive, default=2000)
+    g.add_argument("--synthetic_val_size", type=non_negative, default=200)
+    g.add_argument("--synthetic_image_size", type=at_least(16), default=128)
     g = p.add_argument_group("model")
     g.add_argument("--model_config", default="paper",
                    help="a fresh model: paper, tiny or a config.json path")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "applied after --preset")
     g.add_argument("--boundary_crf", choices=["pydensecrf", "torch"], default=None)
     g.add_argument("--use_boundary_loss", choices=["true", "false"], default=None)
-    g.add_argument("--seeding_warmup_steps", type=int, default=0,
+    g.add_argument("--seeding_warmup_steps", type=non_negative, default=0,
                    help="train with the classification loss (eq. 11) alone for the first N "
                         "steps (0: the paper, all losses from the start)")
     g.add_argument("--full_supervision", action="store_true",
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision VGG16(-BN) ImageNet state dict for the stem + branch A")
     g.add_argument("--resnet38_weights",
                    help="PSA's ImageNet ResNet-38 (.pth) for branch B")
-    g.add_argument("--cam_figure", type=int, default=0, metavar="N",
+    g.add_argument("--cam_figure", type=non_negative, default=0, metavar="N",
                    help="write cams.png with the first N val images after training (0: off)")
     add_training_arguments(p)
     return p
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_dl, val_dl = loaders_from_args(accelerator, args, train_ds, val_ds,
                                          config.image_mean, config.image_std)
     model, optimizer, base_lrs, train_dl = prepare_training(accelerator, args, model, train_dl)
-    options, state = begin(accelerator, args, train_dl, project="agen")
+    options, state = begin(accelerator, args, model, train_dl, train_ds, project="agen")
 
     started = time.time()
     state = train(accelerator, model, optimizer, base_lrs, train_dl, compute_loss(args), options,

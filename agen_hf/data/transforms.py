@@ -121,7 +121,9 @@ def with_transforms(ds: datasets.Dataset, transform: v2.Transform,
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Batch samples of any sizes: images padded bottom/right with 0 (the mean after
     normalisation), masks with 255, ``valid`` (B, H, W) marks real pixels and ``sizes`` (B, 2)
-    the original (H, W). Skipped (None) samples are dropped; None if none is left."""
+    the original (H, W), ``replaced`` the ids of bad samples a training sample stands in for
+    (:class:`agen_hf.engine.sampling.SeededSamples`). Skipped (None) samples are dropped; None
+    if none is left."""
     samples = [s for s in samples if s["pixel_values"] is not None]
     if not samples:
         return None
@@ -137,4 +139,5 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
         valid.append(v)
     return {"pixel_values": torch.stack(pixel_values), "labels": torch.stack(
         [s["labels"] for s in samples]), "mask": torch.stack(masks), "valid": torch.stack(valid),
-        "sizes": sizes, "ids": [s["id"] for s in samples]}
+        "sizes": sizes, "ids": [s["id"] for s in samples],
+        "replaced": [s["replaced"] for s in samples if s.get("replaced") is not None]}

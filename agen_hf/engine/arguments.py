@@ -20,42 +20,66 @@ from .schedule import SCHEDULES
 TRACKERS = [t.value for t in LoggerType]  # what --report_to passes to Accelerate
 
 
+def at_least(low: float, kind: type = int, high: float | None = None):
+    """An argparse ``type``: a ``kind`` number >= ``low`` (and < ``high``), refused otherwise
+    with the flag's name (on the command line and in ``--config`` files alike)."""
+    def parse(text: str):
+        value = kind(text)  # a ValueError: argparse's "invalid int value: '1.5'"
+        if value < low or (high is not None and value >= high) or value != value:
+            bound = f">= {low}" + (f" and < {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def checkpoint_limit(text: str) -> int | None:
+    """``--checkpoints_total_limit``: a count >= 1, or ``none`` to keep every checkpoint."""
+    if text.lower() == "none":
+        return None
+    return at_least(1)(text)
+
+
+positive = at_least(1)
+non_negative = at_least(0)
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The data-loading, optimisation, checkpoint, evaluation, logging and Hub flags (paper
     defaults; a recipe resolves ``--crop_size``/``--scale_range`` left unset)."""
     g = p.add_argument_group("data loading")
-    g.add_argument("--crop_size", type=int, default=None,
+    g.add_argument("--crop_size", type=positive, default=None,
                    help="training crop (paper: 321; synthetic: its image size)")
-    g.add_argument("--scale_range", type=int, nargs=2, default=None,
+    g.add_argument("--scale_range", type=positive, nargs=2, default=None,
                    help="long-side range of the random rescale (paper: 321 481)")
     g.add_argument("--skip_bad_samples", action="store_true")
-    g.add_argument("--num_workers", type=int, default=2)
+    g.add_argument("--num_workers", type=non_negative, default=2)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--per_device_train_batch_size", type=int, default=15)
-    g.add_argument("--per_device_eval_batch_size", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=1e-3, help="backbone learning rate")
-    g.add_argument("--head_lr_multiplier", type=float, default=10.0,
+    g.add_argument("--per_device_train_batch_size", type=positive, default=15)
+    g.add_argument("--per_device_eval_batch_size", type=positive, default=1)
+    g.add_argument("--learning_rate", type=at_least(0.0, float), default=1e-3, help="backbone learning rate")
+    g.add_argument("--head_lr_multiplier", type=at_least(0.0, float), default=10.0,
                    help="AGMs and new heads train at this multiple of --learning_rate")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
                    help="sgd (the paper's, with --momentum) or adamw (for models trained from "
                         "scratch, e.g. on the synthetic data)")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", type=float, default=5e-4)
-    g.add_argument("--num_train_epochs", type=int, default=35)
-    g.add_argument("--max_train_steps", type=int, default=None,
+    g.add_argument("--momentum", type=at_least(0.0, float, 1.0), default=0.9)
+    g.add_argument("--weight_decay", type=at_least(0.0, float), default=5e-4)
+    g.add_argument("--num_train_epochs", type=positive, default=35)
+    g.add_argument("--max_train_steps", type=positive, default=None,
                    help="overrides --num_train_epochs")
-    g.add_argument("--lr_decay_epochs", type=int, default=10,
+    g.add_argument("--lr_decay_epochs", type=positive, default=10,
                    help="with --lr_scheduler step: divide the lr by 10 every N epochs")
     g.add_argument("--lr_scheduler", choices=SCHEDULES, default="step",
                    help="step (the paper's), poly or cosine (for models trained from scratch)")
-    g.add_argument("--warmup_steps", type=int, default=0,
+    g.add_argument("--warmup_steps", type=non_negative, default=0,
                    help="linear learning-rate warm-up over the first N optimizer steps")
-    g.add_argument("--lr_restart_at", type=int, default=0,
+    g.add_argument("--lr_restart_at", type=non_negative, default=0,
                    help="poly/cosine: restart the schedule (warm-up included) at step N, e.g. "
                         "where a classification-first phase ends (0: one cycle)")
-    g.add_argument("--max_grad_norm", type=float, default=None,
+    g.add_argument("--max_grad_norm", type=at_least(0.0, float), default=None,
                    help="clip the global gradient norm (the paper does not clip)")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_accumulation_steps", type=positive, default=1)
     g.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
                    help="bf16/fp16 autocast, no (fp32), or auto: bf16 on a CPU with AMX or "
                         "a GPU with bf16, fp32 elsewhere (AVX512-BF16 alone ran slower than "
@@ -70,16 +94,27 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels: bit-identical reruns and resumes")
-    g.add_argument("--max_nonfinite_steps", type=int, default=5,
+    g.add_argument("--max_nonfinite_steps", type=positive, default=5,
                    help="abort after this many NaN/inf losses in a row (each one is skipped)")
     g = p.add_argument_group("checkpoints, evaluation, logging")
     g.add_argument("--output_dir", default="runs/agen")
-    g.add_argument("--checkpointing_steps", type=int, default=0,
+    g.add_argument("--checkpointing_steps", type=non_negative, default=0,
                    help="checkpoint every N optimizer steps (0: only at the end of each epoch)")
-    g.add_argument("--checkpoints_total_limit", type=int, default=3)
-    g.add_argument("--resume_from_checkpoint", help="latest or a checkpoint folder")
-    g.add_argument("--eval_every_epochs", type=int, default=1, help="0: only at the end")
-    g.add_argument("--logging_steps", type=int, default=10)
+    g.add_argument("--checkpoints_total_limit", type=checkpoint_limit, default=3,
+                   help="checkpoints kept (the newest); none: every one")
+    g.add_argument("--resume_from_checkpoint",
+                   help="auto (resume from the newest complete checkpoint in --output_dir, or "
+                        "start fresh when it has none: one command for the first start and "
+                        "every requeue), latest (the same, an error when there is none) or a "
+                        "checkpoint folder")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="start fresh in an --output_dir that holds another run's checkpoints, "
+                        "deleting them (or, resuming an older checkpoint, the newer ones)")
+    g.add_argument("--allow_schedule_change", action="store_true",
+                   help="resume with another --max_train_steps / --num_train_epochs (logged); "
+                        "any other change of what defines the run stays an error")
+    g.add_argument("--eval_every_epochs", type=non_negative, default=1, help="0: only at the end")
+    g.add_argument("--logging_steps", type=positive, default=10)
     g.add_argument("--with_tracking", action="store_true")
     g.add_argument("--report_to", default="tensorboard", choices=TRACKERS,
                    help="with --with_tracking: the tracker Accelerate logs to (all: every "

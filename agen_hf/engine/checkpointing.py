@@ -1,32 +1,129 @@
-"""Atomic, rotating training checkpoints on top of ``accelerator.save_state``.
+"""Atomic, rotating, verifiable training checkpoints on top of ``accelerator.save_state``, and
+the run that owns an output folder.
 
-A checkpoint is written into ``output_dir/.tmp-checkpoint-<step>`` and renamed to
-``output_dir/checkpoint-<step>`` only once every process has finished writing, so a crash or a
-SIGKILL mid-save leaves at most a temporary folder, never a half-written checkpoint; the last
-complete one stays loadable. The model weights inside are safetensors (``model.safetensors``);
-optimizer and RNG states are Accelerate's files; ``trainer_state.json`` holds our position.
+A checkpoint is written into ``output_dir/.tmp-checkpoint-<step>``, every file fsynced, and
+renamed to ``output_dir/checkpoint-<step>`` only once every process has finished writing, so a
+crash or a SIGKILL mid-save leaves at most a temporary folder, never a half-written checkpoint.
+``trainer_state.json``, written last, holds our position, the run's fingerprint
+(:func:`fingerprint`) and every file's size: a checkpoint whose files do not match it (a
+truncated ``model.safetensors`` after a full disk or a node that died with a dirty page cache)
+is *broken*, reported by path and passed over when resuming from ``latest`` / ``auto``.
+
+A run owns its folder: a lock file names the process writing it (a second writer is refused,
+naming the first's host and pid), a fresh run does not start over another run's checkpoints
+unless told to (``overwrite``), and a resume whose fingerprint differs from the checkpoint's
+is an error naming the fields that differ.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import socket
+import struct
+import time
 from pathlib import Path
 from typing import Callable
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
 logger = logging.getLogger("agen_hf.train")
 
 STATE_FILE = "trainer_state.json"
+LOCK_FILE = ".agen-run.lock"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+SCHEDULE_FIELDS = ("max_steps",)  # what --allow_schedule_change accepts: no sample is lost
 
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from, or a folder that is not this run's."""
+
+
+# -- files -------------------------------------------------------------------------------------
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and the folders themselves to disk."""
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` (relative posix path -> bytes), the state file excepted."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != STATE_FILE}
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (its header and the data it promises),
+    or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"{path.name} is truncated (header of {n} bytes, file of {size})"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        return f"{path.name} cannot be read ({e})"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+              default=0)
+    if 8 + n + end != size:
+        return f"{path.name} is truncated ({size} bytes, its header promises {8 + n + end})"
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint folder ``path`` cannot be resumed from, or None when it is complete:
+    its state file reads, every file it lists has the size recorded there, every safetensors
+    file is whole. (A checkpoint of agen_hf <= 0.2 lists no files: its safetensors are checked.)
+    """
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return f"no {STATE_FILE}"
+    except (OSError, ValueError) as e:
+        return f"{STATE_FILE} cannot be read ({e})"
+    for name, size in state.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} were written"
+    for file in sorted(path.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem:
+            return problem
+    return None
+
+
+# -- checkpoints -------------------------------------------------------------------------------
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoint folders that finished saving (renamed, with a state file), oldest first;
+    some may still be broken (:func:`checkpoint_problem`)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
@@ -35,28 +132,43 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_checkpoint(output_dir: str | os.PathLike, which: str) -> Path:
-    """``"latest"`` -> the newest complete checkpoint in ``output_dir``; else a path."""
-    if which == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
+def newest_complete(output_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint in ``output_dir`` that is complete and readable; each broken
+    newer one is reported (a warning naming its path and what is wrong) and passed over."""
+    for path in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("skipping broken checkpoint %s: %s", path, problem)
+    return None
+
+
+def resolve_checkpoint(output_dir: str | os.PathLike, which: str) -> Path | None:
+    """``"latest"`` -> the newest complete checkpoint in ``output_dir`` (an error if none);
+    ``"auto"`` -> the same, or None (start fresh) when there is none; else a checkpoint
+    folder, which must be complete."""
+    if which in ("latest", "auto"):
+        found = newest_complete(output_dir)
+        if found is None and which == "latest":
             raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint "
-                                    f"in {output_dir}")
-        return found[-1]
+                                    f"in {output_dir} (use auto to start fresh when there is "
+                                    "none)")
+        return found
     path = Path(which)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {which}: not a complete checkpoint "
-                                f"(no {STATE_FILE})")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CheckpointError(f"--resume_from_checkpoint {which}: not a complete checkpoint "
+                              f"({problem})")
     return path
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int,
                     state: dict, keep_last: int | None = None,
                     model_files: Callable[[Path], None] | None = None) -> Path:
-    """Save model, optimizer, RNG states and ``state`` as ``checkpoint-<step>``, atomically;
-    keep only the newest ``keep_last`` checkpoints. ``model_files(folder)`` (main process)
-    writes what makes the folder a loadable model beside ``model.safetensors``
-    (``config.json``, ``preprocessor_config.json``)."""
+    """Save model, optimizer, RNG states and ``state`` as ``checkpoint-<step>``, atomically
+    and durably (fsynced before the rename); keep only the newest ``keep_last`` checkpoints.
+    ``model_files(folder)`` (main process) writes what makes the folder a loadable model beside
+    ``model.safetensors`` (``config.json``, ``preprocessor_config.json``)."""
     root = Path(output_dir)
     final, tmp = root / f"checkpoint-{step}", root / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process:
@@ -64,15 +176,17 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every process's files are in tmp
     if accelerator.is_main_process:
         if model_files is not None:
             model_files(tmp)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "files": file_sizes(tmp)},
+                                                 indent=2))
+        fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(root)
         if keep_last:
             for old in list_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -88,28 +202,220 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Delete temporary folders left by an interrupted save; returns what was removed."""
     root = Path(output_dir)
-    stale = [p for p in root.glob(".tmp-checkpoint-*")] if root.is_dir() else []
+    stale = [p for p in root.glob(".tmp-*")] if root.is_dir() else []
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return stale
 
 
+def replace_files(tmp: Path, folder: Path) -> None:
+    """Move every file of ``tmp`` (fsynced first) into ``folder``, each by an atomic rename,
+    weights before configs, then remove ``tmp``: a kill at any point leaves each file either
+    the old one or the new one, never a part-written one."""
+    fsync_tree(tmp)
+    names = sorted((p.name for p in tmp.iterdir()), key=lambda n: not n.endswith(".safetensors"))
+    for name in names:
+        os.replace(tmp / name, folder / name)
+    fsync_dir(folder)
+    tmp.rmdir()
+
+
+# -- the run that owns a folder -----------------------------------------------------------------
+
+def fingerprint(fields: dict) -> dict:
+    """What defines a run, as recorded in its checkpoints: ``fields`` with every value made
+    JSON-plain (tuples as lists); a long list (the sample ids) is stored as its count and
+    sha256."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            if len(value) > 64:
+                digest = hashlib.sha256("\n".join(map(str, value)).encode()).hexdigest()
+                return {"count": len(value), "sha256": digest}
+            return [plain(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+    return plain(dict(fields))
+
+
+def fingerprint_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """The fields (dotted paths) in which two fingerprints differ, with both values."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict) and "sha256" not in a:
+            out += fingerprint_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint {a!r}, now {b!r}")
+    return out
+
+
+def check_resume(saved: dict | None, current: dict | None, path: Path,
+                 allow_schedule_change: bool = False) -> None:
+    """Refuse to resume ``path`` with a fingerprint other than its own, naming the fields;
+    ``allow_schedule_change`` accepts a change of the schedule's length alone (logged)."""
+    if saved is None or current is None:  # a checkpoint of agen_hf <= 0.2, or no fingerprint
+        return
+    differences = fingerprint_differences(saved, current)
+    schedule = [d for d in differences if d.split(":")[0] in SCHEDULE_FIELDS]
+    if allow_schedule_change and schedule:
+        logger.warning("resuming %s with a changed schedule (--allow_schedule_change): %s",
+                       path, "; ".join(schedule))
+        differences = [d for d in differences if d not in schedule]
+    if differences:
+        hint = " (--allow_schedule_change accepts a new max_steps)" if schedule else ""
+        raise CheckpointError(
+            f"--resume_from_checkpoint: {path} belongs to another run; what differs: "
+            f"{'; '.join(differences)}. Resume with the flags it was trained with, or start a "
+            f"new run in another --output_dir{hint}")
+
+
+def take_lock(root: Path) -> Path:
+    """Make this process the folder's only writer: create ``LOCK_FILE`` (host, pid, SLURM job,
+    start time), removed when the process exits. A lock left by a dead process on this host, or
+    by an earlier attempt of the same SLURM job (a requeue), is taken over; any other is an
+    error naming its holder."""
+    lock = root / LOCK_FILE
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if not _lock_is_stale(holder, me):
+                raise CheckpointError(
+                    f"{root} is being written by another run: pid {holder.get('pid')} on host "
+                    f"{holder.get('host')} since {holder.get('started')} ({lock}). Use another "
+                    "--output_dir, or delete the lock file if that run is dead") from None
+            logger.warning("taking over %s from pid %s on %s (%s)", lock, holder.get("pid"),
+                           holder.get("host"), "the same SLURM job" if holder.get(
+                               "slurm_job_id") == me["slurm_job_id"] else "no longer running")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        atexit.register(release_lock, lock)
+        return lock
+    raise CheckpointError(f"{lock}: could not be taken")
+
+
+def _lock_is_stale(holder: dict, me: dict) -> bool:
+    if not holder:
+        return True  # unreadable or half-written: its writer died while creating it
+    if holder.get("slurm_job_id") and holder.get("slurm_job_id") == me["slurm_job_id"]:
+        return True
+    if holder.get("host") != me["host"]:
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return int(holder["pid"]) == me["pid"]
+
+
+def release_lock(lock: Path) -> None:
+    """Remove ``lock`` if this process holds it."""
+    try:
+        if json.loads(lock.read_text()).get("pid") == os.getpid() and \
+                json.loads(lock.read_text()).get("host") == socket.gethostname():
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def trim_log(log: Path, last_step: int) -> None:
+    """Keep the records of ``train_log.jsonl`` up to ``last_step`` (a resumed run writes the
+    later ones again), atomically."""
+    if not log.is_file():
+        return
+    lines = log.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _step_of(line) is not None and
+            _step_of(line) <= last_step]
+    if len(kept) != len(lines):
+        tmp = log.with_name(f".tmp-{log.name}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, log)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut by a kill
+
+
 def start_output_dir(accelerator: Accelerator, output_dir: str | os.PathLike,
-                     resume_from: str | None = None) -> dict:
-    """Create ``output_dir`` (removing what an interrupted save left) and, with
-    ``resume_from`` (``"latest"`` or a checkpoint folder), restore model, optimizer and RNG
-    states from it. Returns the saved position (``trainer_state.json``), or {} for a fresh
-    run."""
+                     resume_from: str | None = None, run: dict | None = None,
+                     overwrite: bool = False, allow_schedule_change: bool = False) -> dict:
+    """Take ``output_dir`` for this run and, with ``resume_from`` (``"latest"``, ``"auto"``
+    or a checkpoint folder), restore model, optimizer and RNG states from it.
+
+    The main process creates the folder, takes its lock, removes what an interrupted save
+    left, and decides; every process gets its decision (a refusal included, so that no process
+    waits for one that gave up). A fresh run in a folder holding checkpoints is refused unless
+    ``overwrite`` (which deletes them and the old log); so is resuming from a checkpoint older
+    than the folder's newest complete one. ``run`` is this run's fingerprint, checked against
+    the checkpoint's (:func:`check_resume`). Returns the saved position (``trainer_state.json``
+    without its file list and fingerprint), or {} for a fresh run."""
     root = Path(output_dir)
+    decision = [None, None]  # (the checkpoint to resume, or the refusal)
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in remove_partial_checkpoints(root):
-            logger.warning("removed %s, left by an interrupted checkpoint save", stale)
-    accelerator.wait_for_everyone()
-    if not resume_from:
+        try:
+            decision[0] = _take_folder(root, resume_from, run, overwrite, allow_schedule_change)
+        except (CheckpointError, FileNotFoundError) as e:
+            decision[1] = str(e)
+    decision = broadcast_object_list(decision)
+    if decision[1]:
+        raise CheckpointError(decision[1])
+    if decision[0] is None:
         return {}
-    path = resolve_checkpoint(root, resume_from)
+    path = Path(decision[0])
     state = load_checkpoint(accelerator, path)
     logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["global_step"],
                 state["epoch"], state["batches_in_epoch"])
-    return state
+    return {k: v for k, v in state.items() if k not in ("files", "run")}
+
+
+def _take_folder(root: Path, resume_from: str | None, run: dict | None, overwrite: bool,
+                 allow_schedule_change: bool) -> str | None:
+    """The main process's part of :func:`start_output_dir`; the checkpoint to resume."""
+    root.mkdir(parents=True, exist_ok=True)
+    take_lock(root)
+    for stale in remove_partial_checkpoints(root):
+        logger.warning("removed %s, left by an interrupted save", stale)
+    path = resolve_checkpoint(root, resume_from) if resume_from else None
+    later = [p for p in list_checkpoints(root) if path is None or (
+        _step(p) > _step(path) and p.resolve() != path.resolve() and
+        checkpoint_problem(p) is None)]
+    if later and not overwrite:
+        what = "a fresh run" if path is None else f"resuming from {path}"
+        raise CheckpointError(
+            f"{root} holds checkpoints {', '.join(p.name for p in later)} of "
+            f"{'another' if path is None else 'a later'} run; {what} would mix with them. "
+            "Continue it with --resume_from_checkpoint auto, use another --output_dir, or "
+            "pass --overwrite_output_dir to delete them")
+    if later:
+        for p in later:
+            shutil.rmtree(p)
+        logger.warning("--overwrite_output_dir: deleted %s", ", ".join(p.name for p in later))
+        if path is None:
+            (root / "train_log.jsonl").unlink(missing_ok=True)
+    if path is None:
+        return None
+    saved = json.loads((path / STATE_FILE).read_text())
+    check_resume(saved.get("run"), run, path, allow_schedule_change)
+    trim_log(root / "train_log.jsonl", saved["global_step"])
+    return str(path)
+
+
+def _step(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))

@@ -1,6 +1,7 @@
 """The epoch/step loop every training recipe shares (section IV.1): one optimizer step at a
-time (gradient accumulation, non-finite losses skipped, clipping, the scheduled learning rate),
-its log record, checkpoints, validation between epochs; resumable exactly. A recipe brings
+time (gradient accumulation, non-finite losses and gradients skipped, clipping, the scheduled
+learning rate), its log record, checkpoints, validation between epochs; resumable exactly, and
+stopped cleanly by a preemption signal (SIGTERM, SIGUSR1: checkpoint, exit 75). A recipe brings
 the prepared model, optimizer and loader, and ``compute_loss``; it validates, saves and pushes
 after :func:`train` returns (:mod:`agen_hf.engine.saving`)."""
 
@@ -10,10 +11,12 @@ import argparse
 import json
 import logging
 import math
+import signal
+import threading
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -21,12 +24,21 @@ from accelerate import Accelerator
 from ..losses import ProcessGroup
 from ..progress import progress
 from .accelerator import base_model
-from .checkpointing import save_checkpoint, start_output_dir
+from .exits import REQUEUE_EXIT
+from .checkpointing import CheckpointError, fingerprint, save_checkpoint, start_output_dir
 from .evaluation import validate
 from .redaction import redact_args
 from .schedule import lr_factor
 
 logger = logging.getLogger("agen_hf.train")
+
+
+RUN_FLAGS = ("seed", "per_device_train_batch_size", "gradient_accumulation_steps", "optimizer",
+             "learning_rate", "head_lr_multiplier", "momentum", "weight_decay", "lr_scheduler",
+             "lr_decay_epochs", "warmup_steps", "lr_restart_at", "max_grad_norm",
+             "seeding_warmup_steps", "full_supervision", "crop_size", "scale_range",
+             "deterministic", "dataset", "train_split")
+"""The flags that define a run, recorded in its checkpoints' fingerprint (those a recipe has)."""
 
 LossFn = Callable[[torch.nn.Module, dict, "ProcessGroup | None", int],
                   tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -41,6 +53,7 @@ class TrainState:
     global_step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0
+    bad_samples: int = 0  # replaced by substitutes so far, over every process
 
 
 @dataclass
@@ -59,6 +72,7 @@ class LoopOptions:
     logging_steps: int = 10
     with_tracking: bool = False
     channels_last: bool = False
+    run: dict | None = None  # the fingerprint checkpoints record (run_fingerprint)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, steps_per_epoch: int) -> "LoopOptions":
@@ -73,21 +87,42 @@ class LoopOptions:
                    args.with_tracking, args.channels_last)
 
 
-def begin(accelerator: Accelerator, args: argparse.Namespace, train_loader,
+def begin(accelerator: Accelerator, args: argparse.Namespace, model, train_loader, train_ds,
           project: str) -> tuple[LoopOptions, TrainState]:
     """After ``accelerator.prepare``: the loop's options from the flags, the output folder
-    (resumed from ``--resume_from_checkpoint``), and the trackers (``--with_tracking``, the
-    flags as their config, secrets redacted)."""
+    (taken for this run, resumed from ``--resume_from_checkpoint`` if it is this run's: see
+    :func:`run_fingerprint`), and the trackers (``--with_tracking``, the flags as their
+    config, secrets redacted)."""
     options = LoopOptions.from_args(args, count_steps_per_epoch(
         accelerator, train_loader, args.gradient_accumulation_steps))
-    state = TrainState(**start_output_dir(accelerator, args.output_dir,
-                                          args.resume_from_checkpoint))
+    options.run = run_fingerprint(accelerator, args, model, train_ds, options)
+    try:
+        state = TrainState(**start_output_dir(
+            accelerator, args.output_dir, args.resume_from_checkpoint, options.run,
+            overwrite=args.overwrite_output_dir,
+            allow_schedule_change=args.allow_schedule_change))
+    except (CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
     if args.with_tracking:
         accelerator.init_trackers(project, config=redact_args(args))
     logger.info("%d samples, %d processes, %d steps/epoch, %d steps",
                 len(train_loader.dataset), accelerator.num_processes, options.steps_per_epoch,
                 options.max_steps)
     return options, state
+
+
+def run_fingerprint(accelerator: Accelerator, args: argparse.Namespace, model, train_ds,
+                    options: LoopOptions) -> dict:
+    """What defines the run: the model's config, the data (classes, sample ids), the
+    ``RUN_FLAGS``, the precision, world size x batch x accumulation and the schedule's
+    length. A checkpoint resumes only into a run with the same fingerprint."""
+    ids = list(train_ds["id"]) if "id" in train_ds.column_names else len(train_ds)
+    return fingerprint({
+        "model": base_model(accelerator, model).config.to_dict(),
+        "data": {"samples": len(train_ds), "ids": ids},
+        **{k: getattr(args, k) for k in RUN_FLAGS if hasattr(args, k)},
+        "mixed_precision": accelerator.mixed_precision, "world_size": accelerator.num_processes,
+        "max_steps": options.max_steps, "steps_per_epoch": options.steps_per_epoch})
 
 
 def count_steps_per_epoch(accelerator: Accelerator, train_loader, accumulation: int) -> int:
@@ -109,37 +144,89 @@ def process_group(accelerator: Accelerator) -> ProcessGroup | None:
 
 def training_step(accelerator: Accelerator, model, optimizer, base_lrs: list[float], batch,
                   compute_loss: LossFn, group: ProcessGroup | None, step: int,
-                  options: LoopOptions) -> dict[str, torch.Tensor] | None:
+                  options: LoopOptions, stop_requested: bool = False) -> "StepResult":
     """Forward, backward and (at an accumulation boundary) the optimizer step at the
     learning rate ``base * lr_factor(step)``. Returns the loss terms, or None when the loss
-    was not finite on some process: then every process skips the batch together (or DDP
-    would hang) and no gradient is kept."""
+    was not finite on some process (then every process skips the batch together, or DDP would
+    hang) or, at the boundary, the gradient was not (it is the same on every process after
+    DDP's all-reduce): no gradient is kept, nothing is applied. Also, agreed in the same
+    all-reduce as the loss check: whether some process was asked to stop
+    (``stop_requested``), and how many bad samples the global batch replaced."""
     if options.channels_last:
         batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
     with accelerator.accumulate(model):
         loss, terms = compute_loss(model, batch, group, step)
-        if accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum") > 0:
+        flags = torch.cat([(~torch.isfinite(loss.detach())).float().reshape(1), torch.tensor(
+            [float(stop_requested), len(batch.get("replaced", ()))], device=loss.device)])
+        nonfinite, stop, replaced = accelerator.reduce(flags, "sum").tolist()
+        if nonfinite:
             logger.warning("step %d: non-finite loss (%s), step skipped", step, loss.item())
             optimizer.zero_grad()
-            return None
+            return StepResult(None, stop > 0, int(replaced))
         accelerator.backward(loss)
         if accelerator.sync_gradients:
-            if options.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+            norm = gradient_norm(accelerator, model, options.max_grad_norm)
+            if norm is not None and not math.isfinite(norm):
+                logger.warning("step %d: non-finite gradient (norm %s), step skipped", step,
+                               norm)
+                optimizer.zero_grad()
+                return StepResult(None, stop > 0, int(replaced))
             factor = options.lr_factor(step)
             for param_group, base in zip(optimizer.param_groups, base_lrs):
                 param_group["lr"] = base * factor
         optimizer.step()
         optimizer.zero_grad()
-    return terms
+    return StepResult(terms, stop > 0, int(replaced))
+
+
+class StepResult(NamedTuple):
+    terms: dict[str, torch.Tensor] | None  # None: the step was skipped (non-finite)
+    stop: bool  # some process was asked to stop
+    replaced: int  # bad samples of the global batch replaced by substitutes
+
+
+def gradient_norm(accelerator: Accelerator, model, max_norm: float | None) -> float | None:
+    """The global gradient norm, clipped to ``max_norm`` when given; None under an fp16 loss
+    scaler, which skips non-finite steps itself."""
+    if max_norm:
+        norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+    elif accelerator.scaler is None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    return None if accelerator.scaler is not None else norm
+
+
+class Preemption:
+    """While entered, SIGTERM and SIGUSR1 (what SLURM and Kubernetes send ahead of a kill)
+    only record the signal: :func:`train` sees it between steps, agrees on it across processes,
+    checkpoints and exits with :data:`REQUEUE_EXIT`. (Off the main thread, where Python cannot
+    take signals, it does nothing.)"""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def _record(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "Preemption":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._record) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def check_nonfinite(in_a_row: int, limit: int, step: int) -> int:
     """``in_a_row`` non-finite losses so far; too many is divergence, an error that says what
     to try."""
     if in_a_row >= limit:
-        raise RuntimeError(f"{in_a_row} non-finite losses in a row at step {step}: training "
-                           "diverged. Lower --learning_rate, try --mixed_precision no, or check "
+        raise RuntimeError(f"{in_a_row} non-finite losses in a row (a loss or its gradient) "
+                           f"at step {step}: training diverged. Lower --learning_rate, try --mixed_precision no, or check "
                            "the data with `python -m agen_hf.data.validate`")
     return in_a_row
 
@@ -185,7 +272,8 @@ def train(accelerator: Accelerator, model, optimizer, base_lrs: list[float], tra
     saved_at = [state.global_step]  # a fresh run: step 0 needs no checkpoint
 
     def checkpoint() -> None:
-        save_checkpoint(accelerator, options.output_dir, state.global_step, asdict(state),
+        save_checkpoint(accelerator, options.output_dir, state.global_step,
+                        {**asdict(state), "run": options.run},
                         options.checkpoints_total_limit, model_files=model_files)
         saved_at[0] = state.global_step
 
@@ -193,40 +281,62 @@ def train(accelerator: Accelerator, model, optimizer, base_lrs: list[float], tra
     bar = progress(desc="train", total=options.max_steps, initial=state.global_step,
                    main_process=accelerator.is_main_process)
     model.train()
-    nonfinite = 0
-    for epoch in range(state.epoch, num_epochs if state.global_step < options.max_steps else 0):
-        for batch in epoch_batches(accelerator, train_loader, state, epoch):
-            state.batches_in_epoch += 1
-            if batch is None:  # every sample of this batch was bad and skipped
-                continue
-            terms = training_step(accelerator, model, optimizer, base_lrs, batch, compute_loss,
-                                  group, state.global_step, options)
-            nonfinite = check_nonfinite(nonfinite + 1 if terms is None else 0,
-                                        options.max_nonfinite_steps, state.global_step)
-            if terms is None or not accelerator.sync_gradients:
-                continue
-            state.global_step += 1
-            record = log_step(accelerator, state, terms, optimizer.param_groups[0]["lr"],
-                              log_extras() if log_extras else {}, options)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            if options.checkpointing_steps and \
-                    state.global_step % options.checkpointing_steps == 0:
-                checkpoint()
+    nonfinite, stopping = 0, False
+    with Preemption() as preemption:
+        for epoch in range(state.epoch,
+                           num_epochs if state.global_step < options.max_steps else 0):
+            for batch in epoch_batches(accelerator, train_loader, state, epoch):
+                state.batches_in_epoch += 1
+                terms, stop, replaced = training_step(
+                    accelerator, model, optimizer, base_lrs, batch, compute_loss, group,
+                    state.global_step, options, preemption.received is not None)
+                stopping, state.bad_samples = stopping or stop, state.bad_samples + replaced
+                nonfinite = check_nonfinite(nonfinite + 1 if terms is None else 0,
+                                            options.max_nonfinite_steps, state.global_step)
+                if not accelerator.sync_gradients:
+                    continue
+                if terms is not None:
+                    state.global_step += 1
+                    record = log_step(accelerator, state, terms,
+                                      optimizer.param_groups[0]["lr"],
+                                      log_extras() if log_extras else {}, options)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                    if options.checkpointing_steps and \
+                            state.global_step % options.checkpointing_steps == 0:
+                        checkpoint()
+                if stopping:
+                    bar.close()
+                    if saved_at[0] != state.global_step:
+                        checkpoint()
+                    stop_for_requeue(accelerator, preemption.received, state, options)
+                if state.global_step >= options.max_steps:
+                    break
+            if state.batches_in_epoch >= len(train_loader):  # the epoch is complete
+                state.epoch, state.batches_in_epoch = epoch + 1, 0
+                if saved_at[0] != state.global_step:
+                    checkpoint()
+                if val_loader is not None and options.eval_every_epochs and \
+                        (epoch + 1) % options.eval_every_epochs == 0 and \
+                        state.global_step < options.max_steps:
+                    validate(accelerator, model, val_loader, state.global_step, epoch,
+                             options.with_tracking)
             if state.global_step >= options.max_steps:
                 break
-        if state.batches_in_epoch >= len(train_loader):  # the epoch is complete
-            state.epoch, state.batches_in_epoch = epoch + 1, 0
-            if saved_at[0] != state.global_step:
-                checkpoint()
-            if val_loader is not None and options.eval_every_epochs and \
-                    (epoch + 1) % options.eval_every_epochs == 0 and \
-                    state.global_step < options.max_steps:
-                validate(accelerator, model, val_loader, state.global_step, epoch,
-                         options.with_tracking)
-        if state.global_step >= options.max_steps:
-            break
     bar.close()
     if saved_at[0] != state.global_step:
         checkpoint()  # the last step too: a rerun after a crash from here on trains nothing
     return state
+
+
+def stop_for_requeue(accelerator: Accelerator, received: str | None, state: TrainState,
+                     options: LoopOptions) -> None:
+    """After the checkpoint of a preempted run: say so and exit with :data:`REQUEUE_EXIT`."""
+    accelerator.wait_for_everyone()
+    signal_name = received or "a preemption signal on another process"
+    message = (f"stopped by {signal_name} after step {state.global_step}: "
+               f"checkpoint-{state.global_step} written in {options.output_dir}; run the same "
+               f"command with --resume_from_checkpoint auto to continue (exit {REQUEUE_EXIT}: "
+               "requeue)")
+    logger.warning("%s", message)
+    raise SystemExit(REQUEUE_EXIT)

@@ -6,6 +6,11 @@ sample ``i`` and draws its augmentation from ``(seed, virtual index)`` alone. A 
 and flip therefore depend neither on the worker nor on the process that loads it, nor on
 whether training was interrupted, so resuming at batch ``k`` replays exactly what a straight
 run would have seen.
+
+A bad sample (skipped by ``--skip_bad_samples``) is replaced by a deterministic substitute, the
+next good sample in index order, with the augmentation the bad one would have had: every batch
+keeps its size, so every data-parallel process takes the same step (a process whose whole
+batch was bad would otherwise skip a step the others take, and the job would hang).
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ class EpochSampler(Sampler[int]):
 
 class SeededSamples(Dataset):
     """``samples[v]`` is ``dataset[v % N]`` with torch's RNG seeded from ``(seed, v)`` while it
-    is transformed (the caller's RNG state is left untouched)."""
+    is transformed (the caller's RNG state is left untouched). A sample the dataset returns as
+    skipped (``pixel_values`` None) is replaced by the next good one, ``(v + k) % N``; its id
+    is in the substitute's ``replaced`` field."""
 
     def __init__(self, dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
@@ -59,8 +66,17 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, virtual_index: int):
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator alone (the one forked; transforms draw from it):
-            # torch.manual_seed also seeds every accelerator backend, ~1 ms a call
-            torch.default_generator.manual_seed(_seed(self.seed, virtual_index))
-            return self.dataset[virtual_index % len(self.dataset)]
+        n, first_id = len(self.dataset), None
+        for k in range(n):
+            with torch.random.fork_rng(devices=[]):
+                # the CPU generator alone (the one forked; transforms draw from it):
+                # torch.manual_seed also seeds every accelerator backend, ~1 ms a call
+                torch.default_generator.manual_seed(_seed(self.seed, virtual_index))
+                sample = self.dataset[(virtual_index + k) % n]
+            if not isinstance(sample, dict) or sample.get("pixel_values") is not None:
+                if k:
+                    sample = {**sample, "replaced": first_id}
+                return sample
+            if k == 0:
+                first_id = sample.get("id", str(virtual_index % n))
+        raise RuntimeError(f"every one of the {n} training samples is bad: nothing to train on")

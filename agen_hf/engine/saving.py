@@ -1,12 +1,16 @@
 """The end of a training run: its figures (``eval_results.json``), the model folder
-(``config.json`` + ``model.safetensors`` + model card + ``preprocessor_config.json``) and the
-Hub push. A failed push keeps the saved folder and is reported in the figures."""
+(``config.json`` + ``model.safetensors`` + model card + ``preprocessor_config.json``, written
+into a temporary folder and renamed file by file, so that a kill leaves the previous model
+whole) and the Hub push. A failed push keeps the saved folder, is reported in the figures, and
+makes the run exit with :data:`~agen_hf.engine.exits.INCOMPLETE_EXIT`, as do bad samples."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,7 +20,9 @@ from accelerate import Accelerator
 from ..hub import mean_iou_result
 from ..metrics.report import class_iou_markdown
 from .accelerator import base_model
+from .checkpointing import replace_files
 from .evaluation import validate
+from .exits import exit_if_incomplete
 from .loop import TrainState
 
 logger = logging.getLogger("agen_hf.train")
@@ -49,7 +55,11 @@ def save_and_push(accelerator: Accelerator, model, output_dir: str | Path, resul
         return result
     output_dir = Path(output_dir)
     unwrapped = base_model(accelerator, model)
-    unwrapped.save_pretrained(output_dir, model_card_kwargs=card or {})
+    tmp = output_dir / ".tmp-model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrapped.save_pretrained(tmp, model_card_kwargs={"repo_id": str(output_dir),
+                                                      **(card or {})})
+    replace_files(tmp, output_dir)
     figure = "no masks to score" if result["val_mean_iou"] is None else \
         f"{100 * result['val_mean_iou']:.2f}%"
     print(f"val mIoU ({result.get('supervision', 'full')} supervision): {figure} after "
@@ -63,7 +73,9 @@ def save_and_push(accelerator: Accelerator, model, output_dir: str | Path, resul
             logger.error("push to the Hub failed (%s: %s); the model is saved in %s",
                          type(e).__name__, e, output_dir)
             result["push_error"] = str(e)
-    (output_dir / "eval_results.json").write_text(json.dumps(result, indent=2))
+    tmp = output_dir / ".tmp-eval_results.json"
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, output_dir / "eval_results.json")
     return result
 
 
@@ -89,14 +101,26 @@ def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader
            state: TrainState, started: float, card: Callable[[dict], dict], **extras) -> dict:
     """The end of every training recipe: the final validation, ``eval_results.json``, the
     model folder with ``card(metrics)``, the Hub push (``--push_to_hub``) and the trackers'
-    end. Returns the figures."""
+    end. Returns the figures; exits with ``INCOMPLETE_EXIT`` after saving everything when the
+    push failed or bad samples were replaced."""
     metrics = None if val_loader is None else validate(
         accelerator, model, val_loader, state.global_step, state.epoch, args.with_tracking)
     config = base_model(accelerator, model).config
     result = final_results(metrics, config.id2label, state.global_step, time.time() - started,
                            **extras)
+    if state.bad_samples:
+        result["bad_samples_replaced"] = state.bad_samples
     save_and_push(accelerator, model, args.output_dir, result, card(metrics),
                   args.hub_model_id if args.push_to_hub else None, args.hub_token)
     if args.with_tracking:
         accelerator.end_training()
+    problems = []
+    if state.bad_samples:
+        problems.append(f"{state.bad_samples} bad training samples were replaced by "
+                        "substitutes (--skip_bad_samples; the warnings name their files)")
+    if result.get("push_error"):
+        problems.append(f"the push to {args.hub_model_id} failed ({result['push_error']}); "
+                        f"the model is saved in {args.output_dir}")
+    accelerator.wait_for_everyone()
+    exit_if_incomplete(problems)
     return result
