@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -154,24 +156,37 @@ def present_classes(labels: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.union1d(values, [0]).astype(np.int64)
 
 
+class CrfError(RuntimeError):
+    """A CRF job that failed twice: its worker died again, or it ran past the time limit."""
+
+
 class CrfPool:
     """Runs :func:`crf_segment` for a stream of images over ``processes`` worker processes
     (0: in this process). Results come back in submission order, each with the ``tag`` it was
     submitted with; at most ``max_pending`` images wait at a time, so memory stays bounded.
 
     Workers are spawned, not forked: the parent holds torch's OpenMP threads, and a forked
-    child that touches OpenMP can hang."""
+    child that touches OpenMP can hang.
+
+    A worker that dies (the OOM killer) or an image that takes more than ``timeout`` seconds
+    (a stuck worker) costs the pool its workers: they are replaced, and every unfinished image
+    is submitted again, once; ``workers_replaced`` counts it (the recipes exit 3 when it is
+    not 0). The second failure of one image raises :class:`CrfError` naming its tag."""
 
     def __init__(self, params: CrfParams = CrfParams(), processes: int = 0,
-                 max_pending: int | None = None) -> None:
+                 max_pending: int | None = None, timeout: float | None = 600.0) -> None:
         _require_pydensecrf()
         if processes < 0:
             raise ValueError(f"processes: must be >= 0, got {processes}")
-        self.params = params
+        self.params, self.processes, self.timeout = params, processes, timeout
         self.max_pending = max_pending or max(1, 2 * processes)
-        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(
-            "spawn")) if processes else None
-        self._pending: deque[tuple[Any, Future]] = deque()
+        self.workers_replaced = 0
+        self._pool = self._new_pool() if processes else None
+        self._pending: deque[list] = deque()  # [tag, future, job arguments, attempts]
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.processes,
+                                   mp_context=multiprocessing.get_context("spawn"))
 
     def refine(self, image: np.ndarray, labels: torch.Tensor,
                class_probs: Callable[[np.ndarray], torch.Tensor],
@@ -191,22 +206,58 @@ class CrfPool:
         results finished so far."""
         restricted = probs.float().cpu().numpy() if torch.is_tensor(probs) else \
             np.asarray(probs, dtype=np.float32)
+        job = (image, restricted, classes, self.params)
         if self._pool is None:
-            return [(tag, crf_segment(image, restricted, classes, self.params))]
-        self._pending.append((tag, self._pool.submit(crf_segment, image, restricted, classes,
-                                                     self.params)))
+            return [(tag, crf_segment(*job))]
+        self._pending.append([tag, self._pool.submit(crf_segment, *job), job, 1])
         done = []
         while self._pending and (len(self._pending) > self.max_pending or
                                  self._pending[0][1].done()):
-            t, future = self._pending.popleft()
-            done.append((t, future.result()))
+            done.append(self._next())
         return done
 
     def finish(self) -> list[tuple[Any, np.ndarray]]:
         """Wait for every queued image; return their results in submission order."""
-        done = [(t, f.result()) for t, f in self._pending]
-        self._pending.clear()
+        done = []
+        while self._pending:
+            done.append(self._next())
         return done
+
+    def _next(self) -> tuple[Any, np.ndarray]:
+        """The oldest image's result, waiting at most ``timeout`` for it; a dead or stuck
+        worker replaces the pool and resubmits what was unfinished."""
+        while True:
+            tag, future, _, attempts = self._pending[0]
+            try:
+                result = future.result(timeout=self.timeout)
+            except BrokenProcessPool:
+                problem = "its CRF worker process died (killed by the OOM killer?)"
+            except FutureTimeout:
+                problem = f"its CRF took more than {self.timeout:g} s"
+            else:
+                self._pending.popleft()
+                return tag, result
+            if attempts >= 2:
+                self._kill_workers()
+                self.close()
+                raise CrfError(f"CRF of {tag}: {problem}, twice; try fewer --crf_processes "
+                               "(memory) or check the image")
+            logger.warning("CRF of %s: %s; replacing the workers and resubmitting %d images",
+                           tag, problem, len(self._pending))
+            self._replace_workers()
+
+    def _kill_workers(self) -> None:
+        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+            process.kill()  # a stuck worker would never return
+
+    def _replace_workers(self) -> None:
+        self._kill_workers()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        self.workers_replaced += 1
+        for entry in self._pending:
+            entry[1] = self._pool.submit(crf_segment, *entry[2])
+            entry[3] += 1
 
     def close(self) -> None:
         if self._pool is not None:

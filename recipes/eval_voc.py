@@ -38,7 +38,9 @@ from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E40
 from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
 from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
-from agen_hf.engine.crf_options import add_crf_arguments, crf_params, crf_pool  # noqa: E402
+from agen_hf.engine.crf_options import (  # noqa: E402
+    add_crf_arguments, crf_params, crf_pool, crf_problems)
+from agen_hf.engine.exits import exit_if_incomplete  # noqa: E402
 from agen_hf.metrics.report import iou_table  # noqa: E402
 
 logger = logging.getLogger("eval_voc")
@@ -160,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
         tmp.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
         os.replace(tmp, output)
         print(f"\nwritten to {output}")
+    if accelerator.is_main_process:
+        exit_if_incomplete(crf_problems(crf))
     return result
 
 

@@ -43,7 +43,8 @@ from agen_hf.data.sources import add_data_arguments, load_split, resolve_source 
 from agen_hf.engine import make_accelerator  # noqa: E402
 from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
-from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
+from agen_hf.engine.crf_options import add_crf_arguments, crf_pool, crf_problems  # noqa: E402
+from agen_hf.engine.exits import exit_if_incomplete  # noqa: E402
 from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
 from agen_hf.progress import progress  # noqa: E402
 from agen_hf.metrics import StreamingMeanIoU  # noqa: E402
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"--format datasets: {args.dataset} images are not VOC's, so the pseudo labels "
               "also go into OUT/pseudo_labels.arrow, which names their classes")
         args.format = "datasets"
+    try:
+        check_output_ids(rows["id"], out / MASK_DIR)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     rows = rows.cast_column("image", datasets.Image(decode=False)).cast_column(
         "mask", datasets.Image(decode=False))
     source_images = Path(rows[0]["image"]["path"]).parent if len(rows) else None
@@ -167,7 +172,22 @@ def main(argv: list[str] | None = None) -> dict:
         write_voc_root(out, rows, args.split, source_images, args.format, report)
         (out / "pseudo_labels_report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
+    if accelerator.is_main_process:
+        exit_if_incomplete(crf_problems(crf))
     return report
+
+
+def check_output_ids(ids: list[str], folder: Path) -> None:
+    """Every id names a file inside ``folder`` (``a/b`` folders included): an absolute id,
+    ``..`` or an empty part would write elsewhere, and is refused naming the id, before any
+    work."""
+    for sample_id in ids:
+        parts = Path(sample_id).parts
+        if not sample_id or Path(sample_id).is_absolute() or ".." in parts or \
+                "\\" in sample_id or "\0" in sample_id:
+            raise ValueError(f"sample id {sample_id!r}: would write outside {folder}; ids must "
+                             "be relative names without '..' (check the split list or the "
+                             "dataset's id column)")
 
 
 def write_voc_root(out: Path, rows: datasets.Dataset, split: str, source_images: Path | None,

@@ -35,7 +35,8 @@ from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.engine import make_accelerator  # noqa: E402
 from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
-from agen_hf.engine.crf_options import add_crf_arguments, crf_pool  # noqa: E402
+from agen_hf.engine.crf_options import add_crf_arguments, crf_pool, crf_problems  # noqa: E402
+from agen_hf.engine.exits import exit_if_incomplete  # noqa: E402
 from agen_hf.image_processing import rgb_array  # noqa: E402
 from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
 from agen_hf.progress import progress  # noqa: E402
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{report['written']} masks written to {out / 'masks'}"
               + (f"; {len(report['failed'])} image(s) failed, listed in "
                  f"{out / 'predict_report.json'}" if report["failed"] else ""))
+    if accelerator.is_main_process:
+        exit_if_incomplete(crf_problems(crf))
     return report
 
 

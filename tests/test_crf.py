@@ -52,3 +52,40 @@ def test_pool_returns_the_serial_results_in_submission_order():
     assert [t for t, _ in got] == list(range(5))
     for (_, a), (_, b) in zip(got, expected):
         assert np.array_equal(a, b)
+
+
+def test_a_killed_worker_is_replaced_and_every_result_still_comes_back():
+    """Issue 21.6: SIGKILL to a CRF worker (as the OOM killer does) mid-stream: the workers are
+    replaced, the unfinished images resubmitted, the results equal the serial ones, and the pool
+    counts the replacement for the recipe's exit status."""
+    import os
+    import signal
+
+    cases = [two_region_case(s, 60, 80) for s in range(6)]
+    classes = np.array([0, 1, 2])
+    params = CrfParams(iterations=200)
+    with CrfPool(params, processes=0) as serial:
+        expected = [serial.submit(im, p, classes, tag=i)[0][1] for i, (im, p) in
+                    enumerate(cases)]
+    got = []
+    with CrfPool(params, processes=2, max_pending=6) as pool:
+        for i, (im, p) in enumerate(cases):
+            got += pool.submit(im, p, classes, tag=i)
+        pool._pending[0][1].running() or pool._pending[0][1].result()  # workers are up
+        os.kill(next(iter(pool._pool._processes)), signal.SIGKILL)
+        got += pool.finish()
+        assert pool.workers_replaced == 1
+    assert [t for t, _ in got] == list(range(6))
+    assert all(np.array_equal(a, b) for (_, a), b in zip(got, expected))
+
+
+def test_an_image_stuck_past_the_time_limit_twice_stops_the_pool_naming_it():
+    from agen_hf.crf import CrfError
+
+    image, probs = two_region_case(0, 400, 400)
+    with CrfPool(CrfParams(iterations=100_000), processes=1, timeout=0.5) as pool:
+        pool.submit(image, probs, np.array([0, 1, 2]), tag="big.jpg")
+        with pytest.raises(CrfError, match=r"CRF of big.jpg: its CRF took more than 0.5 s, "
+                                           r"twice"):
+            pool.finish()
+        assert pool.workers_replaced == 1

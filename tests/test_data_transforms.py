@@ -106,3 +106,43 @@ def test_real_voc_masks_survive_the_transforms(tmp_path):
             assert 255 in values  # the VOC boundary band is kept (or padding was added)
             hot = [float(c in ds[i]["labels"]) for c in range(20)]  # multi-hot of eq. 11
             assert sample["labels"].tolist() == hot
+
+
+def test_decompression_bombs_and_late_truncation_are_bad_samples(tmp_path, monkeypatch):
+    """Issue 21.7: an image over PIL's pixel limit and a PNG cut short (its header reads, its
+    pixels do not) are DataErrors naming the file; with skip_bad_samples, skipped samples that
+    the training sampler replaces by the next good one, keeping its augmentation seed."""
+    import datasets
+    from PIL import Image
+
+    from agen_hf.data import DataError
+    from agen_hf.data.samples import decode_image
+    from agen_hf.engine.sampling import SeededSamples
+
+    paths = []
+    for i, size in enumerate([(40, 30), (40, 30), (400, 300)]):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(np.full((size[1], size[0], 3), 60 * i, np.uint8)).save(paths[-1])
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[:len(data) // 2])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # img2 (120,000 px) > 2x the limit
+    with pytest.raises(DataError, match=r"img2.png: refused as a decompression bomb"):
+        decode_image(str(paths[2]))
+    with pytest.raises(DataError, match=r"img1.png: truncated or corrupt image"):
+        decode_image(str(paths[1]))
+    ds = datasets.Dataset.from_dict(
+        {"id": ["img0", "img1", "img2"], "image": [{"path": str(p), "bytes": None} for p in paths],
+         "mask": [None] * 3, "labels": [[0]] * 3},
+        features=datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                    "mask": datasets.Image(),
+                                    "labels": datasets.Sequence(datasets.ClassLabel(
+                                        names=["background", "thing"]))}))
+    transformed = with_transforms(ds, eval_transform(), skip_bad_samples=True)
+    samples = SeededSamples(transformed, seed=0)
+    good = samples[0]
+    assert "replaced" not in good
+    for bad in (1, 2):  # each replaced by the next good one in index order: img0
+        substitute = samples[bad]
+        assert substitute["replaced"] == f"img{bad}" and substitute["id"] == "img0"
+        assert torch.equal(substitute["pixel_values"], good["pixel_values"])
+    assert collate([samples[0], samples[1]])["replaced"] == ["img1"]

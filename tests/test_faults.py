@@ -298,9 +298,9 @@ def test_a_bad_image_under_two_gloo_processes_is_replaced_the_same_way_every_tim
                 "--boundary_crf", "torch", "--skip_bad_samples", "--output_dir", str(out)]
         proc = run(args, env, launcher=[*launcher, "--main_process_port", str(free_port())],
                    check=False)
-        # each process exits 3; the launcher (torchrun) turns that into 1 and names it
-        assert proc.returncode == 1 and proc.stderr.count("exitcode  : 3") == 2, \
-            proc.stderr[-3000:]
+        # each process exits 3 once everything is saved; the launcher (torchrun) turns that
+        # into 1, names the first, and may SIGTERM the other on its way out
+        assert proc.returncode == 1 and "exitcode  : 3" in proc.stderr, proc.stderr[-3000:]
         assert "img03.png" in proc.stderr and "bad training samples were replaced" in \
             proc.stdout
         assert [r["step"] for r in log(out)] == list(range(1, 7))

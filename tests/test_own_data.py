@@ -194,3 +194,26 @@ def test_visualize_on_the_validation_folder(trained, tmp_path):
                                "--out", str(tmp_path / "fig")])
     assert [p.name for p in paths] == ["fig4_cams.png", "fig5_segmentation.png"]
     assert Image.open(paths[0]).size[1] > 2 * 48  # two rows of pictures
+
+
+def test_a_sample_id_that_would_leave_the_output_folder_is_refused(trained, tmp_path):
+    """Issue 21.7: a dataset's ``id`` column with ``../../x`` stops make_pseudo_labels.py before
+    any work, naming the id; nothing is written outside ``--out``."""
+    import datasets
+    from folder_fixtures import draw
+
+    feats = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                               "tags": datasets.Sequence(datasets.ClassLabel(names=CLASSES))})
+    ids = ["ok/one", "../../escape"]
+    images = [draw(i, [CLASSES[i]])[0] for i in range(2)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"id": ids, "image": images, "tags": [[0], [1]]}, features=feats)}).save_to_disk(
+        tmp_path / "data")
+    out = tmp_path / "a" / "b" / "pseudo"
+    with pytest.raises(SystemExit) as e:
+        make_pseudo_labels["main"](["--model", str(trained["out"]), "--dataset_name",
+                                    str(tmp_path / "data"), "--out", str(out), "--cpu",
+                                    "--num_workers", "0"])
+    assert "sample id '../../escape': would write outside" in str(e.value)
+    assert not (tmp_path / "a" / "escape.png").exists() and not (out / "SegmentationClassAug"
+                                                                  ).exists()

@@ -254,7 +254,7 @@ def test_full_supervision_tracking_and_a_failed_push(tmp_path, env):
         "--hub_model_id=someone/agen-test"]), {**env, "HF_TOKEN": env_token}, check=False)
     # offline the push fails: the run says so and exits 3 (issue 21.6), with everything kept
     assert proc.returncode == 3, proc.stderr[-3000:]
-    assert "incomplete (exit 3): the push to someone/agen-test failed" in proc.stdout
+    assert "finished with problems (exit 3): the push to someone/agen-test failed" in proc.stdout
     # no token in anything the run wrote (model card, tracker config and events, logs,
     # trainer_state.json) nor in what it printed
     written = [p for p in out.rglob("*") if p.is_file()]

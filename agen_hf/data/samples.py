@@ -34,6 +34,8 @@ def open_image(source: dict | str, role: str) -> tuple[Image.Image, str]:
         img = Image.open(io.BytesIO(data)) if data is not None else Image.open(path)
     except FileNotFoundError:
         raise DataError(path, f"{role} file is missing") from None
+    except Image.DecompressionBombError as e:  # PIL's limit: MAX_IMAGE_PIXELS x 2
+        raise DataError(path, f"refused as a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(path, f"cannot be read as an image ({e})") from None
     return img, path

@@ -18,6 +18,9 @@ def add_crf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf_processes", type=int, default=None,
                    help="CRF worker processes per process (0: inline; default: the cores of "
                         "the machine shared among its processes)")
+    p.add_argument("--crf_timeout", type=float, default=600.0,
+                   help="seconds one image's CRF may take in a worker before the workers are "
+                        "replaced and it is tried again (a second time: the run stops)")
     for f in dataclasses.fields(CrfParams):
         p.add_argument(f"--crf_{f.name}", type=type(f.default), default=f.default,
                        help="see agen_hf.crf.CrfParams")
@@ -32,4 +35,13 @@ def crf_pool(args: argparse.Namespace) -> CrfPool | None:
     if not args.crf:
         return None
     processes = cpus_per_process() if args.crf_processes is None else args.crf_processes
-    return CrfPool(crf_params(args), processes)
+    return CrfPool(crf_params(args), processes, timeout=args.crf_timeout)
+
+
+def crf_problems(pool: CrfPool | None) -> list[str]:
+    """What went wrong in ``pool`` though every result came back (workers replaced), for
+    :func:`agen_hf.engine.exits.exit_if_incomplete`."""
+    if pool is None or not pool.workers_replaced:
+        return []
+    return [f"CRF workers died or got stuck and were replaced {pool.workers_replaced} time(s); "
+            "every image was refined (the warnings say which were resubmitted)"]

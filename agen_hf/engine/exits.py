@@ -26,5 +26,5 @@ def exit_if_incomplete(problems: list[str]) -> None:
         return
     for problem in problems:
         logger.error("%s", problem)
-    print(f"incomplete (exit {INCOMPLETE_EXIT}): {'; '.join(problems)}", flush=True)
+    print(f"finished with problems (exit {INCOMPLETE_EXIT}): {'; '.join(problems)}", flush=True)
     raise SystemExit(INCOMPLETE_EXIT)
