@@ -66,9 +66,10 @@ def train(row: str, seed: int, out: Path, extra: list[str], threads: int,
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     record = out / "bench_quality_run.json"  # the command of a finished run, for --reuse
     command = {"argv": args[1:], "threads": threads}
-    if reuse and record.is_file() and json.loads(record.read_text())["command"] == command:
+    done = json.loads(record.read_text()) if reuse and record.is_file() else {}
+    if done.get("command") == command:
         result = json.loads((out / "eval_results.json").read_text())
-        result["wall_s"] = json.loads(record.read_text())["wall_s"]
+        result["wall_s"] = done["wall_s"]
     else:
         started = time.time()
         proc = subprocess.run(args, env=env, capture_output=True, text=True, cwd=ROOT)

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import (  # noqa: E402
     add_crf_arguments, crf_params, crf_pool, crf_problems)
+from agen_hf.engine.checkpointing import write_text_atomic  # noqa: E402
 from agen_hf.engine.exits import exit_if_incomplete  # noqa: E402
 from agen_hf.metrics.report import iou_table  # noqa: E402
 
@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(iou_table(metrics["per_category_iou"], metrics["mean_iou"], names))
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
-        os.replace(tmp, output)
+        write_text_atomic(output, json.dumps(result, indent=2, allow_nan=True) + "\n")
         print(f"\nwritten to {output}")
     if accelerator.is_main_process:
         exit_if_incomplete(crf_problems(crf))

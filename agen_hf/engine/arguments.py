@@ -57,7 +57,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--per_device_train_batch_size", type=positive, default=15)
     g.add_argument("--per_device_eval_batch_size", type=positive, default=1)
-    g.add_argument("--learning_rate", type=at_least(0.0, float), default=1e-3, help="backbone learning rate")
+    g.add_argument("--learning_rate", type=at_least(0.0, float), default=1e-3,
+                   help="backbone learning rate")
     g.add_argument("--head_lr_multiplier", type=at_least(0.0, float), default=10.0,
                    help="AGMs and new heads train at this multiple of --learning_rate")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",

@@ -21,6 +21,7 @@ import atexit
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -65,6 +66,14 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old
+    file or the new one, never a part-written one."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def file_sizes(folder: Path) -> dict[str, int]:
@@ -200,11 +209,15 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Delete temporary folders left by an interrupted save; returns what was removed."""
+    """Delete the temporary folders and files (``.tmp-*``) left by an interrupted save;
+    returns what was removed."""
     root = Path(output_dir)
     stale = [p for p in root.glob(".tmp-*")] if root.is_dir() else []
     for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
     return stale
 
 
@@ -325,8 +338,8 @@ def _lock_is_stale(holder: dict, me: dict) -> bool:
 def release_lock(lock: Path) -> None:
     """Remove ``lock`` if this process holds it."""
     try:
-        if json.loads(lock.read_text()).get("pid") == os.getpid() and \
-                json.loads(lock.read_text()).get("host") == socket.gethostname():
+        holder = json.loads(lock.read_text())
+        if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             lock.unlink()
     except (OSError, ValueError):
         pass
@@ -338,19 +351,16 @@ def trim_log(log: Path, last_step: int) -> None:
     if not log.is_file():
         return
     lines = log.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if _step_of(line) is not None and
-            _step_of(line) <= last_step]
+    kept = [line for line in lines if _step_of(line) <= last_step]
     if len(kept) != len(lines):
-        tmp = log.with_name(f".tmp-{log.name}")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, log)
+        write_text_atomic(log, "".join(kept))
 
 
-def _step_of(line: str) -> int | None:
+def _step_of(line: str) -> float:
     try:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
-        return None  # a line cut by a kill
+        return math.inf  # a line cut by a kill: dropped
 
 
 def start_output_dir(accelerator: Accelerator, output_dir: str | os.PathLike,
@@ -394,8 +404,7 @@ def _take_folder(root: Path, resume_from: str | None, run: dict | None, overwrit
         logger.warning("removed %s, left by an interrupted save", stale)
     path = resolve_checkpoint(root, resume_from) if resume_from else None
     later = [p for p in list_checkpoints(root) if path is None or (
-        _step(p) > _step(path) and p.resolve() != path.resolve() and
-        checkpoint_problem(p) is None)]
+        _step(p) > _step(path) and checkpoint_problem(p) is None)]
     if later and not overwrite:
         what = "a fresh run" if path is None else f"resuming from {path}"
         raise CheckpointError(

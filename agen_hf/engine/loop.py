@@ -24,14 +24,13 @@ from accelerate import Accelerator
 from ..losses import ProcessGroup
 from ..progress import progress
 from .accelerator import base_model
-from .exits import REQUEUE_EXIT
 from .checkpointing import CheckpointError, fingerprint, save_checkpoint, start_output_dir
 from .evaluation import validate
+from .exits import REQUEUE_EXIT
 from .redaction import redact_args
 from .schedule import lr_factor
 
 logger = logging.getLogger("agen_hf.train")
-
 
 RUN_FLAGS = ("seed", "per_device_train_batch_size", "gradient_accumulation_steps", "optimizer",
              "learning_rate", "head_lr_multiplier", "momentum", "weight_decay", "lr_scheduler",
@@ -101,7 +100,7 @@ def begin(accelerator: Accelerator, args: argparse.Namespace, model, train_loade
             accelerator, args.output_dir, args.resume_from_checkpoint, options.run,
             overwrite=args.overwrite_output_dir,
             allow_schedule_change=args.allow_schedule_change))
-    except (CheckpointError, FileNotFoundError) as e:
+    except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     if args.with_tracking:
         accelerator.init_trackers(project, config=redact_args(args))
@@ -188,12 +187,13 @@ class StepResult(NamedTuple):
 def gradient_norm(accelerator: Accelerator, model, max_norm: float | None) -> float | None:
     """The global gradient norm, clipped to ``max_norm`` when given; None under an fp16 loss
     scaler, which skips non-finite steps itself."""
-    if max_norm:
-        norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
-    elif accelerator.scaler is None:
+    norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm)) if max_norm else None
+    if accelerator.scaler is not None:
+        return None
+    if norm is None:
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-    return None if accelerator.scaler is not None else norm
+    return norm
 
 
 class Preemption:
@@ -226,8 +226,9 @@ def check_nonfinite(in_a_row: int, limit: int, step: int) -> int:
     to try."""
     if in_a_row >= limit:
         raise RuntimeError(f"{in_a_row} non-finite losses in a row (a loss or its gradient) "
-                           f"at step {step}: training diverged. Lower --learning_rate, try --mixed_precision no, or check "
-                           "the data with `python -m agen_hf.data.validate`")
+                           f"at step {step}: training diverged. Lower --learning_rate, try "
+                           "--mixed_precision no, or check the data with "
+                           "`python -m agen_hf.data.validate`")
     return in_a_row
 
 

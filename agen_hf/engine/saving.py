@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from accelerate import Accelerator
 from ..hub import mean_iou_result
 from ..metrics.report import class_iou_markdown
 from .accelerator import base_model
-from .checkpointing import replace_files
+from .checkpointing import replace_files, write_text_atomic
 from .evaluation import validate
 from .exits import exit_if_incomplete
 from .loop import TrainState
@@ -73,9 +72,7 @@ def save_and_push(accelerator: Accelerator, model, output_dir: str | Path, resul
             logger.error("push to the Hub failed (%s: %s); the model is saved in %s",
                          type(e).__name__, e, output_dir)
             result["push_error"] = str(e)
-    tmp = output_dir / ".tmp-eval_results.json"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, output_dir / "eval_results.json")
+    write_text_atomic(output_dir / "eval_results.json", json.dumps(result, indent=2))
     return result
 
 
@@ -108,16 +105,15 @@ def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader
     config = base_model(accelerator, model).config
     result = final_results(metrics, config.id2label, state.global_step, time.time() - started,
                            **extras)
+    problems = []
     if state.bad_samples:
         result["bad_samples_replaced"] = state.bad_samples
+        problems.append(f"{state.bad_samples} bad training samples were replaced by "
+                        "substitutes (--skip_bad_samples; the warnings name their files)")
     save_and_push(accelerator, model, args.output_dir, result, card(metrics),
                   args.hub_model_id if args.push_to_hub else None, args.hub_token)
     if args.with_tracking:
         accelerator.end_training()
-    problems = []
-    if state.bad_samples:
-        problems.append(f"{state.bad_samples} bad training samples were replaced by "
-                        "substitutes (--skip_bad_samples; the warnings name their files)")
     if result.get("push_error"):
         problems.append(f"the push to {args.hub_model_id} failed ({result['push_error']}); "
                         f"the model is saved in {args.output_dir}")
