@@ -178,6 +178,8 @@ class CrfPool:
         _require_pydensecrf()
         if processes < 0:
             raise ValueError(f"processes: must be >= 0, got {processes}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout: must be > 0 seconds or None, got {timeout}")
         self.params, self.processes, self.timeout = params, processes, timeout
         self.max_pending = max_pending or max(1, 2 * processes)
         self.workers_replaced = 0

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from agen_hf import AgenImageProcessor, segmentation_probabilities  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.data import DataError, class_names  # noqa: E402
+from agen_hf.data.samples import skipped_when_loaded  # noqa: E402
 from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
 from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
 from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_category_iou": {n: float(v) for n, v in zip(names, metrics["per_category_iou"])},
         "per_category_accuracy": {n: float(v) for n, v in
                                   zip(names, metrics["per_category_accuracy"])},
+        "skipped": skipped_when_loaded(dataset) + metrics["skipped"],
     }
     if accelerator.is_main_process:
         settings = f"scales {args.scales}" + (", flip" if args.flip else "") + \
@@ -161,8 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
         write_text_atomic(output, json.dumps(result, indent=2, allow_nan=True) + "\n")
         print(f"\nwritten to {output}")
     if accelerator.is_main_process:
-        exit_if_incomplete(crf_problems(crf))
+        exit_if_incomplete(crf_problems(crf) + skipped_problems(result["skipped"]))
     return result
+
+
+def skipped_problems(skipped: int) -> list[str]:
+    """The exit line's words for bad images left out of the score (``--skip_bad_samples``)."""
+    return [f"{skipped} bad images were skipped and not scored (--skip_bad_samples; the "
+            "warnings name their files)"] if skipped else []
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
@@ -37,7 +39,7 @@ from agen_hf import AgenImageProcessor  # noqa: E402
 from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.data import DataError, class_names, features  # noqa: E402
 from agen_hf.data.cache import cached_arrow  # noqa: E402
-from agen_hf.data.samples import decode_sample  # noqa: E402
+from agen_hf.data.samples import decode_sample, skipped_when_loaded  # noqa: E402
 from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
 from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
 from agen_hf.engine import make_accelerator  # noqa: E402
@@ -52,6 +54,7 @@ from agen_hf.metrics.report import iou_table  # noqa: E402
 from agen_hf.visualization import label_image  # noqa: E402
 
 MASK_DIR = "SegmentationClassAug"
+logger = logging.getLogger("agen_hf")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class TrainingImages(Dataset):
-    """Decoded RGB, image-level classes and ground truth (when there is a mask) per id."""
+    """Decoded RGB, image-level classes and ground truth (when there is a mask) per id; a
+    bad image or mask (:class:`DataError`) becomes an item with its ``error``."""
 
     def __init__(self, rows: datasets.Dataset, num_classes: int) -> None:
         self.rows = rows
@@ -90,7 +94,10 @@ class TrainingImages(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
-        image, mask = decode_sample(row["image"], row["mask"], self.num_classes)
+        try:
+            image, mask = decode_sample(row["image"], row["mask"], self.num_classes)
+        except DataError as e:
+            return {"id": row["id"], "error": str(e)}
         classes = np.asarray(row["labels"], dtype=np.int64) + 1
         return {"id": row["id"], "rgb": np.array(image.convert("RGB")), "classes": classes,
                 "mask": mask}
@@ -134,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     stream = SegmentationStream(model, processor, crf, accelerator.autocast,
                                 scales=args.scales, flip=args.flip)
     scored = torch.zeros(1, dtype=torch.int64)
+    skipped: dict[str, str] = {}
 
     def done(results) -> None:
         for (sample_id, mask), _, labels in results:
@@ -147,6 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for item in progress(loader, desc="pseudo labels", total=len(mine),
                              main_process=accelerator.is_main_process):
+            if "error" in item:
+                if not args.skip_bad_samples:
+                    raise SystemExit(f"{item['error']}\n(the pseudo labels written so far are "
+                                     "kept; pass --skip_bad_samples to leave bad images out)")
+                logger.warning("skipped bad sample %s", item["error"])
+                skipped[item["id"]] = item["error"]
+                continue
             allowed = None if args.no_label_restriction else item["classes"]
             done(stream.submit(item["rgb"], (item["id"], item["mask"]), allowed))
         done(stream.finish())
@@ -156,10 +171,15 @@ def main(argv: list[str] | None = None) -> dict:
     metric.confusion = accelerator.reduce(metric.confusion.to(accelerator.device), "sum").cpu()
     scored = int(accelerator.reduce(scored.to(accelerator.device), "sum").item())
     accelerator.wait_for_everyone()  # every process has written its PNGs
+    skipped = {k: v for d in gather_object([skipped]) for k, v in d.items()}
+    skipped_at_load = skipped_when_loaded(rows)
+    if skipped:
+        rows = rows.filter(lambda sample_id: sample_id not in skipped, input_columns="id")
     report = {"model": args.model, "split": args.split, "images": len(rows),
               "scales": args.scales, "flip": args.flip, "crf": args.crf,
               "label_restriction": not args.no_label_restriction,
-              "scored_against_ground_truth": scored}
+              "scored_against_ground_truth": scored,
+              "skipped_when_loaded": skipped_at_load, "skipped": skipped}
     if accelerator.is_main_process:
         if scored:
             m = metric.compute()
@@ -173,7 +193,11 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "pseudo_labels_report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
     if accelerator.is_main_process:
-        exit_if_incomplete(crf_problems(crf))
+        left_out = skipped_at_load + len(skipped)
+        exit_if_incomplete(crf_problems(crf) + ([
+            f"{left_out} bad images were skipped and have no pseudo label (--skip_bad_samples; "
+            f"{out / 'pseudo_labels_report.json'} and the warnings name them)"]
+            if left_out else []))
     return report
 
 

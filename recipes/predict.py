@@ -179,9 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
               + (f"; {len(report['failed'])} image(s) failed, listed in "
                  f"{out / 'predict_report.json'}" if report["failed"] else ""))
     if accelerator.is_main_process:
-        exit_if_incomplete(crf_problems(crf))
+        failed = report["failed"]
+        exit_if_incomplete(crf_problems(crf) + ([
+            f"{len(failed)} image(s) failed and have no mask (listed in "
+            f"{out / 'predict_report.json'}: {', '.join(list(failed)[:3])}"
+            f"{', ...' if len(failed) > 3 else ''})"] if failed else []))
     return report
 
 
 if __name__ == "__main__":
-    sys.exit(1 if main()["failed"] else 0)
+    main()

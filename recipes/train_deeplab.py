@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     return finish(accelerator, args, model, val_dl, state, started, lambda metrics: model_card(
         metrics, config.id2label, command_line("recipes/train_deeplab.py", argv),
         f"Two-step AGEN: DeepLab ({config.backbone}) trained on AGEN's pseudo labels.",
-        card_dataset(args)), supervision="pseudo labels")
+        card_dataset(args)), loaded=(train_ds, val_ds), supervision="pseudo labels")
 
 
 if __name__ == "__main__":

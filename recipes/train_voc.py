@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
                   log_extras=base_model(accelerator, model).coam_weights)
     result = finish(accelerator, args, model, val_dl, state, started,
                     lambda metrics: card(metrics, config, argv, args),
+                    loaded=(train_ds, val_ds),
                     supervision="full" if args.full_supervision else "image-level")
     if args.cam_figure > 0 and val_ds is not None and accelerator.is_main_process:
         print(f"written {write_cam_figure(args.output_dir, val_ds, args.cam_figure)}")

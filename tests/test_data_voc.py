@@ -43,8 +43,9 @@ def test_index_references_files_and_is_cached(tmp_path):
     table = first.data.table
     assert table.column("image")[0].as_py()["bytes"] is None  # referenced, not decoded/copied
     assert table.column("image")[0].as_py()["path"].endswith("JPEGImages/a.jpg")
-    entries = [p.name for p in cache.iterdir()]
-    assert len(entries) == 1 and entries[0].startswith("voc-train-")
+    entries = sorted(p.name for p in cache.iterdir())  # the index and its description
+    assert len(entries) == 2 and entries[0].startswith("voc-train-")
+    assert entries[0].endswith(".arrow") and entries[1] == entries[0][:-5] + "txt"
     second = load_voc(root, "train", cache_dir=cache)
     assert second.cache_files and str(cache) in second.cache_files[0]["filename"]
     assert second["labels"] == first["labels"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,18 @@ def make_voc(root: Path, bad: str | None = None) -> Path:
     return root
 
 
+def write_bomb(path: Path, side: int = 20_000) -> None:
+    """A 70-byte PNG whose header declares ``side`` x ``side`` RGB pixels (400 M by default,
+    over twice PIL's MAX_IMAGE_PIXELS): PIL refuses it on open as a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
 def break_sample(root: Path, sid: str, bad: str) -> None:
     jpg = root / "JPEGImages" / f"{sid}.jpg"
     masks = [root / "SegmentationClass" / f"{sid}.png", root / "SegmentationClassAug" / f"{sid}.png"]
@@ -71,6 +85,8 @@ def break_sample(root: Path, sid: str, bad: str) -> None:
         mask[0, 0] = 30
         for m in masks:
             write_mask(m, mask)
+    elif bad == "bomb":
+        write_bomb(jpg)
     elif bad == "missing":
         jpg.unlink()
     elif bad == "no_foreground":
@@ -83,6 +99,7 @@ def break_sample(root: Path, sid: str, bad: str) -> None:
 # bad case -> (the problem's words in the error, detected when the index is built?)
 BAD_CASES = {
     "truncated": ("truncated or corrupt image", False),
+    "bomb": ("refused as a decompression bomb", True),
     "corrupt": ("cannot be read as an image", True),
     "size": ("mask size 30x30 differs from image size 48x40", True),
     "rgba": ("RGBA image", True),

@@ -22,14 +22,19 @@ def cached_arrow(cache_dir: Path, name: str, build) -> datasets.Dataset:
 
     File references (``{"path": ..., "bytes": None}``) stay references: nothing is embedded.
     The file is written to a temporary name and renamed, so a crash never leaves a half-written
-    cache; an unwritable cache directory only costs the rebuild next time.
+    cache; an unwritable cache directory only costs the rebuild next time. The description
+    (what the loader skipped: :func:`agen_hf.data.samples.describe`) is kept beside it in
+    ``name.txt`` (when it has one), written before the rename.
     """
     target = cache_dir / f"{name}.arrow"
+    described = cache_dir / f"{name}.txt"
     if target.is_file():
-        return datasets.Dataset.from_file(str(target))
+        return _described(datasets.Dataset.from_file(str(target)), described)
     ds = build()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        if ds.info.description:
+            described.write_text(ds.info.description)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".arrow", dir=cache_dir)
         os.close(fd)
         try:
@@ -43,4 +48,10 @@ def cached_arrow(cache_dir: Path, name: str, build) -> datasets.Dataset:
     except OSError as e:
         logger.warning("could not cache %s in %s (%s); using it from memory", name, cache_dir, e)
         return ds
-    return datasets.Dataset.from_file(str(target))
+    return _described(datasets.Dataset.from_file(str(target)), described)
+
+
+def _described(ds: datasets.Dataset, described: Path) -> datasets.Dataset:
+    if described.is_file():
+        ds.info.description = described.read_text()
+    return ds

@@ -48,7 +48,7 @@ from PIL import Image
 
 from ..progress import progress
 from .cache import cached_arrow, default_cache_dir
-from .samples import DataError, decode_mask, voc_palette
+from .samples import DataError, decode_mask, describe, voc_palette
 from .schema import IGNORE_INDEX, features, label_ids_from_mask
 
 logger = logging.getLogger(__name__)
@@ -283,12 +283,12 @@ def _keep_or_raise(rows: list, skip: bool, what: str) -> list:
     return [r for r in rows if not isinstance(r, DataError)]
 
 
-def _dataset(rows: list[dict], names, split: str, description: str) -> datasets.Dataset:
+def _dataset(rows: list[dict], names, split: str, description: str,
+             skipped: int) -> datasets.Dataset:
     feats = features(names)
     ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in feats}, features=feats,
                                     split=split)
-    ds.info.description = description
-    return ds
+    return describe(ds, description, skipped)
 
 
 def _build_from_instances(split_dir: Path, ann_file: Path, split: str, mask_dir: Path | None,
@@ -337,6 +337,7 @@ def _build_from_instances(split_dir: Path, ann_file: Path, split: str, mask_dir:
             jobs.append((row["mask"]["path"], height, width, instances))
         rows.append(row)
     what = f"load_coco({split_dir.parent}, {split!r})"
+    listed = len(rows)
     rows = _keep_or_raise(rows, skip_bad_samples, what)
     left_out = len(images) - len(kept)
     logger.info("%s: %d images, %d without annotations left out", what, len(rows), left_out)
@@ -344,7 +345,8 @@ def _build_from_instances(split_dir: Path, ann_file: Path, split: str, mask_dir:
         mask_dir.mkdir(parents=True, exist_ok=True)
         _render_all(jobs, num_workers, ann_file, split)
     return _dataset(rows, [c["name"] for c in categories], split,
-                    f"MS COCO {split} from {ann_file}; without annotations: {left_out}")
+                    f"MS COCO {split} from {ann_file}; without annotations: {left_out}",
+                    listed - len(rows))
 
 
 def _build_from_pngs(split_dir: Path, png_dir: Path, split: str, masks: bool,
@@ -372,7 +374,8 @@ def _build_from_pngs(split_dir: Path, png_dir: Path, split: str, masks: bool,
             for s, lab in good if lab]
     logger.info("%s: %d images, %d without a mask and %d without foreground left out", what,
                 len(rows), len(images) - len(stems), len(good) - len(rows))
-    return _dataset(rows, COCO_CLASS_NAMES, split, f"MS COCO {split} from {png_dir}")
+    return _dataset(rows, COCO_CLASS_NAMES, split, f"MS COCO {split} from {png_dir}",
+                    len(results) - len(good))
 
 
 def _fingerprint(*parts) -> str:

@@ -5,7 +5,9 @@ file."""
 from __future__ import annotations
 
 import io
+import re
 
+import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -22,6 +24,22 @@ class DataError(ValueError):
 
 
 VocDataError = DataError  # the name of agen_hf <= 0.1's VOC-only loader
+
+_SKIPPED = re.compile(r"; skipped: (\d+)$")
+
+
+def describe(ds: datasets.Dataset, text: str, skipped: int) -> datasets.Dataset:
+    """Set ``ds``'s description to ``text`` and the number of bad samples the loader skipped
+    (``skip_bad_samples``), which :func:`skipped_when_loaded` reads back (the description
+    survives the Arrow cache)."""
+    ds.info.description = f"{text}; skipped: {skipped}"
+    return ds
+
+
+def skipped_when_loaded(ds: datasets.Dataset | None) -> int:
+    """How many bad samples the loader of ``ds`` skipped (0 when it does not say)."""
+    found = _SKIPPED.search((ds.info.description or "") if ds is not None else "")
+    return int(found.group(1)) if found else 0
 
 
 def open_image(source: dict | str, role: str) -> tuple[Image.Image, str]:

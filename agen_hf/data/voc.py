@@ -22,7 +22,8 @@ import datasets
 from ..progress import progress
 from .cache import cached_arrow, default_cache_dir
 from .conform import conform
-from .samples import DataError, check_image_header, check_mask_size, decode_mask, open_image
+from .samples import (DataError, check_image_header, check_mask_size, decode_mask, describe,
+                      open_image)
 from .schema import BACKGROUND, features, label_ids_from_mask
 
 logger = logging.getLogger(__name__)
@@ -180,8 +181,7 @@ def build_voc_index(root: str | os.PathLike, split: str, *, skip_bad_samples: bo
     good = [r for r in rows if not isinstance(r, DataError)]
     columns = {k: [r[k] for r in good] for k in FEATURES}
     ds = datasets.Dataset.from_dict(columns, features=FEATURES, split=split)
-    ds.info.description = f"PASCAL VOC 2012 {split} from {root}; skipped: {len(bad)}"
-    return ds
+    return describe(ds, f"PASCAL VOC 2012 {split} from {root}", len(bad))
 
 
 def load_voc(source: str | os.PathLike | datasets.Dataset, split: str = "train_aug", *,

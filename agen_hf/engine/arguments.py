@@ -40,6 +40,17 @@ def checkpoint_limit(text: str) -> int | None:
     return at_least(1)(text)
 
 
+def above(low: float):
+    """An argparse ``type``: a float > ``low`` (a time limit, a rate), refused otherwise."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not value > low:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be > {low}, got {text}")
+        return value
+    parse.__name__ = "float"
+    return parse
+
+
 positive = at_least(1)
 non_negative = at_least(0)
 

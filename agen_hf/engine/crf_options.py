@@ -8,6 +8,7 @@ import dataclasses
 
 from ..crf import CrfParams, CrfPool
 from .accelerator import cpus_per_process
+from .arguments import above, non_negative
 
 
 def add_crf_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,10 +16,10 @@ def add_crf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", action="store_true",
                    help="dense-CRF post-processing at full resolution over the predicted "
                         "classes (needs pydensecrf2)")
-    p.add_argument("--crf_processes", type=int, default=None,
+    p.add_argument("--crf_processes", type=non_negative, default=None,
                    help="CRF worker processes per process (0: inline; default: the cores of "
                         "the machine shared among its processes)")
-    p.add_argument("--crf_timeout", type=float, default=600.0,
+    p.add_argument("--crf_timeout", type=above(0), default=600.0,
                    help="seconds one image's CRF may take in a worker before the workers are "
                         "replaced and it is tried again (a second time: the run stops)")
     for f in dataclasses.fields(CrfParams):

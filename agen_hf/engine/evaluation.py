@@ -42,14 +42,17 @@ def evaluate_segmentation(accelerator: Accelerator, predict: Callable[[torch.Ten
     class probability (logits, or log-probabilities); they are upsampled to the padded batch
     size and each image is scored inside its own size. With ``crf``, each image's prediction
     is refined by the dense CRF (over a process pool) on the RGB image that ``unnormalize``
-    recovers from ``pixel_values``.
+    recovers from ``pixel_values``. ``skipped`` in the result counts the samples of every
+    process's loader that were not scored (bad samples skipped by ``skip_bad_samples``).
     """
     if crf is not None and unnormalize is None:
         raise ValueError("evaluate_segmentation: crf needs unnormalize to recover the RGB image")
     metric = StreamingMeanIoU(num_labels, ignore_index)
+    scored = 0
     for batch in progress(loader, desc="validation", main_process=accelerator.is_main_process):
         if batch is None:
             continue
+        scored += len(batch["sizes"])
         pixel_values = batch["pixel_values"].to(accelerator.device)
         scores = predict(pixel_values).float()
         if scores.shape[-2:] != pixel_values.shape[-2:]:
@@ -72,7 +75,8 @@ def evaluate_segmentation(accelerator: Accelerator, predict: Callable[[torch.Ten
         metric.update(refined, ref)
     total = accelerator.reduce(metric.confusion.to(accelerator.device), "sum")
     metric.confusion = total.cpu()
-    return metric.compute()
+    skipped = torch.tensor([len(loader.dataset) - scored], device=accelerator.device)
+    return {**metric.compute(), "skipped": int(accelerator.reduce(skipped, "sum").item())}
 
 
 def validate(accelerator: Accelerator, model, val_loader: DataLoader, step: int,

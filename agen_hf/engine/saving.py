@@ -16,6 +16,7 @@ from typing import Callable
 
 from accelerate import Accelerator
 
+from ..data.samples import skipped_when_loaded
 from ..hub import mean_iou_result
 from ..metrics.report import class_iou_markdown
 from .accelerator import base_model
@@ -95,17 +96,24 @@ def model_card(metrics: dict | None, id2label: dict, command: str, description: 
 
 
 def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader,
-           state: TrainState, started: float, card: Callable[[dict], dict], **extras) -> dict:
+           state: TrainState, started: float, card: Callable[[dict], dict], *,
+           loaded: tuple = (), **extras) -> dict:
     """The end of every training recipe: the final validation, ``eval_results.json``, the
     model folder with ``card(metrics)``, the Hub push (``--push_to_hub``) and the trackers'
     end. Returns the figures; exits with ``INCOMPLETE_EXIT`` after saving everything when the
-    push failed or bad samples were replaced."""
+    push failed or bad samples were skipped: when the datasets ``loaded`` were built, in the
+    final validation, or replaced in training."""
     metrics = None if val_loader is None else validate(
         accelerator, model, val_loader, state.global_step, state.epoch, args.with_tracking)
     config = base_model(accelerator, model).config
     result = final_results(metrics, config.id2label, state.global_step, time.time() - started,
                            **extras)
     problems = []
+    skipped = sum(skipped_when_loaded(ds) for ds in loaded) + (metrics or {}).get("skipped", 0)
+    if skipped:
+        result["bad_samples_skipped"] = skipped
+        problems.append(f"{skipped} bad samples were skipped when the data was loaded or "
+                        "validated (--skip_bad_samples; the warnings name their files)")
     if state.bad_samples:
         result["bad_samples_replaced"] = state.bad_samples
         problems.append(f"{state.bad_samples} bad training samples were replaced by "
