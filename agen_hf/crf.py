@@ -111,31 +111,56 @@ def dense_crf_torch(image: torch.Tensor, probs: torch.Tensor, params: CrfParams)
     return q.t().reshape(k, h, w)
 
 
+_BATCH_POOL: tuple[int, ProcessPoolExecutor] | None = None
+
+
+def batch_pool(processes: int) -> ProcessPoolExecutor:
+    """The process pool that :func:`crf_refine` spreads a batch's images over (pydensecrf holds
+    the GIL, so threads would not help): ``processes`` spawned workers, created on first use
+    and kept for the process's life (a different count replaces it)."""
+    global _BATCH_POOL
+    if _BATCH_POOL is None or _BATCH_POOL[0] != processes:
+        if _BATCH_POOL is not None:
+            _BATCH_POOL[1].shutdown(cancel_futures=True)
+        _BATCH_POOL = (processes, ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("spawn")))
+    return _BATCH_POOL[1]
+
+
 def crf_refine(images: torch.Tensor, probs: torch.Tensor, present: torch.Tensor,
-               params: CrfParams, backend: str) -> torch.Tensor:
+               params: CrfParams, backend: str, processes: int = 0) -> torch.Tensor:
     """CRF output ``R`` for a batch, restricted to the present classes. No gradient.
 
     images: (B, 3, H, W) RGB in 0..255 at the resolution of ``probs`` (B, K, H, W);
     present: (B, K) bool, class 0 (background) included by the caller. Probabilities of the
-    present classes are renormalised and refined; absent classes get 0.
+    present classes are renormalised and refined; absent classes get 0. With ``processes``
+    (pydensecrf only), the images run in parallel over :func:`batch_pool` (the same numbers:
+    the same function on the same inputs), so that on a fast GPU the CRF does not dominate
+    the step.
     """
     if backend not in ("pydensecrf", "torch"):
         raise ValueError(f"crf backend: must be 'pydensecrf' or 'torch', got {backend!r}")
+    if processes < 0:
+        raise ValueError(f"crf_refine: processes must be >= 0, got {processes}")
     if backend == "pydensecrf":
         _require_pydensecrf()
     out = torch.zeros_like(probs, dtype=torch.float32)
     with torch.no_grad():
+        jobs = []
         for i in range(probs.shape[0]):
             idx = present[i].nonzero().flatten()
             p = probs[i, idx].float()
             p = p / p.sum(dim=0, keepdim=True).clamp_min(_MIN_PROB)
             if backend == "torch":
-                q = dense_crf_torch(images[i], p, params)
-            else:
-                image = images[i].clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)
-                q = torch.from_numpy(dense_crf_pydensecrf(
-                    image.cpu().numpy(), p.cpu().numpy(), params)).to(probs.device)
-            out[i, idx] = q
+                out[i, idx] = dense_crf_torch(images[i], p, params)
+                continue
+            image = images[i].clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)
+            job = (image.cpu().numpy(), p.cpu().numpy(), params)
+            jobs.append((i, idx, batch_pool(processes).submit(dense_crf_pydensecrf, *job)
+                         if processes else dense_crf_pydensecrf(*job)))
+        for i, idx, q in jobs:
+            q = q.result() if processes else q
+            out[i, idx] = torch.from_numpy(q).to(probs.device)
     return out
 
 

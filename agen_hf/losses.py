@@ -85,8 +85,9 @@ def fully_supervised_loss(seg_logits: torch.Tensor, masks: torch.Tensor,
 
 def boundary_loss(images: torch.Tensor, seg_logits: torch.Tensor,
                   image_labels: torch.Tensor | None = None, params: CrfParams = CrfParams(),
-                  backend: str = "pydensecrf") -> torch.Tensor:
+                  backend: str = "pydensecrf", processes: int = 0) -> torch.Tensor:
     """Eq. 14: ``mean_u sum_c R_uc log(R_uc / S_uc)`` with ``R = CRF(I, S)`` held constant.
+    ``processes``: CRF worker processes for the batch's images (0: one after the other).
 
     images: (B, 3, H, W) RGB in 0..255 at input resolution; seg_logits: (B, C+1, h, w). The CRF
     runs at the logits' resolution on the image resized to it (kernel stds scaled by H / h),
@@ -100,6 +101,7 @@ def boundary_loss(images: torch.Tensor, seg_logits: torch.Tensor,
     if image_labels is not None:
         present[:, 1:] = image_labels.bool()
     factor = images.shape[-2] / h
-    refined = crf_refine(small, log_s.detach().exp(), present, params.scaled(factor), backend)
+    refined = crf_refine(small, log_s.detach().exp(), present, params.scaled(factor), backend,
+                         processes)
     kl = torch.xlogy(refined, refined) - refined * log_s
     return kl.sum(dim=1).mean()

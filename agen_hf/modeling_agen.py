@@ -72,6 +72,9 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         if not isinstance(config, AgenConfig):
             raise TypeError(f"config: expected an AgenConfig, got {type(config).__name__}")
         self.config = config
+        # how many processes the boundary loss's pydensecrf spreads a batch over (0: inline);
+        # a run-time setting, not part of the model: --boundary_crf_processes
+        self.boundary_crf_processes = 0
         self.stem = SharedStem(config)
         self.branch_a = DeepLabVGG16(config)
         self.branch_b = ResNet38(config, self.stem.out_channels)
@@ -179,7 +182,8 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
             terms.update(self._seeding_terms(out, labels, size, process_group))
             if cfg.use_boundary_loss:
                 terms["boundary"] = boundary_loss(self.unnormalize(pixel_values), out.logits,
-                                                  labels, self.crf_params(), cfg.boundary_crf)
+                                                  labels, self.crf_params(), cfg.boundary_crf,
+                                                  self.boundary_crf_processes)
         out.loss_terms = terms
         out.loss = torch.stack(list(terms.values())).sum()
 

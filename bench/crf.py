@@ -72,6 +72,11 @@ def boundary_crf(args) -> dict:
         for name, mask in (("all_classes", everything), ("present_classes", present)):
             out[f"{backend}_{name}_serial_s"] = best_of(
                 lambda: crf_refine(images, probs, mask, params, backend), args.repeats)
+    # the training step's pooled path (--boundary_crf_processes): crf_refine over batch_pool
+    crf_refine(images[:1], probs[:1], present[:1], params, "pydensecrf", args.processes)  # spawn
+    out["pydensecrf_present_classes_batch_pool_s"] = best_of(
+        lambda: crf_refine(images, probs, present, params, "pydensecrf", args.processes),
+        args.repeats)
     # the same present-class work over a pool: one task per image
     with CrfPool(params, args.processes) as pool:
         rgb = [im for im, _ in cases]

@@ -94,19 +94,25 @@ def make_batch(config: AgenConfig, batch: int, size: int, device: str):
 
 
 def time_step(model: AgenModel, pixel_values, labels, device: str, dtype: torch.dtype,
-              repeats: int) -> tuple[float, int]:
-    """Median seconds of a forward + backward step, and its FLOPs."""
+              repeats: int, compile: str | None = None) -> tuple[float, int]:
+    """Median seconds of a forward + backward step, and its FLOPs (counted on the eager
+    model; with ``compile``, a torch.compile backend, the compiled one is timed after a
+    compiling step)."""
     autocast = torch.autocast(device.split(":")[0], dtype=dtype,
                               enabled=dtype != torch.float32)
+    run = model
 
     def step():
         with autocast:
-            out = model(pixel_values, labels)
+            out = run(pixel_values, labels)
         out.loss.backward()
         model.zero_grad(set_to_none=True)
 
     counter = FlopCounterMode(display=False)
     with counter:
+        step()
+    if compile:
+        run = torch.compile(model, backend=compile)
         step()
     times = []
     for _ in range(repeats):
@@ -127,10 +133,14 @@ def bench_config(name: str, base: AgenConfig, args, dtype: torch.dtype, peak: fl
         torch.manual_seed(0)
         model = AgenModel(config).to(args.device).train()
         pixel_values, labels = make_batch(config, args.batch, args.size, args.device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         seconds, flops = time_step(model, pixel_values, labels, args.device, dtype,
-                                   args.repeats)
+                                   args.repeats,
+                                   compile=args.compile_backend if args.compile else None)
         entry = {"step_s": seconds, "gflop": flops / 1e9, "gflop_per_s": flops / seconds / 1e9,
                  "fraction_of_gemm_peak": flops / seconds / 1e9 / peak,
                  "images_per_s": args.batch / seconds,
@@ -355,9 +365,13 @@ def main() -> None:
                    help="with --quickstart: the config.json to break down")
     p.add_argument("--max_grad_norm", type=float, default=10.0,
                    help="with --quickstart: gradient clipping in the step (0: none)")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --quickstart: channels-last weights and images, as the "
-                        "quickstart trains")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last weights and images (default: on with --quickstart, "
+                        "as the quickstart trains; off for --configs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (--configs; the first step compiles)")
+    p.add_argument("--compile_backend", default="inductor",
+                   help="with --compile (eager: dynamo's tracing alone, a quick check)")
     p.add_argument("--batch", type=int, default=None, help="default: 1, --quickstart 16")
     p.add_argument("--size", type=int, default=None, help="default: 321, --quickstart 64")
     p.add_argument("--repeats", type=int, default=3)
@@ -370,6 +384,7 @@ def main() -> None:
     args = p.parse_args()
     q = args.quickstart
     args.batch = args.batch or (16 if q else 1)
+    args.channels_last = q if args.channels_last is None else args.channels_last
     args.size = args.size or (64 if q else 321)
     args.out = args.out or ("bench_train_step_quickstart.json" if q else "bench_train_step.json")
     if q and args.device != "cpu":
@@ -393,6 +408,12 @@ def main() -> None:
         for name in args.configs:
             base = AgenConfig() if name == "paper" else AgenConfig.tiny()
             result[f"{name}_{dtype_name}"] = bench_config(name, base, args, dtype, peak)
+    result.update(channels_last=args.channels_last, compile=args.compile)
+    if {"fp32", "bf16"} <= set(args.dtypes):
+        for name in args.configs:
+            for row in ROWS:
+                result[f"{name}_{row}_bf16_speedup"] = (result[f"{name}_fp32"][row]["step_s"]
+                                                        / result[f"{name}_bf16"][row]["step_s"])
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
 

@@ -33,7 +33,8 @@ from agen_hf.auto import load_segmentation_model  # noqa: E402
 from agen_hf.data import DataError, class_names  # noqa: E402
 from agen_hf.data.samples import skipped_when_loaded  # noqa: E402
 from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
-from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
+from agen_hf.data.sources import (add_data_arguments, add_synthetic_arguments,  # noqa: E402
+                                  load_split, resolve_source)
 from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
 from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
 from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
-    add_data_arguments(p.add_argument_group("data"))
+    g = p.add_argument_group("data")
+    add_data_arguments(g, synthetic=True)
+    add_synthetic_arguments(g, seed=True)
     p.add_argument("--split", default=None, help="the split to score (default: --eval_split's)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0],
                    help="test-time scales (the literature's: 0.5 1 1.5 2)")
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model, "split": args.split, "num_images": len(dataset),
         "scales": args.scales, "flip": args.flip, "crf": args.crf,
         "crf_params": dataclasses.asdict(crf_params(args)) if args.crf else None,
-        "processes": accelerator.num_processes, "seconds": seconds,
+        "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+        "seconds": seconds, "images_per_second": len(dataset) / seconds,
         "mean_iou": float(metrics["mean_iou"]), "mean_accuracy": float(metrics["mean_accuracy"]),
         "overall_accuracy": float(metrics["overall_accuracy"]),
         "per_category_iou": {n: float(v) for n, v in zip(names, metrics["per_category_iou"])},

@@ -34,13 +34,12 @@ from accelerate.utils import set_seed  # noqa: E402
 
 from agen_hf import AgenConfig, AgenModel  # noqa: E402
 from agen_hf.configuration_agen import TABLE1_PRESETS  # noqa: E402
-from agen_hf.data import class_names, id2label_for, make_synthetic  # noqa: E402
-from agen_hf.data.sources import (add_data_arguments, card_dataset,  # noqa: E402
-                                  load_split, resolve_source, scored)
+from agen_hf.data import class_names, id2label_for  # noqa: E402
+from agen_hf.data.sources import (add_data_arguments, add_synthetic_arguments,  # noqa: E402
+                                  card_dataset, load_split, resolve_source, scored)
 from agen_hf.engine.accelerator import base_model, prepare_training  # noqa: E402
-from agen_hf.engine.arguments import (add_training_arguments, at_least,  # noqa: E402
-                                      configure_logging, non_negative, parse_with_config,
-                                      positive, training_accelerator)
+from agen_hf.engine.arguments import (add_training_arguments, configure_logging,  # noqa: E402
+                                      non_negative, parse_with_config, training_accelerator)
 from agen_hf.engine.loaders import loaders_from_args  # noqa: E402
 from agen_hf.engine.loop import begin, train  # noqa: E402
 from agen_hf.engine.saving import finish, model_card  # noqa: E402
@@ -57,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML or JSON file of flag values (dest names as keys)")
     g = p.add_argument_group("data")
     add_data_arguments(g, synthetic=True)
-    g.add_argument("--synthetic_size", type=positive, default=2000)
-    g.add_argument("--synthetic_val_size", type=non_negative, default=200)
-    g.add_argument("--synthetic_image_size", type=at_least(16), default=128)
+    add_synthetic_arguments(g)
     g = p.add_argument_group("model")
     g.add_argument("--model_config", default="paper",
                    help="a fresh model: paper, tiny or a config.json path")
@@ -79,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its CoAM stages, a subset of the AGM stages (Table 3's rows); "
                         "applied after --preset")
     g.add_argument("--boundary_crf", choices=["pydensecrf", "torch"], default=None)
+    g.add_argument("--boundary_crf_processes", type=non_negative, default=0,
+                   help="worker processes that run the boundary loss's pydensecrf over a "
+                        "batch's images in parallel (0: one after the other); on a fast GPU "
+                        "the serial CRF is a large share of the step (bench/gpu_check.py)")
     g.add_argument("--use_boundary_loss", choices=["true", "false"], default=None)
     g.add_argument("--seeding_warmup_steps", type=non_negative, default=0,
                    help="train with the classification loss (eq. 11) alone for the first N "
@@ -140,6 +141,7 @@ def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> AgenModel
         config, **{k: v for k, v in changes.items() if v is not None}))
     if saved:
         model.load_state_dict(saved.state_dict())
+    model.boundary_crf_processes = args.boundary_crf_processes
     for path, load in ((args.vgg16_weights, load_vgg16), (args.resnet38_weights, load_resnet38)):
         if path:
             logger.info("%s", load(model, path))
@@ -150,10 +152,7 @@ def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> AgenModel
 def datasets_for(args: argparse.Namespace):
     """The training split and the validation split to score (None when it has no masks)."""
     if args.dataset == "synthetic":
-        return (make_synthetic(args.synthetic_size, seed=args.seed,
-                               image_size=args.synthetic_image_size),
-                make_synthetic(args.synthetic_val_size, seed=args.seed + 1_000_003,
-                               image_size=args.synthetic_image_size))
+        return load_split(args, "train"), load_split(args, "val", role="eval")
     train = load_split(args, args.train_split)
     val = load_split(args, args.eval_split, role="eval", class_names_=class_names(train),
                      require_foreground=False)

@@ -89,3 +89,26 @@ def test_an_image_stuck_past_the_time_limit_twice_stops_the_pool_naming_it():
                                            r"twice"):
             pool.finish()
         assert pool.workers_replaced == 1
+
+
+def test_the_boundary_crf_over_worker_processes_equals_the_serial_one():
+    """Issue 22.5: ``--boundary_crf_processes`` spreads a batch's images over spawned workers;
+    the refined maps, and so the boundary loss (eq. 14), are the serial ones exactly."""
+    pytest.importorskip("pydensecrf.densecrf")
+    from agen_hf.crf import crf_refine
+    from agen_hf.losses import boundary_loss
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 20, 24, generator=g) * 255
+    logits = torch.randn(3, 5, 20, 24, generator=g) * 2
+    present = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    probs = logits.softmax(dim=1)
+    serial = crf_refine(images, probs, present, CrfParams(), "pydensecrf")
+    pooled = crf_refine(images, probs, present, CrfParams(), "pydensecrf", processes=2)
+    assert torch.equal(serial, pooled)
+    assert (serial[~present] == 0).all() and (serial[0, 1] != probs[0, 1]).any()
+    labels = present[:, 1:].float()
+    assert torch.equal(boundary_loss(images, logits, labels, CrfParams()),
+                       boundary_loss(images, logits, labels, CrfParams(), processes=2))
+    with pytest.raises(ValueError, match="processes must be >= 0"):
+        crf_refine(images, probs, present, CrfParams(), "pydensecrf", processes=-1)

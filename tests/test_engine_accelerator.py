@@ -6,19 +6,29 @@ import torch
 from agen_hf.engine import accelerator as acc
 
 
-@pytest.mark.parametrize("units, expected", [
-    ({"_is_amx_tile_supported": True, "_is_avx512_bf16_supported": True}, ("bf16", "AMX")),
-    # AVX512-BF16 without AMX: bf16 GEMMs measured at 0.54x fp32 (issue 20), so fp32
-    ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True},
-     ("no", "AVX512-BF16 but no AMX")),
-    ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": False}, ("no", "no native")),
+@pytest.mark.parametrize("units, speedup, expected", [
+    ({"_is_amx_tile_supported": True, "_is_avx512_bf16_supported": True}, None, ("bf16", "AMX")),
+    # AVX512-BF16 without AMX: measured; 0.49x on one machine (fp32), 2.3x on another (bf16)
+    ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True}, 0.49,
+     ("no", "AVX512-BF16 but no AMX, and bf16 matrix products measured 0.49x")),
+    ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True}, 2.3,
+     ("bf16", "AVX512-BF16, no AMX: bf16 matrix products measured 2.30x")),
+    ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": False}, None,
+     ("no", "no native")),
 ])
-def test_auto_picks_bf16_only_on_cpus_with_native_bf16(monkeypatch, units, expected):
+def test_auto_picks_bf16_only_where_it_pays(monkeypatch, units, speedup, expected):
     for name, value in units.items():
         monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
+    measured = []
+    monkeypatch.setattr(acc, "bf16_gemm_speedup", lambda: measured.append(1) or speedup)
     precision, note = acc.resolve_mixed_precision("auto", on_cpu=True)
     assert precision == expected[0] and expected[1] in note and note.startswith(
         "--mixed_precision auto:")
+    assert len(measured) == (speedup is not None)  # measured only where flags cannot tell
+
+
+def test_the_bf16_speedup_is_measured():
+    assert 0.01 < acc.bf16_gemm_speedup(n=128, repeats=1) < 100
 
 
 def test_auto_on_a_gpu_follows_its_bf16_support(monkeypatch):

@@ -6,7 +6,10 @@ training, evaluation, pseudo labels, figures and validation read the same datase
     --train_dir DIR [--validation_dir DIR]   a folder of tagged images (imagefolder convention)
     --dataset_name ID_OR_DIR [--dataset_config_name NAME]   a Hub dataset or a local folder
                                     that ``datasets.load_dataset`` reads   splits train / validation
-    --dataset synthetic             the embedded synthetic data (training recipe only)
+    --dataset synthetic             the embedded synthetic data    splits train / val
+        [--synthetic_size N --synthetic_val_size N --synthetic_image_size PX --seed S]
+        (the val split is drawn from ``seed + 1,000,003``: eval_voc.py given a training run's
+        flags scores the very images that run validated on)
 
 The evaluation split is read with the training split's classes, so both name them alike.
 """
@@ -36,6 +39,22 @@ DEFAULT_SPLITS = {"voc": ("train_aug", "val"), "coco": ("train2014", "val2014"),
 CARD = {"voc": ("pascal_voc", "PASCAL VOC 2012", "pascal-voc"),
         "coco": ("coco", "MS COCO 2014", "coco"),
         "synthetic": ("synthetic", "agen_hf synthetic", "synthetic")}
+
+
+SYNTHETIC_VAL_SEED_OFFSET = 1_000_003
+
+
+def add_synthetic_arguments(group, *, seed: bool = False) -> None:
+    """The synthetic source's size flags (and ``--seed``, for a recipe that has none)."""
+    from ..engine.arguments import at_least, non_negative, positive
+
+    group.add_argument("--synthetic_size", type=positive, default=2000)
+    group.add_argument("--synthetic_val_size", type=non_negative, default=200)
+    group.add_argument("--synthetic_image_size", type=at_least(16), default=128)
+    if seed:
+        group.add_argument("--seed", type=int, default=42,
+                           help="the training run's --seed: the synthetic splits are drawn "
+                                "from it")
 
 
 def add_data_arguments(group, *, synthetic: bool = False) -> None:
@@ -125,7 +144,16 @@ def load_split(args: argparse.Namespace, split: str, *, role: str = "train",
         return load_hub(args.dataset_name, split, config_name=args.dataset_config_name,
                         column_mapping=mapping, class_names=names,
                         require_foreground=require_foreground)
-    raise ValueError(f"load_split: source {source!r} is made by the recipe")
+    if source == "synthetic":
+        from .synthetic import make_synthetic
+
+        if role == "train":
+            return make_synthetic(args.synthetic_size, seed=args.seed,
+                                  image_size=args.synthetic_image_size)
+        return make_synthetic(args.synthetic_val_size,
+                              seed=args.seed + SYNTHETIC_VAL_SEED_OFFSET,
+                              image_size=args.synthetic_image_size)
+    raise ValueError(f"load_split: unknown source {source!r}")
 
 
 def load_hub(name: str, split: str, *, config_name: str | None = None,

@@ -93,9 +93,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="clip the global gradient norm (the paper does not clip)")
     g.add_argument("--gradient_accumulation_steps", type=positive, default=1)
     g.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
-                   help="bf16/fp16 autocast, no (fp32), or auto: bf16 on a CPU with AMX or "
-                        "a GPU with bf16, fp32 elsewhere (AVX512-BF16 alone ran slower than "
-                        "fp32; the choice is logged)")
+                   help="bf16/fp16 autocast, no (fp32), or auto: bf16 on a GPU with bf16, "
+                        "a CPU with AMX, or a CPU with AVX512-BF16 whose bf16 matrix "
+                        "products measure >= 1.3x fp32; fp32 elsewhere (the choice is logged)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across GPUs")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is there")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
