@@ -7,12 +7,13 @@ import json
 import os
 from pathlib import Path
 
+from .configuration_utils import model_type_of
 from .model_files import find_file
 
 
 def load_segmentation_model(name_or_path: str | os.PathLike):
-    """:class:`agen_hf.AgenModel` or :class:`agen_hf.deeplab.DeepLabModel`, by its config.json
-    (a DeepLab config names a ``backbone``)."""
+    """:class:`agen_hf.AgenModel` or :class:`agen_hf.deeplab.DeepLabModel`, by the
+    ``model_type`` of its config.json (:func:`agen_hf.configuration_utils.model_type_of`)."""
     from .deeplab import DeepLabModel
     from .modeling_agen import AgenModel
 
@@ -24,5 +25,8 @@ def load_segmentation_model(name_or_path: str | os.PathLike):
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read it as JSON ({e})") from None
-    cls = DeepLabModel if "backbone" in config else AgenModel
-    return cls.from_pretrained(name_or_path)
+    classes = {"agen": AgenModel, "deeplab": DeepLabModel}
+    model_type = model_type_of(config)
+    if model_type not in classes:
+        raise ValueError(f"{path}: model_type {model_type!r} is not one of {sorted(classes)}")
+    return classes[model_type].from_pretrained(name_or_path)

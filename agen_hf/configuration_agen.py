@@ -7,11 +7,11 @@ exponent of eq. 4 (``cam_alpha``), ``δ`` the seed thresholds of section IV.1.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from .configuration_utils import SegmentationConfig
 from .data.voc import VOC_CLASSES
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
@@ -32,7 +32,7 @@ def default_id2label(num_labels: int) -> dict[int, str]:
 
 
 @dataclass
-class AgenConfig:
+class AgenConfig(SegmentationConfig):
     """Configuration of :class:`agen_hf.AgenModel`.
 
     Labels
@@ -88,6 +88,8 @@ class AgenConfig:
     Input normalisation
         image_mean / image_std: ImageNet statistics, used to recover the RGB image for the CRF.
     """
+
+    model_type: ClassVar[str] = "agen"
 
     num_labels: int = 21
     id2label: dict[int, str] | None = None
@@ -255,36 +257,6 @@ class AgenConfig:
             raise ValueError(f"preset: expected one of {sorted(TABLE1_PRESETS)}, got {preset!r}")
         agm, coam = TABLE1_PRESETS[preset]
         return dataclasses.replace(self, agm_stages=agm, coam_stages=coam)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.to_json_string())
-
-    def to_json_string(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "AgenConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown AgenConfig field(s): {', '.join(unknown)}")
-        return cls(**values)
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "AgenConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        try:
-            return cls.from_dict(values)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from e
-
-    def to_json_file(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json_string() + "\n")
 
 
 __all__ = ["AgenConfig", "VOC_CLASSES", "STAGES", "CRF_BACKENDS", "TABLE1_PRESETS"]

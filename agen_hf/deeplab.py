@@ -15,6 +15,7 @@ so the image processor, ``eval_voc.py`` and ``predict.py`` take them as they are
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
 from .backbones import VggBlock, max_pool
 from .configuration_agen import default_id2label
+from .configuration_utils import SegmentationConfig
 from .hub import SegmentationHubMixin
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 from .parameter_groups import split_parameters
@@ -36,7 +38,7 @@ VGG_HEADS = ("largefov", "aspp")
 
 
 @dataclass
-class DeepLabConfig:
+class DeepLabConfig(SegmentationConfig):
     """Configuration of :class:`DeepLabModel`.
 
     backbone: ``"resnet101"`` or ``"vgg16"``.
@@ -49,6 +51,8 @@ class DeepLabConfig:
     fc_channels: width of fc6/fc7 (1024); aspp_dilations: (6, 12, 18, 24).
     image_mean / image_std: ImageNet statistics (the backbones' weights expect them).
     """
+
+    model_type: ClassVar[str] = "deeplab"
 
     backbone: str = "resnet101"
     head: str = "largefov"
@@ -94,8 +98,6 @@ class DeepLabConfig:
         return dataclasses.replace(self, num_labels=len(id2label), id2label=dict(id2label),
                                    label2id=None)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class LargeFovHead(nn.Sequential):
@@ -172,6 +174,8 @@ model = DeepLabModel.from_pretrained("{{ repo_id }}")
 class DeepLabModel(nn.Module, SegmentationHubMixin, tags=["deeplab"],
                    model_card_template=MODEL_CARD):
     """A DeepLab network with the Hugging Face save/load/push of :class:`agen_hf.AgenModel`."""
+
+    config_class = DeepLabConfig
 
     def __init__(self, config: DeepLabConfig) -> None:
         super().__init__()

@@ -7,10 +7,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, PyTorchModelHubMixin
+from huggingface_hub.errors import (EntryNotFoundError, HFValidationError,
+                                    LocalEntryNotFoundError, RepositoryNotFoundError)
 from safetensors.torch import load_file
 from torch import nn
 
@@ -36,6 +37,16 @@ class SegmentationHubMixin(
     template); ``save_pretrained``/``push_to_hub`` also write ``preprocessor_config.json``
     (from the model config's ``image_mean``/``image_std``); ``from_pretrained`` is strict by
     default."""
+
+    @property
+    def device(self):
+        """The device of the weights (transformers' ``PreTrainedModel.device``)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self):
+        """The dtype of the weights (transformers' ``PreTrainedModel.dtype``)."""
+        return next(self.parameters()).dtype
 
     def save_pretrained(self, save_directory, *args, model_card_kwargs: dict | None = None,
                         **kwargs):
@@ -81,12 +92,41 @@ class SegmentationHubMixin(
         """``config.json`` (as the mixin writes it) and ``preprocessor_config.json``: with a
         ``model.safetensors`` beside them, the folder loads with ``from_pretrained`` (every
         training ``checkpoint-<step>`` is written so)."""
-        config = self._hub_mixin_config
-        config = asdict(config) if is_dataclass(config) else config
-        Path(save_directory, "config.json").write_text(json.dumps(config, sort_keys=True,
-                                                                  indent=2))
+        self.config.to_json_file(Path(save_directory, "config.json"))  # with its model_type
         AgenImageProcessor(image_mean=self.config.image_mean,
                            image_std=self.config.image_std).save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, num_labels: int | None = None,
+                        id2label: dict | None = None, ignore_mismatched_sizes: bool = False,
+                        **kwargs):
+        """A saved model folder or a Hub repo id, as transformers loads it: ``id2label`` (or
+        ``num_labels``, naming the classes ``LABEL_i``, background included) asks for another
+        label set, which ``ignore_mismatched_sizes=True`` allows by re-initialising the class
+        layers (:func:`for_classes`); the mixin's keyword arguments (``revision``,
+        ``cache_dir``, ``token``...) pass through. Errors name the path: a folder that does
+        not exist, a folder without ``config.json``, a ``config.json`` that is not JSON."""
+        name = str(pretrained_model_name_or_path)
+        check_model_folder(name)
+        try:
+            if "config" not in kwargs and not kwargs.get("revision"):
+                # read (and validated: model_type, unknown fields) by the config class
+                kwargs["config"] = cls.config_class.from_pretrained(pretrained_model_name_or_path)
+            model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (HFValidationError, EntryNotFoundError, RepositoryNotFoundError,
+                LocalEntryNotFoundError) as e:
+            raise FileNotFoundError(f"{name}: not a model folder here, and not found on the Hub "
+                                    f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        if num_labels is not None and id2label is None:
+            id2label = {0: "background", **{i: f"LABEL_{i}" for i in range(1, num_labels)}}
+        if id2label is not None:
+            id2label = {int(k): str(v) for k, v in id2label.items()}
+            if num_labels is not None and len(id2label) != num_labels:
+                raise ValueError(f"num_labels={num_labels} but id2label names "
+                                 f"{len(id2label)} labels")
+            model = for_classes(model, id2label, ignore_mismatched_sizes=ignore_mismatched_sizes,
+                                model_name=name, data_name="the id2label given")
+        return model
 
     @classmethod
     def _from_pretrained(cls, *, strict: bool = True, **kwargs):
@@ -105,6 +145,33 @@ class SegmentationHubMixin(
         model.load_state_dict(state, strict=strict)
         model.eval()
         return model
+
+
+def check_model_folder(name: str) -> None:
+    """Raise naming the file when ``name`` is meant as a local folder and is not a loadable
+    one: it exists but is no folder or has no (or no valid) ``config.json``, or it does not
+    exist while its first part does (``runs/missing`` beside a ``runs/`` folder), or it has
+    the form of no Hub id (``./x``, ``/x``, ``a/b/c``). A Hub id is left to the Hub."""
+    path = Path(name)
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: missing, so {name} is not a saved model folder "
+                                    "(save_pretrained writes config.json and "
+                                    "model.safetensors)")
+        try:
+            json.loads(config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{config}: not valid JSON ({e})") from None
+        return
+    if path.exists():
+        raise NotADirectoryError(f"{name}: a file, not a model folder")
+    parts = path.parts
+    beside = len(parts) == 2 and Path(parts[0]).is_dir()
+    if name.startswith((".", "/", "~")) or len(parts) > 2 or beside:
+        there = sorted(p.name for p in Path(parts[0]).iterdir())[:8] if beside else None
+        raise FileNotFoundError(f"{name}: no such model folder"
+                                + (f" ({parts[0]}/ holds {there})" if beside else ""))
 
 
 def mean_iou_result(mean_iou: float, dataset_type: str, dataset_name: str,

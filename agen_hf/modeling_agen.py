@@ -67,6 +67,8 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
     branch B (ResNet-38); AGM-n on the stage-n taps of A and B for n in ``config.agm_stages``;
     CoAM-n on AGM-n's class-aware maps for n in ``config.coam_stages``, accumulated top-down."""
 
+    config_class = AgenConfig
+
     def __init__(self, config: AgenConfig) -> None:
         super().__init__()
         if not isinstance(config, AgenConfig):

@@ -4,13 +4,52 @@ AGEN adds its class maps, CAMs and seeds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator
 
 import torch
 
 
+def _is_set(value: Any) -> bool:
+    return value is not None and not (isinstance(value, dict) and not value)
+
+
+class ModelOutput:
+    """transformers' ``ModelOutput`` conventions on a dataclass: the fields that are set (not
+    None, not an empty dict) in declaration order are its keys, so ``out[0]`` is the first of
+    them (``logits`` without targets, ``loss`` with them), ``out["logits"]`` reads by name,
+    ``out.to_tuple()`` gives them all, and ``loss, logits = out[:2]`` works as it does for a
+    transformers model with ``return_dict=False``."""
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if _is_set(getattr(self, f.name))]
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(f"{key!r} is not set in this {type(self).__name__} (set: "
+                               f"{', '.join(self.keys())})")
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
 @dataclass
-class SegmenterOutput:
+class SegmenterOutput(ModelOutput):
     """Attributes:
         loss: the training loss (when targets are given), the sum of ``loss_terms``.
         loss_terms: every term of the loss by name.

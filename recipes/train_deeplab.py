@@ -89,10 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_config(args: argparse.Namespace, id2label: dict[int, str]) -> DeepLabConfig:
     if args.model_config:
-        import json
-
         try:
-            config = DeepLabConfig(**json.loads(Path(args.model_config).read_text()))
+            config = DeepLabConfig.from_json_file(args.model_config)
         except (OSError, ValueError, TypeError) as e:
             raise SystemExit(f"--model_config {args.model_config}: {e}") from None
     else:
