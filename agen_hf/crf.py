@@ -144,6 +144,7 @@ def crf_refine(images: torch.Tensor, probs: torch.Tensor, present: torch.Tensor,
         raise ValueError(f"crf_refine: processes must be >= 0, got {processes}")
     if backend == "pydensecrf":
         _require_pydensecrf()
+    pool = batch_pool(processes) if processes and backend == "pydensecrf" else None
     out = torch.zeros_like(probs, dtype=torch.float32)
     with torch.no_grad():
         jobs = []
@@ -156,10 +157,10 @@ def crf_refine(images: torch.Tensor, probs: torch.Tensor, present: torch.Tensor,
                 continue
             image = images[i].clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)
             job = (image.cpu().numpy(), p.cpu().numpy(), params)
-            jobs.append((i, idx, batch_pool(processes).submit(dense_crf_pydensecrf, *job)
-                         if processes else dense_crf_pydensecrf(*job)))
+            jobs.append((i, idx, pool.submit(dense_crf_pydensecrf, *job) if pool else
+                         dense_crf_pydensecrf(*job)))
         for i, idx, q in jobs:
-            q = q.result() if processes else q
+            q = q.result() if pool else q
             out[i, idx] = torch.from_numpy(q).to(probs.device)
     return out
 

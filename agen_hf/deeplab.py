@@ -99,7 +99,6 @@ class DeepLabConfig(SegmentationConfig):
                                    label2id=None)
 
 
-
 class LargeFovHead(nn.Sequential):
     """fc6 (3x3, dilated), ReLU, dropout, fc7 (1x1), ReLU, dropout, fc8 (1x1) to the classes."""
 

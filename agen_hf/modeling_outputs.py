@@ -18,8 +18,9 @@ class ModelOutput:
     """transformers' ``ModelOutput`` conventions on a dataclass: the fields that are set (not
     None, not an empty dict) in declaration order are its keys, so ``out[0]`` is the first of
     them (``logits`` without targets, ``loss`` with them), ``out["logits"]`` reads by name,
-    ``out.to_tuple()`` gives them all, and ``loss, logits = out[:2]`` works as it does for a
-    transformers model with ``return_dict=False``."""
+    ``out.to_tuple()`` gives them all, and unpacking takes the set fields in order as it does
+    for a transformers model with ``return_dict=False`` (with targets:
+    ``loss, loss_terms, logits = out[:3]``)."""
 
     def keys(self) -> list[str]:
         return [f.name for f in fields(self) if _is_set(getattr(self, f.name))]

@@ -42,7 +42,7 @@ from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import (  # noqa: E402
     add_crf_arguments, crf_params, crf_pool, crf_problems)
 from agen_hf.engine.checkpointing import write_text_atomic  # noqa: E402
-from agen_hf.engine.exits import exit_if_incomplete  # noqa: E402
+from agen_hf.engine.exits import exit_if_incomplete, skipped_problems  # noqa: E402
 from agen_hf.metrics.report import iou_table  # noqa: E402
 
 logger = logging.getLogger("eval_voc")
@@ -167,14 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
         write_text_atomic(output, json.dumps(result, indent=2, allow_nan=True) + "\n")
         print(f"\nwritten to {output}")
     if accelerator.is_main_process:
-        exit_if_incomplete(crf_problems(crf) + skipped_problems(result["skipped"]))
+        exit_if_incomplete(crf_problems(crf) + skipped_problems(
+            result["skipped"], "bad images", "and not scored"))
     return result
-
-
-def skipped_problems(skipped: int) -> list[str]:
-    """The exit line's words for bad images left out of the score (``--skip_bad_samples``)."""
-    return [f"{skipped} bad images were skipped and not scored (--skip_bad_samples; the "
-            "warnings name their files)"] if skipped else []
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from agen_hf.engine import make_accelerator  # noqa: E402
 from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
 from agen_hf.engine.arguments import configure_logging  # noqa: E402
 from agen_hf.engine.crf_options import add_crf_arguments, crf_pool, crf_problems  # noqa: E402
-from agen_hf.engine.exits import exit_if_incomplete  # noqa: E402
+from agen_hf.engine.exits import exit_if_incomplete, skipped_problems  # noqa: E402
 from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
 from agen_hf.progress import progress  # noqa: E402
 from agen_hf.metrics import StreamingMeanIoU  # noqa: E402
@@ -193,11 +193,9 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "pseudo_labels_report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
     if accelerator.is_main_process:
-        left_out = skipped_at_load + len(skipped)
-        exit_if_incomplete(crf_problems(crf) + ([
-            f"{left_out} bad images were skipped and have no pseudo label (--skip_bad_samples; "
-            f"{out / 'pseudo_labels_report.json'} and the warnings name them)"]
-            if left_out else []))
+        exit_if_incomplete(crf_problems(crf) + skipped_problems(
+            skipped_at_load + len(skipped), "bad images", "and have no pseudo label",
+            f"{out / 'pseudo_labels_report.json'} and the warnings name them"))
     return report
 
 

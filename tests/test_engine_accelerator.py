@@ -49,3 +49,27 @@ def test_the_accelerator_carries_the_choice(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     accelerator = acc.make_accelerator(cpu=True, mixed_precision="auto")
     assert accelerator.mixed_precision == "no" and "fp32" in accelerator.precision_choice
+
+
+def test_processes_that_measure_take_one_decision(tmp_path):
+    """Under a 2-process CPU launch each process measures bf16; the slowest figure decides
+    for all, so no two processes train in different precisions."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_train_voc import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "agree.py"
+    script.write_text("import os\nfrom agen_hf.engine.accelerator import slowest_of_processes\n"
+                      "rank = int(os.environ['RANK'])\n"
+                      "print(f'rank {rank}: {slowest_of_processes([2.5, 1.1][rank])}')\n")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                           "2", "--master_port", str(free_port()), str(script)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rank 0: 1.1" in proc.stdout and "rank 1: 1.1" in proc.stdout
+    assert acc.slowest_of_processes(2.5) == 2.5  # one process: its own figure

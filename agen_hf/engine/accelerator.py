@@ -33,14 +33,29 @@ def bf16_gemm_speedup(n: int = 1024, repeats: int = 3) -> float:
     return rates[torch.bfloat16] / rates[torch.float32]
 
 
+def slowest_of_processes(value: float) -> float:
+    """The smallest ``value`` of every process of a CPU launch (``WORLD_SIZE`` > 1), so that
+    processes that each measured take one decision together; ``value`` itself alone. It
+    starts the process group (Accelerate's ``PartialState``) the Accelerator then uses."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return value
+    from accelerate import PartialState
+
+    PartialState(cpu=True)
+    agreed = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+    return float(agreed.item())
+
+
 def native_bf16(on_cpu: bool) -> tuple[str | None, str]:
     """Whether bf16 autocast pays on this device: ``(unit, why)`` with the unit that computes
     it (``"AMX"``, ``"AVX512-BF16"``, ``"CUDA"``) or None, and the reason in words. A CPU with
     AMX does; one with AVX512-BF16 but no AMX differs by microarchitecture (BENCHMARKS.md,
     issue 22: a 2-core machine without AMX ran bf16 matrix products at 0.49x fp32 and the
     quickstart's step at 0.9x; an AMD EPYC with AVX512-BF16 at 2.3x and 1.5x), so there the
-    rate is measured (:func:`bf16_gemm_speedup`) and bf16 taken from
-    :data:`BF16_MIN_SPEEDUP`; a CPU with neither would emulate bf16."""
+    rate is measured (:func:`bf16_gemm_speedup`, the slowest process's figure under a
+    multi-process launch) and bf16 taken from :data:`BF16_MIN_SPEEDUP`; a CPU with neither
+    would emulate bf16."""
     if not on_cpu:
         return ("CUDA", "GPU with bf16") if torch.cuda.is_bf16_supported() else (
             None, "this GPU has no bf16")
@@ -48,7 +63,7 @@ def native_bf16(on_cpu: bool) -> tuple[str | None, str]:
     if amx:
         return "AMX", "CPU with AMX"
     if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
-        speedup = bf16_gemm_speedup()
+        speedup = slowest_of_processes(bf16_gemm_speedup())
         if speedup >= BF16_MIN_SPEEDUP:
             return "AVX512-BF16", (f"CPU with AVX512-BF16, no AMX: bf16 matrix products "
                                    f"measured {speedup:.2f}x fp32 here")
@@ -60,8 +75,8 @@ def native_bf16(on_cpu: bool) -> tuple[str | None, str]:
 def resolve_mixed_precision(value: str | None, on_cpu: bool) -> tuple[str | None, str | None]:
     """``--mixed_precision`` as Accelerate takes it, and what to log about it: ``"auto"``
     becomes ``"bf16"`` where bf16 pays (:func:`native_bf16`: AMX, measured AVX512-BF16, a bf16
-    GPU) and ``"no"``
-    (fp32) elsewhere, never the emulated or slower path; other values pass through."""
+    GPU) and ``"no"`` (fp32) elsewhere, never the emulated or slower path; other values pass
+    through."""
     if value != "auto":
         return value, None
     unit, why = native_bf16(on_cpu)

@@ -22,7 +22,7 @@ from ..metrics.report import class_iou_markdown
 from .accelerator import base_model
 from .checkpointing import replace_files, write_text_atomic
 from .evaluation import validate
-from .exits import exit_if_incomplete
+from .exits import exit_if_incomplete, skipped_problems
 from .loop import TrainState
 
 logger = logging.getLogger("agen_hf.train")
@@ -108,12 +108,10 @@ def finish(accelerator: Accelerator, args: argparse.Namespace, model, val_loader
     config = base_model(accelerator, model).config
     result = final_results(metrics, config.id2label, state.global_step, time.time() - started,
                            **extras)
-    problems = []
     skipped = sum(skipped_when_loaded(ds) for ds in loaded) + (metrics or {}).get("skipped", 0)
     if skipped:
         result["bad_samples_skipped"] = skipped
-        problems.append(f"{skipped} bad samples were skipped when the data was loaded or "
-                        "validated (--skip_bad_samples; the warnings name their files)")
+    problems = skipped_problems(skipped, "bad samples", "when the data was loaded or validated")
     if state.bad_samples:
         result["bad_samples_replaced"] = state.bad_samples
         problems.append(f"{state.bad_samples} bad training samples were replaced by "
