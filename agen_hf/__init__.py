@@ -10,6 +10,17 @@ from .modules import AttentionGuidedModule, ContextAttention
 
 __version__ = "0.1.0"
 
-__all__ = ["AgenConfig", "AgenImageProcessor", "AgenModel", "AgenOutput", "AttentionGuidedModule",
-           "BatchFeature", "ContextAttention", "SegmenterOutput", "VOC_CLASSES", "__version__",
-           "segment", "segmentation_probabilities"]
+__all__ = [
+    "AgenConfig",
+    "AgenImageProcessor",
+    "AgenModel",
+    "AgenOutput",
+    "AttentionGuidedModule",
+    "BatchFeature",
+    "ContextAttention",
+    "SegmenterOutput",
+    "VOC_CLASSES",
+    "__version__",
+    "segment",
+    "segmentation_probabilities",
+]

@@ -19,8 +19,9 @@ def load_segmentation_model(name_or_path: str | os.PathLike):
 
     path = find_file(name_or_path, "config.json")
     if path is None:
-        raise FileNotFoundError(f"{name_or_path}: no config.json; expected a model saved with "
-                                "save_pretrained")
+        raise FileNotFoundError(
+            f"{name_or_path}: no config.json; expected a model saved with save_pretrained"
+        )
     try:
         config = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:

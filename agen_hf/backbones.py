@@ -30,12 +30,21 @@ class VggBlock(nn.Sequential):
     """``depth`` 3x3 convolutions with ReLU (and batch norm before it for VGG16-BN), named
     ``conv{block}_{i}`` as in VGG16."""
 
-    def __init__(self, block: int, in_channels: int, out_channels: int, depth: int,
-                 dilation: int = 1, batch_norm: bool = False) -> None:
+    def __init__(
+        self,
+        block: int,
+        in_channels: int,
+        out_channels: int,
+        depth: int,
+        dilation: int = 1,
+        batch_norm: bool = False,
+    ) -> None:
         super().__init__()
         for i in range(1, depth + 1):
-            self.add_module(f"conv{block}_{i}", nn.Conv2d(
-                in_channels, out_channels, 3, padding=dilation, dilation=dilation))
+            self.add_module(
+                f"conv{block}_{i}",
+                nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation),
+            )
             if batch_norm:
                 self.add_module(f"bn{block}_{i}", nn.BatchNorm2d(out_channels))
             self.add_module(f"relu{block}_{i}", nn.ReLU(inplace=True))
@@ -71,14 +80,16 @@ class DeepLabVGG16(nn.Module):
         self.pool3 = max_pool(2)
         self.conv4 = VggBlock(4, ch[2], ch[3], depth[3], batch_norm=bn)
         self.pool4 = max_pool(1)
-        self.conv5 = VggBlock(5, ch[3], ch[4], depth[4], dilation=config.vgg_stage5_dilation,
-                              batch_norm=bn)
+        self.conv5 = VggBlock(
+            5, ch[3], ch[4], depth[4], dilation=config.vgg_stage5_dilation, batch_norm=bn
+        )
         self.pool5 = max_pool(1)
         d = config.fc6_dilation
         self.fc6 = nn.Conv2d(ch[4], config.fc_channels, 3, padding=d, dilation=d)
         self.fc7 = nn.Conv2d(config.fc_channels, config.fc_channels, 3, padding=1)
-        self.classifier = nn.Conv2d(config.fc_channels, config.num_classes, 1,
-                                    bias=config.classifier_bias)
+        self.classifier = nn.Conv2d(
+            config.fc_channels, config.num_classes, 1, bias=config.classifier_bias
+        )
         self.stage_channels = {3: ch[2], 4: ch[3], 5: ch[4]}
 
     def forward(self, stem: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -99,16 +110,31 @@ class ResidualUnit(nn.Module):
     """Pre-activation unit of ResNet-38 (Wu et al.): BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus an
     identity or 1x1 projection shortcut taken from the pre-activated input."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
-                 first_dilation: int = 1, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        first_dilation: int = 1,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         self.same_shape = in_channels == out_channels and stride == 1
         self.bn_branch2a = nn.BatchNorm2d(in_channels)
-        self.conv_branch2a = nn.Conv2d(in_channels, mid_channels, 3, stride, padding=first_dilation,
-                                       dilation=first_dilation, bias=False)
+        self.conv_branch2a = nn.Conv2d(
+            in_channels,
+            mid_channels,
+            3,
+            stride,
+            padding=first_dilation,
+            dilation=first_dilation,
+            bias=False,
+        )
         self.bn_branch2b1 = nn.BatchNorm2d(mid_channels)
-        self.conv_branch2b1 = nn.Conv2d(mid_channels, out_channels, 3, padding=dilation,
-                                        dilation=dilation, bias=False)
+        self.conv_branch2b1 = nn.Conv2d(
+            mid_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False
+        )
         if not self.same_shape:
             self.conv_branch1 = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
 
@@ -130,8 +156,9 @@ class BottleneckUnit(nn.Module):
         self.conv_branch2a = nn.Conv2d(in_channels, out_channels // 4, 1, bias=False)
         self.bn_branch2b1 = nn.BatchNorm2d(out_channels // 4)
         self.dropout_2b1 = nn.Dropout2d(dropout)
-        self.conv_branch2b1 = nn.Conv2d(out_channels // 4, out_channels // 2, 3, padding=dilation,
-                                        dilation=dilation, bias=False)
+        self.conv_branch2b1 = nn.Conv2d(
+            out_channels // 4, out_channels // 2, 3, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn_branch2b2 = nn.BatchNorm2d(out_channels // 2)
         self.dropout_2b2 = nn.Dropout2d(dropout)
         self.conv_branch2b2 = nn.Conv2d(out_channels // 2, out_channels, 1, bias=False)
@@ -149,8 +176,9 @@ class BottleneckUnit(nn.Module):
 class SegmentationHead(nn.Sequential):
     """RRM's head on ResNet-38: 3x3 dilated conv, ReLU, 1x1 conv to C+1 logits."""
 
-    def __init__(self, in_channels: int, channels: int, dilation: int, num_labels: int,
-                 bias: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, dilation: int, num_labels: int, bias: bool = False
+    ) -> None:
         super().__init__(
             nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation, bias=False),
             nn.ReLU(inplace=True),
@@ -174,18 +202,33 @@ class ResNet38(nn.Module):
         self.b6 = BottleneckUnit(w5, w6, dilation=4, dropout=config.resnet_dropout[0])
         self.b7 = BottleneckUnit(w6, w7, dilation=4, dropout=config.resnet_dropout[1])
         self.bn7 = nn.BatchNorm2d(w7)
-        self.head = SegmentationHead(w7, config.seg_head_channels, config.seg_head_dilation,
-                                     config.num_labels, config.classifier_bias)
+        self.head = SegmentationHead(
+            w7,
+            config.seg_head_channels,
+            config.seg_head_dilation,
+            config.num_labels,
+            config.classifier_bias,
+        )
         self.stage_channels = {3: w3, 4: w4, 5: w5}
 
-    def _add_units(self, block: int, depth: int, in_ch: int, mid: int, out: int, stride: int,
-                   dilation: int = 1) -> None:
+    def _add_units(
+        self, block: int, depth: int, in_ch: int, mid: int, out: int, stride: int, dilation: int = 1
+    ) -> None:
         names = []
         for i in range(depth):
             name = f"b{block}" if i == 0 else f"b{block}_{i}"
             first_dilation = 1 if i == 0 else dilation
-            self.add_module(name, ResidualUnit(in_ch if i == 0 else out, mid, out,
-                                               stride if i == 0 else 1, first_dilation, dilation))
+            self.add_module(
+                name,
+                ResidualUnit(
+                    in_ch if i == 0 else out,
+                    mid,
+                    out,
+                    stride if i == 0 else 1,
+                    first_dilation,
+                    dilation,
+                ),
+            )
             names.append(name)
         self._stages[block] = names
 

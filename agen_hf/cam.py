@@ -30,8 +30,9 @@ def background_map(fg: torch.Tensor, alpha: float) -> torch.Tensor:
     return (1.0 - fg.amax(dim=1, keepdim=True)).clamp_min(0.0) ** alpha
 
 
-def _image_class_maps(class_maps: torch.Tensor, image_labels: torch.Tensor,
-                      size: tuple[int, int], alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _image_class_maps(
+    class_maps: torch.Tensor, image_labels: torch.Tensor, size: tuple[int, int], alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The background map (eq. 4) and the CAMs (eq. 2-3) of each image's own classes:
     (B, 1 + K, *size) with K the most classes any image of the batch has, and (B, 1 + K) the
     label (0 background, c + 1 for class c) of each of those maps.
@@ -41,8 +42,10 @@ def _image_class_maps(class_maps: torch.Tensor, image_labels: torch.Tensor,
     of the C maps (a VOC image has 1.5 classes of 20). An image with fewer than K classes is
     padded with zero maps of classes it does not have, which never win either."""
     if image_labels.shape != class_maps.shape[:2]:
-        raise ValueError(f"pseudo labels: image_labels has shape {tuple(image_labels.shape)}, "
-                         f"expected {tuple(class_maps.shape[:2])}")
+        raise ValueError(
+            f"pseudo labels: image_labels has shape {tuple(image_labels.shape)}, "
+            f"expected {tuple(class_maps.shape[:2])}"
+        )
     present = image_labels != 0
     k = max(int(present.sum(dim=1).max()), 1) if present.numel() else 1
     order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)[:, :k]  # (B, K)
@@ -60,8 +63,14 @@ def _labels_of(index: torch.Tensor, names: torch.Tensor) -> torch.Tensor:
     return names.gather(1, index.flatten(1)).view_as(index)
 
 
-def pseudo_labels(class_maps: torch.Tensor, image_labels: torch.Tensor, size: tuple[int, int],
-                  alpha: float, threshold: float, ignore_index: int = 255) -> torch.Tensor:
+def pseudo_labels(
+    class_maps: torch.Tensor,
+    image_labels: torch.Tensor,
+    size: tuple[int, int],
+    alpha: float,
+    threshold: float,
+    ignore_index: int = 255,
+) -> torch.Tensor:
     """Seeds ``H`` from class-aware maps (eq. 2-4 and section IV.1).
 
     class_maps: ``F_c`` (B, C, h, w); image_labels: multi-hot (B, C). Maps of classes absent
@@ -78,13 +87,13 @@ def pseudo_labels(class_maps: torch.Tensor, image_labels: torch.Tensor, size: tu
         # where exactly one map exceeds the threshold it is also the largest, so the index of
         # the maximum names it (``max`` is 3x faster than ``argmax`` over dim 1 on a CPU)
         above = (maps > threshold).sum(dim=1, dtype=torch.uint8)
-        seeds = torch.where(above == 1, _labels_of(maps.max(dim=1).indices, names),
-                            ignore_index)
+        seeds = torch.where(above == 1, _labels_of(maps.max(dim=1).indices, names), ignore_index)
     return seeds
 
 
-def dense_pseudo_labels(class_maps: torch.Tensor, image_labels: torch.Tensor,
-                        size: tuple[int, int], alpha: float) -> torch.Tensor:
+def dense_pseudo_labels(
+    class_maps: torch.Tensor, image_labels: torch.Tensor, size: tuple[int, int], alpha: float
+) -> torch.Tensor:
     """Every pixel labelled: the argmax over the background map (eq. 4) and the CAMs (eq. 2-3)
     of the image's classes. class_maps (B, C, h, w), image_labels (B, C) -> (B, *size) int64
     with 0 background and c + 1 for class c. How good a head's maps are, seeds aside."""

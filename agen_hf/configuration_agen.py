@@ -18,16 +18,22 @@ from .normalization import IMAGENET_MEAN, IMAGENET_STD
 STAGES = (3, 4, 5)
 CRF_BACKENDS = ("pydensecrf", "torch")
 # the rows of Table 1: (agm_stages, coam_stages)
-TABLE1_PRESETS = {"baseline": ((), ()), "oa": ((4,), ()), "sc": ((4,), (4,)),
-                  "ma": ((3, 4, 5), ()), "ac": ((3, 4, 5), (3, 4, 5))}
+TABLE1_PRESETS = {
+    "baseline": ((), ()),
+    "oa": ((4,), ()),
+    "sc": ((4,), (4,)),
+    "ma": ((3, 4, 5), ()),
+    "ac": ((3, 4, 5), (3, 4, 5)),
+}
 
 
 def default_id2label(num_labels: int) -> dict[int, str]:
     """The names of a config built without any: VOC's for the paper's 21 labels (the paper
     trains on VOC), ``LABEL_i`` otherwise (transformers' convention). A model trained by the
     recipes always takes its names from the training dataset (``agen_hf.data.id2label_for``)."""
-    names = VOC_CLASSES if num_labels == len(VOC_CLASSES) else [
-        f"LABEL_{i}" for i in range(num_labels)]
+    names = (
+        VOC_CLASSES if num_labels == len(VOC_CLASSES) else [f"LABEL_{i}" for i in range(num_labels)]
+    )
     return dict(enumerate(names))
 
 
@@ -135,8 +141,17 @@ class AgenConfig(SegmentationConfig):
     image_std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        for name in ("vgg_channels", "vgg_depths", "resnet_widths", "resnet_depths",
-                     "resnet_dropout", "agm_stages", "coam_stages", "image_mean", "image_std"):
+        for name in (
+            "vgg_channels",
+            "vgg_depths",
+            "resnet_widths",
+            "resnet_depths",
+            "resnet_dropout",
+            "agm_stages",
+            "coam_stages",
+            "image_mean",
+            "image_std",
+        ):
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 raise ValueError(f"{name}: expected a sequence, got {value!r}")
@@ -149,8 +164,9 @@ class AgenConfig(SegmentationConfig):
         else:
             self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         if sorted(self.id2label) != list(range(self.num_labels)):
-            raise ValueError(f"id2label: keys must be 0..{self.num_labels - 1}, got "
-                             f"{sorted(self.id2label)}")
+            raise ValueError(
+                f"id2label: keys must be 0..{self.num_labels - 1}, got {sorted(self.id2label)}"
+            )
         expected = {v: k for k, v in self.id2label.items()}
         if self.label2id is None:
             self.label2id = expected
@@ -172,26 +188,45 @@ class AgenConfig(SegmentationConfig):
         def fail(name: str, why: str) -> None:
             raise ValueError(f"{name}: {why}, got {getattr(self, name)!r}")
 
-        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) \
-                or self.num_labels < 2:
+        if (
+            isinstance(self.num_labels, bool)
+            or not isinstance(self.num_labels, int)
+            or self.num_labels < 2
+        ):
             fail("num_labels", "must be an integer >= 2 (background + at least one class)")
         if not isinstance(self.ignore_index, int) or self.ignore_index < self.num_labels:
             fail("ignore_index", f"must be >= num_labels ({self.num_labels})")
         missing = set(self.coam_stages) - set(self.agm_stages)
         if missing:
-            raise ValueError(f"coam_stages: CoAM-{min(missing)} needs AGM-{min(missing)}; "
-                             f"agm_stages is {self.agm_stages}")
-        lengths = {"vgg_channels": 5, "vgg_depths": 5, "resnet_widths": 5, "resnet_depths": 3,
-                   "resnet_dropout": 2, "image_mean": 3, "image_std": 3}
+            raise ValueError(
+                f"coam_stages: CoAM-{min(missing)} needs AGM-{min(missing)}; "
+                f"agm_stages is {self.agm_stages}"
+            )
+        lengths = {
+            "vgg_channels": 5,
+            "vgg_depths": 5,
+            "resnet_widths": 5,
+            "resnet_depths": 3,
+            "resnet_dropout": 2,
+            "image_mean": 3,
+            "image_std": 3,
+        }
         for name, n in lengths.items():
             if len(getattr(self, name)) != n:
                 fail(name, f"needs {n} values")
         for name in ("vgg_channels", "vgg_depths", "resnet_widths", "resnet_depths"):
             if any(not isinstance(v, int) or v < 1 for v in getattr(self, name)):
                 fail(name, "values must be positive integers")
-        for name in ("vgg_stage5_dilation", "fc_channels", "fc6_dilation", "seg_head_channels",
-                     "seg_head_dilation", "agm_cls_channels", "agm_seg_channels",
-                     "crf_iterations"):
+        for name in (
+            "vgg_stage5_dilation",
+            "fc_channels",
+            "fc6_dilation",
+            "seg_head_channels",
+            "seg_head_dilation",
+            "agm_cls_channels",
+            "agm_seg_channels",
+            "crf_iterations",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 fail(name, "must be a positive integer")
@@ -204,8 +239,7 @@ class AgenConfig(SegmentationConfig):
                 fail(name, "a seed threshold must lie in (0, 1)")
         if self.boundary_crf not in CRF_BACKENDS:
             fail("boundary_crf", f"must be one of {CRF_BACKENDS}")
-        for name in ("crf_pos_xy_std", "crf_pos_w", "crf_bi_xy_std", "crf_bi_rgb_std",
-                     "crf_bi_w"):
+        for name in ("crf_pos_xy_std", "crf_pos_w", "crf_bi_xy_std", "crf_bi_rgb_std", "crf_bi_w"):
             if not getattr(self, name) > 0:
                 fail(name, "must be > 0")
         if any(not s > 0 for s in self.image_std):
@@ -218,8 +252,12 @@ class AgenConfig(SegmentationConfig):
 
     def threshold(self, head: str) -> float:
         """δ of a head: ``"A"`` or ``"agm3"``/``"agm4"``/``"agm5"``."""
-        thresholds = {"A": self.threshold_a, "agm3": self.threshold_agm3,
-                      "agm4": self.threshold_agm4, "agm5": self.threshold_agm5}
+        thresholds = {
+            "A": self.threshold_a,
+            "agm3": self.threshold_agm3,
+            "agm4": self.threshold_agm4,
+            "agm5": self.threshold_agm5,
+        }
         if head not in thresholds:
             raise ValueError(f"head: expected one of {sorted(thresholds)}, got {head!r}")
         return thresholds[head]
@@ -228,10 +266,18 @@ class AgenConfig(SegmentationConfig):
     def tiny(cls, **overrides: Any) -> "AgenConfig":
         """The same network at toy width and depth: runs on a CPU in milliseconds at 64x64."""
         values = dict(
-            vgg_channels=(8, 16, 16, 32, 32), vgg_depths=(1, 1, 1, 1, 1), fc_channels=32,
-            fc6_dilation=1, resnet_widths=(16, 32, 32, 64, 64), resnet_depths=(1, 1, 1),
-            seg_head_channels=16, seg_head_dilation=1, agm_cls_channels=16,
-            agm_seg_channels=16, freeze_batch_norm=False, vgg_batch_norm=True,
+            vgg_channels=(8, 16, 16, 32, 32),
+            vgg_depths=(1, 1, 1, 1, 1),
+            fc_channels=32,
+            fc6_dilation=1,
+            resnet_widths=(16, 32, 32, 64, 64),
+            resnet_depths=(1, 1, 1),
+            seg_head_channels=16,
+            seg_head_dilation=1,
+            agm_cls_channels=16,
+            agm_seg_channels=16,
+            freeze_batch_norm=False,
+            vgg_batch_norm=True,
         )
         values.update(overrides)
         return cls(**values)
@@ -248,8 +294,9 @@ class AgenConfig(SegmentationConfig):
     def with_classes(self, id2label: dict[int, str]) -> "AgenConfig":
         """This config for another label set (``{0: "background", 1: ...}``, e.g.
         :func:`agen_hf.data.id2label_for` of a dataset's classes)."""
-        return dataclasses.replace(self, num_labels=len(id2label), id2label=dict(id2label),
-                                   label2id=None)
+        return dataclasses.replace(
+            self, num_labels=len(id2label), id2label=dict(id2label), label2id=None
+        )
 
     def with_preset(self, preset: str) -> "AgenConfig":
         """This config with the AGM and CoAM stages of a Table 1 row (``TABLE1_PRESETS``)."""

@@ -42,8 +42,9 @@ class SegmentationConfig:
         values = dict(values)
         model_type = values.pop("model_type", cls.model_type)
         if model_type != cls.model_type:
-            raise ValueError(f"model_type {model_type!r}: not a {cls.__name__} "
-                             f"(model_type {cls.model_type!r})")
+            raise ValueError(
+                f"model_type {model_type!r}: not a {cls.__name__} (model_type {cls.model_type!r})"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -70,8 +71,9 @@ class SegmentationConfig:
         Hub repo."""
         path = find_file(name_or_path, CONFIG_NAME)
         if path is None:
-            raise FileNotFoundError(f"{name_or_path}: no {CONFIG_NAME}; expected a model saved "
-                                    "with save_pretrained")
+            raise FileNotFoundError(
+                f"{name_or_path}: no {CONFIG_NAME}; expected a model saved with save_pretrained"
+            )
         return cls.from_json_file(path)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

@@ -52,8 +52,14 @@ class CrfParams:
 
     def scaled(self, factor: float) -> "CrfParams":
         """The same kernels for an image downsampled by ``factor`` (spatial stds / factor)."""
-        return CrfParams(self.iterations, self.pos_xy_std / factor, self.pos_w,
-                         self.bi_xy_std / factor, self.bi_rgb_std, self.bi_w)
+        return CrfParams(
+            self.iterations,
+            self.pos_xy_std / factor,
+            self.pos_w,
+            self.bi_xy_std / factor,
+            self.bi_rgb_std,
+            self.bi_w,
+        )
 
 
 def pydensecrf_available() -> bool:
@@ -64,7 +70,8 @@ def _require_pydensecrf() -> None:
     if _dcrf is None:
         raise ImportError(
             "the 'pydensecrf' CRF backend needs pydensecrf: pip install 'agen_hf[crf]' (it "
-            "installs pydensecrf2), or choose boundary_crf='torch' in AgenConfig")
+            "installs pydensecrf2), or choose boundary_crf='torch' in AgenConfig"
+        )
 
 
 def dense_crf_pydensecrf(image: np.ndarray, probs: np.ndarray, params: CrfParams) -> np.ndarray:
@@ -78,9 +85,12 @@ def dense_crf_pydensecrf(image: np.ndarray, probs: np.ndarray, params: CrfParams
     unary = -np.log(np.clip(probs, _MIN_PROB, 1.0)).reshape(k, -1).astype(np.float32)
     crf.setUnaryEnergy(np.ascontiguousarray(unary))
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
-    crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-                             compat=params.bi_w)
+    crf.addPairwiseBilateral(
+        sxy=params.bi_xy_std,
+        srgb=params.bi_rgb_std,
+        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+        compat=params.bi_w,
+    )
     q = crf.inference(params.iterations)
     return np.asarray(q, dtype=np.float32).reshape(k, h, w)
 
@@ -96,9 +106,11 @@ def dense_crf_torch(image: torch.Tensor, probs: torch.Tensor, params: CrfParams)
     """The same mean field with exact Gaussian kernels. image (3, H, W) in 0..255; probs
     (K, H, W). Memory is O((H*W)^2): meant for logits-resolution maps (41 x 41 at 321^2)."""
     k, h, w = probs.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=probs.device),
-                            torch.arange(w, dtype=torch.float32, device=probs.device),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=probs.device),
+        torch.arange(w, dtype=torch.float32, device=probs.device),
+        indexing="ij",
+    )
     pos = torch.stack([xs, ys], dim=-1).reshape(-1, 2)
     rgb = image.float().reshape(3, -1).t()
     smooth = _gaussian_kernel(pos / params.pos_xy_std)
@@ -122,13 +134,21 @@ def batch_pool(processes: int) -> ProcessPoolExecutor:
     if _BATCH_POOL is None or _BATCH_POOL[0] != processes:
         if _BATCH_POOL is not None:
             _BATCH_POOL[1].shutdown(cancel_futures=True)
-        _BATCH_POOL = (processes, ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("spawn")))
+        _BATCH_POOL = (
+            processes,
+            ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")),
+        )
     return _BATCH_POOL[1]
 
 
-def crf_refine(images: torch.Tensor, probs: torch.Tensor, present: torch.Tensor,
-               params: CrfParams, backend: str, processes: int = 0) -> torch.Tensor:
+def crf_refine(
+    images: torch.Tensor,
+    probs: torch.Tensor,
+    present: torch.Tensor,
+    params: CrfParams,
+    backend: str,
+    processes: int = 0,
+) -> torch.Tensor:
     """CRF output ``R`` for a batch, restricted to the present classes. No gradient.
 
     images: (B, 3, H, W) RGB in 0..255 at the resolution of ``probs`` (B, K, H, W);
@@ -157,16 +177,22 @@ def crf_refine(images: torch.Tensor, probs: torch.Tensor, present: torch.Tensor,
                 continue
             image = images[i].clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)
             job = (image.cpu().numpy(), p.cpu().numpy(), params)
-            jobs.append((i, idx, pool.submit(dense_crf_pydensecrf, *job) if pool else
-                         dense_crf_pydensecrf(*job)))
+            jobs.append(
+                (
+                    i,
+                    idx,
+                    pool.submit(dense_crf_pydensecrf, *job) if pool else dense_crf_pydensecrf(*job),
+                )
+            )
         for i, idx, q in jobs:
             q = q.result() if pool else q
             out[i, idx] = torch.from_numpy(q).to(probs.device)
     return out
 
 
-def crf_segment(image: np.ndarray, probs: np.ndarray, classes: np.ndarray,
-                params: CrfParams) -> np.ndarray:
+def crf_segment(
+    image: np.ndarray, probs: np.ndarray, classes: np.ndarray, params: CrfParams
+) -> np.ndarray:
     """Full-resolution post-processing of one image: dense CRF over the ``classes`` whose
     probabilities ``probs`` (k, H, W) are given (renormalised here), then argmax. image
     (H, W, 3) uint8. Returns (H, W) uint8 class indices drawn from ``classes``."""
@@ -199,8 +225,13 @@ class CrfPool:
     is submitted again, once; ``workers_replaced`` counts it (the recipes exit 3 when it is
     not 0). The second failure of one image raises :class:`CrfError` naming its tag."""
 
-    def __init__(self, params: CrfParams = CrfParams(), processes: int = 0,
-                 max_pending: int | None = None, timeout: float | None = 600.0) -> None:
+    def __init__(
+        self,
+        params: CrfParams = CrfParams(),
+        processes: int = 0,
+        max_pending: int | None = None,
+        timeout: float | None = 600.0,
+    ) -> None:
         _require_pydensecrf()
         if processes < 0:
             raise ValueError(f"processes: must be >= 0, got {processes}")
@@ -213,12 +244,15 @@ class CrfPool:
         self._pending: deque[list] = deque()  # [tag, future, job arguments, attempts]
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.processes,
-                                   mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
 
-    def refine(self, image: np.ndarray, labels: torch.Tensor,
-               class_probs: Callable[[np.ndarray], torch.Tensor],
-               tag: Any = None) -> list[tuple[Any, np.ndarray]]:
+    def refine(
+        self,
+        image: np.ndarray,
+        labels: torch.Tensor,
+        class_probs: Callable[[np.ndarray], torch.Tensor],
+        tag: Any = None,
+    ) -> list[tuple[Any, np.ndarray]]:
         """Queue a prediction for refinement: the CRF over background + the classes of its
         argmax ``labels`` (H, W), from their probabilities ``class_probs(classes)`` (k, H, W) at
         the image's size (computed for those classes only). The one post-processing path of
@@ -227,20 +261,29 @@ class CrfPool:
         classes = present_classes(labels)
         return self.submit(image, class_probs(classes), classes, tag)
 
-    def submit(self, image: np.ndarray, probs: torch.Tensor | np.ndarray, classes: np.ndarray,
-               tag: Any = None) -> list[tuple[Any, np.ndarray]]:
+    def submit(
+        self,
+        image: np.ndarray,
+        probs: torch.Tensor | np.ndarray,
+        classes: np.ndarray,
+        tag: Any = None,
+    ) -> list[tuple[Any, np.ndarray]]:
         """Queue one image (H, W, 3) uint8 with the probabilities ``probs`` (k, H, W) of the
         ``classes`` (k,) the CRF is restricted to (see :func:`present_classes`). Returns the
         results finished so far."""
-        restricted = probs.float().cpu().numpy() if torch.is_tensor(probs) else \
-            np.asarray(probs, dtype=np.float32)
+        restricted = (
+            probs.float().cpu().numpy()
+            if torch.is_tensor(probs)
+            else np.asarray(probs, dtype=np.float32)
+        )
         job = (image, restricted, classes, self.params)
         if self._pool is None:
             return [(tag, crf_segment(*job))]
         self._pending.append([tag, self._pool.submit(crf_segment, *job), job, 1])
         done = []
-        while self._pending and (len(self._pending) > self.max_pending or
-                                 self._pending[0][1].done()):
+        while self._pending and (
+            len(self._pending) > self.max_pending or self._pending[0][1].done()
+        ):
             done.append(self._next())
         return done
 
@@ -268,10 +311,16 @@ class CrfPool:
             if attempts >= 2:
                 self._kill_workers()
                 self.close()
-                raise CrfError(f"CRF of {tag}: {problem}, twice; try fewer --crf_processes "
-                               "(memory) or check the image")
-            logger.warning("CRF of %s: %s; replacing the workers and resubmitting %d images",
-                           tag, problem, len(self._pending))
+                raise CrfError(
+                    f"CRF of {tag}: {problem}, twice; try fewer --crf_processes "
+                    "(memory) or check the image"
+                )
+            logger.warning(
+                "CRF of %s: %s; replacing the workers and resubmitting %d images",
+                tag,
+                problem,
+                len(self._pending),
+            )
             self._replace_workers()
 
     def _kill_workers(self) -> None:

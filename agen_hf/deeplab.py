@@ -12,7 +12,6 @@ Both have the :class:`agen_hf.AgenModel` inference interface (``model(pixel_valu
 so the image processor, ``eval_voc.py`` and ``predict.py`` take them as they are.
 """
 
-
 import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
@@ -28,10 +27,10 @@ from .backbones import VggBlock, max_pool
 from .configuration_agen import default_id2label
 from .configuration_utils import SegmentationConfig
 from .hub import SegmentationHubMixin
-from .normalization import IMAGENET_MEAN, IMAGENET_STD
-from .parameter_groups import split_parameters
 from .losses import ProcessGroup, fully_supervised_loss
 from .modeling_outputs import SegmenterOutput
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
+from .parameter_groups import split_parameters
 
 BACKBONES = ("resnet101", "vgg16")
 VGG_HEADS = ("largefov", "aspp")
@@ -69,34 +68,48 @@ class DeepLabConfig(SegmentationConfig):
     image_std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
-        for name in ("resnet_layers", "vgg_channels", "vgg_depths", "aspp_dilations",
-                     "image_mean", "image_std"):
+        for name in (
+            "resnet_layers",
+            "vgg_channels",
+            "vgg_depths",
+            "aspp_dilations",
+            "image_mean",
+            "image_std",
+        ):
             setattr(self, name, tuple(getattr(self, name)))
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone: must be one of {BACKBONES}, got {self.backbone!r}")
         if self.head not in VGG_HEADS:
             raise ValueError(f"head: must be one of {VGG_HEADS}, got {self.head!r}")
-        if len(self.resnet_layers) != 4 or len(self.vgg_channels) != 5 or \
-                len(self.vgg_depths) != 5:
+        if len(self.resnet_layers) != 4 or len(self.vgg_channels) != 5 or len(self.vgg_depths) != 5:
             raise ValueError("resnet_layers needs 4 values, vgg_channels and vgg_depths 5")
         if self.num_labels < 2 or self.ignore_index < self.num_labels:
-            raise ValueError(f"num_labels: must be >= 2 and below ignore_index, got "
-                             f"{self.num_labels} / {self.ignore_index}")
-        self.id2label = default_id2label(self.num_labels) if self.id2label is None else {
-            int(k): str(v) for k, v in self.id2label.items()}
+            raise ValueError(
+                f"num_labels: must be >= 2 and below ignore_index, got "
+                f"{self.num_labels} / {self.ignore_index}"
+            )
+        self.id2label = (
+            default_id2label(self.num_labels)
+            if self.id2label is None
+            else {int(k): str(v) for k, v in self.id2label.items()}
+        )
         if sorted(self.id2label) != list(range(self.num_labels)):
-            raise ValueError(f"id2label: keys must be 0..{self.num_labels - 1}, got "
-                             f"{sorted(self.id2label)}")
+            raise ValueError(
+                f"id2label: keys must be 0..{self.num_labels - 1}, got {sorted(self.id2label)}"
+            )
         expected = {v: k for k, v in self.id2label.items()}
-        if self.label2id is not None and {str(k): int(v) for k, v in
-                                          self.label2id.items()} != expected:
+        if (
+            self.label2id is not None
+            and {str(k): int(v) for k, v in self.label2id.items()} != expected
+        ):
             raise ValueError("label2id: must be the inverse of id2label")
         self.label2id = expected
 
     def with_classes(self, id2label: dict[int, str]) -> "DeepLabConfig":
         """This config for another label set (``{0: "background", 1: ...}``)."""
-        return dataclasses.replace(self, num_labels=len(id2label), id2label=dict(id2label),
-                                   label2id=None)
+        return dataclasses.replace(
+            self, num_labels=len(id2label), id2label=dict(id2label), label2id=None
+        )
 
 
 class LargeFovHead(nn.Sequential):
@@ -105,8 +118,11 @@ class LargeFovHead(nn.Sequential):
     def __init__(self, in_channels: int, channels: int, dilation: int, num_labels: int) -> None:
         super().__init__(
             nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation),
-            nn.ReLU(inplace=True), nn.Dropout2d(0.5),
-            nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.5),
+            nn.Conv2d(channels, channels, 1),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.5),
             nn.Conv2d(channels, num_labels, 1),
         )
 
@@ -120,14 +136,18 @@ class DeepLabVGG(nn.Module):
         strides = (2, 2, 2, 1, 1)
         layers, in_ch = [], 3
         for block in range(1, 6):
-            layers.append(VggBlock(block, in_ch, ch[block - 1], depth[block - 1],
-                                   dilation=2 if block == 5 else 1))
+            layers.append(
+                VggBlock(
+                    block, in_ch, ch[block - 1], depth[block - 1], dilation=2 if block == 5 else 1
+                )
+            )
             layers.append(max_pool(strides[block - 1]))
             in_ch = ch[block - 1]
         self.features = nn.Sequential(*layers)
         rates = (12,) if config.head == "largefov" else config.aspp_dilations
-        self.heads = nn.ModuleList(LargeFovHead(in_ch, config.fc_channels, r, config.num_labels)
-                                   for r in rates)
+        self.heads = nn.ModuleList(
+            LargeFovHead(in_ch, config.fc_channels, r, config.num_labels) for r in rates
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -136,12 +156,19 @@ class DeepLabVGG(nn.Module):
 
 def _deeplabv3(config: DeepLabConfig) -> DeepLabV3:
     if config.resnet_layers == (3, 4, 23, 3):
-        return deeplabv3_resnet101(weights=None, weights_backbone=None,
-                                   num_classes=config.num_labels, aux_loss=False)
-    backbone = resnet.ResNet(resnet.Bottleneck, list(config.resnet_layers),
-                             replace_stride_with_dilation=[False, True, True])
-    return DeepLabV3(IntermediateLayerGetter(backbone, {"layer4": "out"}),
-                     DeepLabHead(2048, config.num_labels), None)
+        return deeplabv3_resnet101(
+            weights=None, weights_backbone=None, num_classes=config.num_labels, aux_loss=False
+        )
+    backbone = resnet.ResNet(
+        resnet.Bottleneck,
+        list(config.resnet_layers),
+        replace_stride_with_dilation=[False, True, True],
+    )
+    return DeepLabV3(
+        IntermediateLayerGetter(backbone, {"layer4": "out"}),
+        DeepLabHead(2048, config.num_labels),
+        None,
+    )
 
 
 MODEL_CARD = """
@@ -170,8 +197,9 @@ model = DeepLabModel.from_pretrained("{{ repo_id }}")
 """
 
 
-class DeepLabModel(nn.Module, SegmentationHubMixin, tags=["deeplab"],
-                   model_card_template=MODEL_CARD):
+class DeepLabModel(
+    nn.Module, SegmentationHubMixin, tags=["deeplab"], model_card_template=MODEL_CARD
+):
     """A DeepLab network with the Hugging Face save/load/push of :class:`agen_hf.AgenModel`."""
 
     config_class = DeepLabConfig
@@ -188,24 +216,30 @@ class DeepLabModel(nn.Module, SegmentationHubMixin, tags=["deeplab"],
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None,
-                segmentation_only: bool = True,
-                process_group: ProcessGroup | None = None) -> SegmenterOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        segmentation_only: bool = True,
+        process_group: ProcessGroup | None = None,
+    ) -> SegmenterOutput:
         """Logits (B, num_labels, h, w): stride 8 for VGG16, input size for ResNet-101 (as
         torchvision returns them); with ``masks`` (B, H, W), the loss: pixel-wise
         cross-entropy against them (``seg``). A DeepLab only segments: ``segmentation_only``
         is accepted for the interface it shares with :class:`agen_hf.AgenModel` and must be
         True."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}"
+            )
         if not segmentation_only:
             raise ValueError("DeepLabModel only segments: segmentation_only must be True")
         logits = self.net(pixel_values)
-        out = SegmenterOutput(logits=logits["out"] if self.config.backbone == "resnet101"
-                              else logits)
+        out = SegmenterOutput(
+            logits=logits["out"] if self.config.backbone == "resnet101" else logits
+        )
         if masks is not None:
-            loss = fully_supervised_loss(out.logits, masks, self.config.ignore_index,
-                                         process_group)
+            loss = fully_supervised_loss(out.logits, masks, self.config.ignore_index, process_group)
             out.loss, out.loss_terms = loss, {"seg": loss}
         return out
 

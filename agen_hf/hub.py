@@ -9,8 +9,12 @@ import logging
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, PyTorchModelHubMixin
-from huggingface_hub.errors import (EntryNotFoundError, HFValidationError,
-                                    LocalEntryNotFoundError, RepositoryNotFoundError)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from safetensors.torch import load_file
 from torch import nn
 
@@ -47,23 +51,29 @@ class SegmentationHubMixin(
         """The dtype of the weights (transformers' ``PreTrainedModel.dtype``)."""
         return next(self.parameters()).dtype
 
-    def save_pretrained(self, save_directory, *args, model_card_kwargs: dict | None = None,
-                        **kwargs):
+    def save_pretrained(
+        self, save_directory, *args, model_card_kwargs: dict | None = None, **kwargs
+    ):
         # the mixin keeps an existing README.md; a folder saved again gets the new card, whose
         # loading example names the folder (push_to_hub: the repo)
         Path(save_directory, "README.md").unlink(missing_ok=True)
         model_card_kwargs = {"repo_id": str(save_directory), **(model_card_kwargs or {})}
-        return super().save_pretrained(save_directory, *args,
-                                       model_card_kwargs=model_card_kwargs, **kwargs)
+        return super().save_pretrained(
+            save_directory, *args, model_card_kwargs=model_card_kwargs, **kwargs
+        )
 
     def push_to_hub(self, repo_id: str, *args, model_card_kwargs: dict | None = None, **kwargs):
         model_card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
-        return super().push_to_hub(repo_id, *args, model_card_kwargs=model_card_kwargs,
-                                   **kwargs)
+        return super().push_to_hub(repo_id, *args, model_card_kwargs=model_card_kwargs, **kwargs)
 
-    def generate_model_card(self, *args, repo_id: str | None = None,
-                            eval_results: list[dict] | None = None,
-                            dataset_tags: list[str] | None = None, **kwargs) -> ModelCard:
+    def generate_model_card(
+        self,
+        *args,
+        repo_id: str | None = None,
+        eval_results: list[dict] | None = None,
+        dataset_tags: list[str] | None = None,
+        **kwargs,
+    ) -> ModelCard:
         """The card of this model. ``repo_id``: what its loading example names (the Hub repo
         when pushing, the folder otherwise); ``eval_results``: ``EvalResult`` fields
         (``task_type``, ``dataset_type``, ``dataset_name``, ``dataset_split``, ``metric_type``,
@@ -78,10 +88,15 @@ class SegmentationHubMixin(
         if eval_results:
             card_data.eval_results = [EvalResult(**r) for r in eval_results]
             card_data.model_name = Path(repo_id).name if repo_id else type(self).__name__
-        return ModelCard.from_template(card_data=card_data, template_str=info.model_card_template,
-                                       repo_url=info.repo_url, paper_url=info.paper_url,
-                                       docs_url=info.docs_url,
-                                       repo_id=repo_id or "path/to/model_folder", **kwargs)
+        return ModelCard.from_template(
+            card_data=card_data,
+            template_str=info.model_card_template,
+            repo_url=info.repo_url,
+            paper_url=info.paper_url,
+            docs_url=info.docs_url,
+            repo_id=repo_id or "path/to/model_folder",
+            **kwargs,
+        )
 
     def _save_pretrained(self, save_directory) -> None:
         super()._save_pretrained(save_directory)
@@ -92,13 +107,20 @@ class SegmentationHubMixin(
         ``model.safetensors`` beside them, the folder loads with ``from_pretrained`` (every
         training ``checkpoint-<step>`` is written so)."""
         self.config.to_json_file(Path(save_directory, "config.json"))  # with its model_type
-        AgenImageProcessor(image_mean=self.config.image_mean,
-                           image_std=self.config.image_std).save_pretrained(save_directory)
+        AgenImageProcessor(
+            image_mean=self.config.image_mean, image_std=self.config.image_std
+        ).save_pretrained(save_directory)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *, num_labels: int | None = None,
-                        id2label: dict | None = None, ignore_mismatched_sizes: bool = False,
-                        **kwargs):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *,
+        num_labels: int | None = None,
+        id2label: dict | None = None,
+        ignore_mismatched_sizes: bool = False,
+        **kwargs,
+    ):
         """A saved model folder or a Hub repo id, as transformers loads it: ``id2label`` (or
         ``num_labels``, naming the classes ``LABEL_i``, background included) asks for another
         label set, which ``ignore_mismatched_sizes=True`` allows by re-initialising the class
@@ -112,19 +134,31 @@ class SegmentationHubMixin(
                 # read (and validated: model_type, unknown fields) by the config class
                 kwargs["config"] = cls.config_class.from_pretrained(pretrained_model_name_or_path)
             model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except (HFValidationError, EntryNotFoundError, RepositoryNotFoundError,
-                LocalEntryNotFoundError) as e:
-            raise FileNotFoundError(f"{name}: not a model folder here, and not found on the Hub "
-                                    f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        except (
+            HFValidationError,
+            EntryNotFoundError,
+            RepositoryNotFoundError,
+            LocalEntryNotFoundError,
+        ) as e:
+            raise FileNotFoundError(
+                f"{name}: not a model folder here, and not found on the Hub "
+                f"({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from None
         if num_labels is not None and id2label is None:
             id2label = {0: "background", **{i: f"LABEL_{i}" for i in range(1, num_labels)}}
         if id2label is not None:
             id2label = {int(k): str(v) for k, v in id2label.items()}
             if num_labels is not None and len(id2label) != num_labels:
-                raise ValueError(f"num_labels={num_labels} but id2label names "
-                                 f"{len(id2label)} labels")
-            model = for_classes(model, id2label, ignore_mismatched_sizes=ignore_mismatched_sizes,
-                                model_name=name, data_name="the id2label given")
+                raise ValueError(
+                    f"num_labels={num_labels} but id2label names {len(id2label)} labels"
+                )
+            model = for_classes(
+                model,
+                id2label,
+                ignore_mismatched_sizes=ignore_mismatched_sizes,
+                model_name=name,
+                data_name="the id2label given",
+            )
         return model
 
     @classmethod
@@ -140,7 +174,7 @@ class SegmentationHubMixin(
         state = load_file(model_file, device=map_location)
         for prefix in _WRAPPER_PREFIXES:
             if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
         model.load_state_dict(state, strict=strict)
         model.eval()
         return model
@@ -155,9 +189,11 @@ def check_model_folder(name: str) -> None:
     if path.is_dir():
         config = path / "config.json"
         if not config.is_file():
-            raise FileNotFoundError(f"{config}: missing, so {name} is not a saved model folder "
-                                    "(save_pretrained writes config.json and "
-                                    "model.safetensors)")
+            raise FileNotFoundError(
+                f"{config}: missing, so {name} is not a saved model folder "
+                "(save_pretrained writes config.json and "
+                "model.safetensors)"
+            )
         return  # its contents: read and checked by the config class
     if path.exists():
         raise NotADirectoryError(f"{name}: a file, not a model folder")
@@ -165,22 +201,36 @@ def check_model_folder(name: str) -> None:
     beside = len(parts) == 2 and Path(parts[0]).is_dir()
     if name.startswith((".", "/", "~")) or len(parts) > 2 or beside:
         there = sorted(p.name for p in Path(parts[0]).iterdir())[:8] if beside else None
-        raise FileNotFoundError(f"{name}: no such model folder"
-                                + (f" ({parts[0]}/ holds {there})" if beside else ""))
+        raise FileNotFoundError(
+            f"{name}: no such model folder" + (f" ({parts[0]}/ holds {there})" if beside else "")
+        )
 
 
-def mean_iou_result(mean_iou: float, dataset_type: str, dataset_name: str,
-                    split: str = "val") -> dict:
+def mean_iou_result(
+    mean_iou: float, dataset_type: str, dataset_name: str, split: str = "val"
+) -> dict:
     """One ``eval_results`` entry of :meth:`SegmentationHubMixin.generate_model_card`: the
     mean IoU (a fraction, as ``evaluate``'s ``mean_iou`` returns it) on ``split``."""
-    return {"task_type": "image-segmentation", "task_name": "Semantic Segmentation",
-            "dataset_type": dataset_type, "dataset_name": dataset_name,
-            "dataset_split": split, "metric_type": "mean_iou", "metric_name": "mean IoU",
-            "metric_value": round(float(mean_iou), 4)}
+    return {
+        "task_type": "image-segmentation",
+        "task_name": "Semantic Segmentation",
+        "dataset_type": dataset_type,
+        "dataset_name": dataset_name,
+        "dataset_split": split,
+        "metric_type": "mean_iou",
+        "metric_name": "mean IoU",
+        "metric_value": round(float(mean_iou), 4),
+    }
 
 
-def for_classes(model, id2label: dict[int, str], *, ignore_mismatched_sizes: bool = False,
-                model_name: str = "the model", data_name: str = "the dataset"):
+def for_classes(
+    model,
+    id2label: dict[int, str],
+    *,
+    ignore_mismatched_sizes: bool = False,
+    model_name: str = "the model",
+    data_name: str = "the dataset",
+):
     """``model`` when it knows ``id2label``'s classes; otherwise, with
     ``ignore_mismatched_sizes`` (transformers' flag), a model of the same architecture for
     those classes that keeps every weight whose shape still fits and re-initialises the class
@@ -194,14 +244,26 @@ def for_classes(model, id2label: dict[int, str], *, ignore_mismatched_sizes: boo
     fresh = type(model)(model.config.with_classes(id2label))
     state = fresh.state_dict()
     sizes = {model.config.num_labels, model.config.num_labels - 1}  # C + 1 logits, C scores
-    class_layers = {f"{name}.{p}" for name, m in model.named_modules()
-                    if isinstance(m, nn.Conv2d) and m.out_channels in sizes
-                    for p, _ in m.named_parameters(recurse=False)}
-    kept = {k: v for k, v in model.state_dict().items()
-            if k in state and state[k].shape == v.shape and k not in class_layers}
+    class_layers = {
+        f"{name}.{p}"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.out_channels in sizes
+        for p, _ in m.named_parameters(recurse=False)
+    }
+    kept = {
+        k: v
+        for k, v in model.state_dict().items()
+        if k in state and state[k].shape == v.shape and k not in class_layers
+    }
     state.update(kept)
     fresh.load_state_dict(state)
     new = sorted(set(state) - set(kept))
-    logger.warning("%s: %d classes -> %s's %d (--ignore_mismatched_sizes); re-initialised %s",
-                   model_name, len(ours), data_name, len(theirs), ", ".join(new))
+    logger.warning(
+        "%s: %d classes -> %s's %d (--ignore_mismatched_sizes); re-initialised %s",
+        model_name,
+        len(ours),
+        data_name,
+        len(theirs),
+        ", ".join(new),
+    )
     return fresh

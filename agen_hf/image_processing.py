@@ -69,8 +69,9 @@ def rgb_array(image, name: str = "image") -> np.ndarray:
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"{name}: expected (H, W), (H, W, 3) or (H, W, 4) pixels, got shape "
-                         f"{array.shape}")
+        raise ValueError(
+            f"{name}: expected (H, W), (H, W, 3) or (H, W, 4) pixels, got shape {array.shape}"
+        )
     array = array[:, :, :3]
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError(f"{name}: empty image of shape {array.shape}")
@@ -82,12 +83,14 @@ def rgb_array(image, name: str = "image") -> np.ndarray:
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
             raise ValueError(f"{name}: float pixels must lie in [0, 1]")
         return np.round(array * 255).astype(np.uint8)
-    raise ValueError(f"{name}: unsupported pixel type {array.dtype}; expected uint8, uint16 or "
-                     "float in [0, 1]")
+    raise ValueError(
+        f"{name}: unsupported pixel type {array.dtype}; expected uint8, uint16 or float in [0, 1]"
+    )
 
 
-def upsample_argmax(probs: torch.Tensor, size: tuple[int, int],
-                    max_elements: int = 1 << 25) -> torch.Tensor:
+def upsample_argmax(
+    probs: torch.Tensor, size: tuple[int, int], max_elements: int = 1 << 25
+) -> torch.Tensor:
     """``argmax_k bilinear(probs, size)[k]`` for probs (K, h, w), computed a few classes at a
     time (at most ``max_elements`` full-size values alive): equal to upsampling all K maps at
     once, ties going to the lower class index. Returns (H, W) int64."""
@@ -95,8 +98,12 @@ def upsample_argmax(probs: torch.Tensor, size: tuple[int, int],
     chunk = max(1, min(k, max_elements // max(1, size[0] * size[1])))
     best = labels = None
     for start in range(0, k, chunk):
-        part = F.interpolate(probs[None, start:start + chunk].float(), size=size,
-                             mode="bilinear", align_corners=False)[0]
+        part = F.interpolate(
+            probs[None, start : start + chunk].float(),
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+        )[0]
         value, index = part.max(dim=0)
         if best is None:
             best, labels = value, index
@@ -115,34 +122,42 @@ class BatchFeature(dict):
         try:
             return self[name]
         except KeyError:
-            raise AttributeError(f"{type(self).__name__} has no {name!r}; it holds "
-                                 f"{sorted(self)}") from None
+            raise AttributeError(
+                f"{type(self).__name__} has no {name!r}; it holds {sorted(self)}"
+            ) from None
 
     def to(self, device_or_dtype: str | int | torch.device | torch.dtype) -> "BatchFeature":
         """A new BatchFeature with every tensor moved to a device, or with its floating-point
         tensors cast to a dtype (integer tensors keep theirs, as in transformers); other
         values (numpy arrays) are kept as they are."""
         if isinstance(device_or_dtype, torch.dtype):
-            return BatchFeature({k: v.to(device_or_dtype) if torch.is_tensor(v)
-                                 and v.is_floating_point() else v for k, v in self.items()})
+            return BatchFeature(
+                {
+                    k: v.to(device_or_dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                    for k, v in self.items()
+                }
+            )
         device = torch.device(device_or_dtype)
-        return BatchFeature({k: v.to(device) if torch.is_tensor(v) else v
-                             for k, v in self.items()})
+        return BatchFeature({k: v.to(device) if torch.is_tensor(v) else v for k, v in self.items()})
 
 
 def padded_size(sizes: Sequence[tuple[int, int]], divisor: int) -> tuple[int, int]:
     """The batch size of :meth:`AgenImageProcessor.pad`: the largest height and width of
     ``sizes``, each rounded up to a multiple of ``divisor``."""
-    return (-(-max(h for h, _ in sizes) // divisor) * divisor,
-            -(-max(w for _, w in sizes) // divisor) * divisor)
+    return (
+        -(-max(h for h, _ in sizes) // divisor) * divisor,
+        -(-max(w for _, w in sizes) // divisor) * divisor,
+    )
 
 
-def pad_to_multiple(pixel_values: list[torch.Tensor] | torch.Tensor,
-                    divisor: int) -> torch.Tensor:
+def pad_to_multiple(pixel_values: list[torch.Tensor] | torch.Tensor, divisor: int) -> torch.Tensor:
     """Stack (3, h, w) images (one, a list, or a (B, 3, h, w) batch), zero-padded (the mean
     colour after normalisation) bottom/right to the largest size rounded up to ``divisor``."""
-    items = [pixel_values] if torch.is_tensor(pixel_values) and pixel_values.ndim == 3 \
+    items = (
+        [pixel_values]
+        if torch.is_tensor(pixel_values) and pixel_values.ndim == 3
         else list(pixel_values)
+    )
     h, w = padded_size([tuple(t.shape[-2:]) for t in items], divisor)
     return torch.stack([F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2])) for t in items])
 
@@ -154,8 +169,10 @@ def _scores_of(outputs) -> tuple[torch.Tensor, bool]:
     else:
         scores, logits = getattr(outputs, "logits", None), True
         if not torch.is_tensor(scores):
-            raise ValueError("outputs: expected a model output with .logits or a tensor of "
-                             f"scores, got {type(outputs).__name__}")
+            raise ValueError(
+                "outputs: expected a model output with .logits or a tensor of "
+                f"scores, got {type(outputs).__name__}"
+            )
     if scores.ndim != 4:
         raise ValueError(f"outputs: expected scores (B, K, h, w), got {tuple(scores.shape)}")
     return scores, logits
@@ -211,8 +228,11 @@ class AgenImageProcessor:
                 data = json.loads(Path(path).read_text())
             except (OSError, ValueError) as e:
                 raise ValueError(f"{path}: cannot read it as JSON ({e})") from None
-            keys = {f for f in cls.__dataclass_fields__} if filename == PREPROCESSOR_CONFIG \
+            keys = (
+                {f for f in cls.__dataclass_fields__}
+                if filename == PREPROCESSOR_CONFIG
                 else {"image_mean", "image_std"}
+            )
             values = {k: v for k, v in data.items() if k in keys}
             break
         return cls(**{**values, **overrides})
@@ -230,8 +250,9 @@ class AgenImageProcessor:
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255)
         size = self.resized_size(*x.shape[-2:])
         if size != tuple(x.shape[-2:]):
-            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False,
-                              antialias=True)[0]
+            x = F.interpolate(
+                x[None], size=size, mode="bilinear", align_corners=False, antialias=True
+            )[0]
         return normalize(x, self.image_mean, self.image_std)
 
     def unnormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -247,16 +268,19 @@ class AgenImageProcessor:
         whose one key is ``pixel_values`` (B, 3, H, W) float32: a torch tensor for
         ``return_tensors="pt"``, a numpy array for ``"np"``."""
         if return_tensors not in RETURN_TENSORS:
-            raise ValueError(f"return_tensors: expected one of {RETURN_TENSORS}, got "
-                             f"{return_tensors!r}")
+            raise ValueError(
+                f"return_tensors: expected one of {RETURN_TENSORS}, got {return_tensors!r}"
+            )
         if not isinstance(images, (list, tuple)):
             images = [images]
         if not images:
             raise ValueError("images: expected one image or a non-empty list")
-        pixel_values = self.pad([self.normalize(rgb_array(im, f"image {i}"))
-                                 for i, im in enumerate(images)])
-        return BatchFeature(pixel_values=pixel_values if return_tensors == "pt"
-                            else pixel_values.numpy())
+        pixel_values = self.pad(
+            [self.normalize(rgb_array(im, f"image {i}")) for i, im in enumerate(images)]
+        )
+        return BatchFeature(
+            pixel_values=pixel_values if return_tensors == "pt" else pixel_values.numpy()
+        )
 
     def __call__(self, images, return_tensors: str = "pt") -> BatchFeature:
         """Same as :meth:`preprocess`."""
@@ -264,7 +288,7 @@ class AgenImageProcessor:
 
     # -- post-processing -------------------------------------------------------------------
     def post_process_semantic_segmentation(
-            self, outputs, target_sizes: Sequence[tuple[int, int]] | None = None
+        self, outputs, target_sizes: Sequence[tuple[int, int]] | None = None
     ) -> list[torch.Tensor]:
         """Class maps (int64), one per image, from a model output (its ``.logits``) or a
         tensor of scores (logits or probabilities) (B, K, h, w) of a batch this processor made.
@@ -283,13 +307,15 @@ class AgenImageProcessor:
             return [s.argmax(dim=0) for s in scores]
         originals = [(int(h), int(w)) for h, w in target_sizes]
         if len(originals) != scores.shape[0]:
-            raise ValueError(f"target_sizes: {len(originals)} sizes for a batch of "
-                             f"{scores.shape[0]} images; give one (H, W) per image")
+            raise ValueError(
+                f"target_sizes: {len(originals)} sizes for a batch of "
+                f"{scores.shape[0]} images; give one (H, W) per image"
+            )
         contents = [self.resized_size(h, w) for h, w in originals]
         padded = padded_size(contents, self.size_divisor)
         labels = []
         for i, ((h, w), original) in enumerate(zip(contents, originals)):
-            s = scores[i:i + 1].float()
+            s = scores[i : i + 1].float()
             if tuple(s.shape[-2:]) != padded:
                 s = F.interpolate(s, size=padded, mode="bilinear", align_corners=False)
             if logits:

@@ -30,9 +30,13 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 
 
 @torch.no_grad()
-def segmentation_probabilities(model, pixel_values: torch.Tensor,
-                               scales: Sequence[float] = (1.0,), flip: bool = False,
-                               size_divisor: int = 8) -> torch.Tensor:
+def segmentation_probabilities(
+    model,
+    pixel_values: torch.Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    size_divisor: int = 8,
+) -> torch.Tensor:
     """Softmax probabilities (B, K, H, W) at the size of ``pixel_values`` (B, 3, H, W),
     averaged over ``scales`` x (identity, horizontal flip if ``flip``). Each pass is resized
     (bilinear), padded to ``size_divisor``, run as ``model(x, segmentation_only=True).logits``,
@@ -42,14 +46,18 @@ def segmentation_probabilities(model, pixel_values: torch.Tensor,
     total = None
     for scale in scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = pixel_values if size == (h, w) else F.interpolate(
-            pixel_values, size=size, mode="bilinear", align_corners=False)
+        x = (
+            pixel_values
+            if size == (h, w)
+            else F.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False)
+        )
         if flip:
             x = torch.cat([x, x.flip(-1)])
         padded = pad_to_multiple(x, size_divisor)
         logits = model(padded, segmentation_only=True).logits.float()
-        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear",
-                               align_corners=False)[..., :size[0], :size[1]]
+        logits = F.interpolate(
+            logits, size=padded.shape[-2:], mode="bilinear", align_corners=False
+        )[..., : size[0], : size[1]]
         probs = logits.softmax(dim=1)
         if flip:
             probs = probs[:b] + probs[b:].flip(-1)
@@ -69,8 +77,15 @@ class SegmentationStream:
     the image-level labels when segmenting training images for pseudo ground truth.
     """
 
-    def __init__(self, model, processor: AgenImageProcessor, crf: CrfPool | None = None,
-                 autocast=None, scales: Sequence[float] = (1.0,), flip: bool = False) -> None:
+    def __init__(
+        self,
+        model,
+        processor: AgenImageProcessor,
+        crf: CrfPool | None = None,
+        autocast=None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> None:
         self.model = model
         self.processor = processor
         self.crf = crf
@@ -84,8 +99,9 @@ class SegmentationStream:
         pixel_values = self.processor.pad(self.processor.normalize(rgb)).to(self.device)
         h, w = self.processor.resized_size(*rgb.shape[:2])
         with self.autocast():
-            probs = segmentation_probabilities(self.model, pixel_values, self.scales, self.flip,
-                                               self.processor.size_divisor)
+            probs = segmentation_probabilities(
+                self.model, pixel_values, self.scales, self.flip, self.processor.size_divisor
+            )
         probs = probs[0, :, :h, :w].float().cpu()
         if allowed is not None:
             keep = torch.zeros(probs.shape[0], dtype=torch.bool)
@@ -94,16 +110,25 @@ class SegmentationStream:
             probs = probs * keep[:, None, None]
         return probs
 
-    def submit(self, rgb: np.ndarray, tag: Any = None,
-               allowed: np.ndarray | None = None) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+    def submit(
+        self, rgb: np.ndarray, tag: Any = None, allowed: np.ndarray | None = None
+    ) -> list[tuple[Any, np.ndarray, np.ndarray]]:
         probs = self.probabilities(rgb, allowed)
         size = rgb.shape[:2]
         labels = upsample_argmax(probs, size)
         if self.crf is None:
             return [(tag, rgb, labels.to(torch.uint8).numpy())]
-        done = self.crf.refine(rgb, labels, lambda classes: F.interpolate(
-            probs[None, torch.as_tensor(classes)], size=size, mode="bilinear",
-            align_corners=False)[0], tag=(tag, rgb))
+        done = self.crf.refine(
+            rgb,
+            labels,
+            lambda classes: F.interpolate(
+                probs[None, torch.as_tensor(classes)],
+                size=size,
+                mode="bilinear",
+                align_corners=False,
+            )[0],
+            tag=(tag, rgb),
+        )
         return [(t, image, refined) for (t, image), refined in done]
 
     def finish(self) -> list[tuple[Any, np.ndarray, np.ndarray]]:
@@ -112,8 +137,14 @@ class SegmentationStream:
         return [(t, image, refined) for (t, image), refined in self.crf.finish()]
 
 
-def segment(model, images, processor: AgenImageProcessor | None = None,
-            scales: Sequence[float] = (1.0,), flip: bool = False, crf: CrfPool | None = None):
+def segment(
+    model,
+    images,
+    processor: AgenImageProcessor | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    crf: CrfPool | None = None,
+):
     """Class-index maps (H, W) uint8 at each image's original (upright) size, 0 = background:
     one image in, one map out; a list in, a list out. Images are anything
     :func:`agen_hf.image_processing.rgb_array` takes and go through the network one at a time
@@ -123,8 +154,9 @@ def segment(model, images, processor: AgenImageProcessor | None = None,
     single = not isinstance(images, (list, tuple))
     items = [images] if single else list(images)
     if processor is None:
-        processor = AgenImageProcessor(image_mean=model.config.image_mean,
-                                       image_std=model.config.image_std)
+        processor = AgenImageProcessor(
+            image_mean=model.config.image_mean, image_std=model.config.image_std
+        )
     stream = SegmentationStream(model, processor, crf, scales=scales, flip=flip)
     done = []
     for i, image in enumerate(items):

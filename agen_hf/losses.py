@@ -35,16 +35,22 @@ def multilabel_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     typo fixed); labels: multi-hot (B, C). Computed stably from the logits.
     """
     if scores.shape != labels.shape:
-        raise ValueError(f"multilabel_loss: scores {tuple(scores.shape)} and labels "
-                         f"{tuple(labels.shape)} differ in shape")
-    per_class = F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype),
-                                                   reduction="none")
+        raise ValueError(
+            f"multilabel_loss: scores {tuple(scores.shape)} and labels "
+            f"{tuple(labels.shape)} differ in shape"
+        )
+    per_class = F.binary_cross_entropy_with_logits(
+        scores, labels.to(scores.dtype), reduction="none"
+    )
     return per_class.sum(dim=1).mean()
 
 
-def balanced_seeding_loss(seg_logits: torch.Tensor, seeds: torch.Tensor,
-                          ignore_index: int = 255,
-                          process_group: ProcessGroup | None = None) -> torch.Tensor:
+def balanced_seeding_loss(
+    seg_logits: torch.Tensor,
+    seeds: torch.Tensor,
+    ignore_index: int = 255,
+    process_group: ProcessGroup | None = None,
+) -> torch.Tensor:
     """Eq. 12 over the whole batch: the mean of ``-log S_{u,c}`` over foreground seed pixels
     (each at its seed's class) plus the same mean over background seed pixels (class 0).
 
@@ -56,8 +62,10 @@ def balanced_seeding_loss(seg_logits: torch.Tensor, seeds: torch.Tensor,
     averages, and the loss averaged over processes, are those of eq. 12 on the global batch.
     """
     if seg_logits.shape[-2:] != seeds.shape[-2:] or seg_logits.shape[0] != seeds.shape[0]:
-        raise ValueError(f"balanced_seeding_loss: seg_logits {tuple(seg_logits.shape)} and seeds "
-                         f"{tuple(seeds.shape)} must share batch and spatial size")
+        raise ValueError(
+            f"balanced_seeding_loss: seg_logits {tuple(seg_logits.shape)} and seeds "
+            f"{tuple(seeds.shape)} must share batch and spatial size"
+        )
     log_probs = F.log_softmax(seg_logits.float(), dim=1)
     valid = seeds != ignore_index
     target = torch.where(valid, seeds, torch.zeros_like(seeds))
@@ -71,9 +79,12 @@ def balanced_seeding_loss(seg_logits: torch.Tensor, seeds: torch.Tensor,
     return loss * scale
 
 
-def fully_supervised_loss(seg_logits: torch.Tensor, masks: torch.Tensor,
-                          ignore_index: int = 255,
-                          process_group: ProcessGroup | None = None) -> torch.Tensor:
+def fully_supervised_loss(
+    seg_logits: torch.Tensor,
+    masks: torch.Tensor,
+    ignore_index: int = 255,
+    process_group: ProcessGroup | None = None,
+) -> torch.Tensor:
     """The upper bound's loss: pixel-wise cross-entropy of the logits (B, C+1, h, w),
     bilinearly upsampled to the masks' size, against ground-truth masks (B, H, W), averaged
     over the labelled pixels of the (global) batch."""
@@ -83,9 +94,14 @@ def fully_supervised_loss(seg_logits: torch.Tensor, masks: torch.Tensor,
     return nll / count.clamp_min(1) * scale
 
 
-def boundary_loss(images: torch.Tensor, seg_logits: torch.Tensor,
-                  image_labels: torch.Tensor | None = None, params: CrfParams = CrfParams(),
-                  backend: str = "pydensecrf", processes: int = 0) -> torch.Tensor:
+def boundary_loss(
+    images: torch.Tensor,
+    seg_logits: torch.Tensor,
+    image_labels: torch.Tensor | None = None,
+    params: CrfParams = CrfParams(),
+    backend: str = "pydensecrf",
+    processes: int = 0,
+) -> torch.Tensor:
     """Eq. 14: ``mean_u sum_c R_uc log(R_uc / S_uc)`` with ``R = CRF(I, S)`` held constant.
     ``processes``: CRF worker processes for the batch's images (0: one after the other).
 
@@ -95,13 +111,15 @@ def boundary_loss(images: torch.Tensor, seg_logits: torch.Tensor,
     """
     b, k, h, w = seg_logits.shape
     log_s = F.log_softmax(seg_logits.float(), dim=1)
-    small = F.interpolate(images.float(), size=(h, w), mode="bilinear", align_corners=False,
-                          antialias=True)
+    small = F.interpolate(
+        images.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True
+    )
     present = torch.ones(b, k, dtype=torch.bool, device=seg_logits.device)
     if image_labels is not None:
         present[:, 1:] = image_labels.bool()
     factor = images.shape[-2] / h
-    refined = crf_refine(small, log_s.detach().exp(), present, params.scaled(factor), backend,
-                         processes)
+    refined = crf_refine(
+        small, log_s.detach().exp(), present, params.scaled(factor), backend, processes
+    )
     kl = torch.xlogy(refined, refined) - refined * log_s
     return kl.sum(dim=1).mean()

@@ -10,13 +10,18 @@ from .cam import pseudo_labels
 from .configuration_agen import AgenConfig
 from .crf import CrfParams
 from .hub import SegmentationHubMixin
+from .losses import (
+    ProcessGroup,
+    balanced_seeding_loss,
+    boundary_loss,
+    fully_supervised_loss,
+    multilabel_loss,
+)
+from .modeling_outputs import AgenOutput
+from .modules import AttentionGuidedModule, ContextAttention
 from .normalization import unnormalize
 from .parameter_groups import split_parameters
 from .upsampling import upsample_bilinear
-from .losses import (ProcessGroup, balanced_seeding_loss, boundary_loss,
-                     fully_supervised_loss, multilabel_loss)
-from .modeling_outputs import AgenOutput
-from .modules import AttentionGuidedModule, ContextAttention
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +85,19 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         self.stem = SharedStem(config)
         self.branch_a = DeepLabVGG16(config)
         self.branch_b = ResNet38(config, self.stem.out_channels)
-        self.agm = AttentionGuidedModule(
-            config.agm_stages, self.branch_a.stage_channels, self.branch_b.stage_channels,
-            config.num_classes, config.agm_cls_channels, config.agm_seg_channels,
-            config.classifier_bias,
-        ) if config.agm_stages else None
+        self.agm = (
+            AttentionGuidedModule(
+                config.agm_stages,
+                self.branch_a.stage_channels,
+                self.branch_b.stage_channels,
+                config.num_classes,
+                config.agm_cls_channels,
+                config.agm_seg_channels,
+                config.classifier_bias,
+            )
+            if config.agm_stages
+            else None
+        )
         self.coam = nn.ModuleDict({str(n): ContextAttention() for n in config.coam_stages})
         self.apply(_init_weights)
         for scores in self.score_layers():  # class scores and logits start near 0
@@ -97,8 +110,10 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
                     m.weight.requires_grad_(False)
                     m.bias.requires_grad_(False)
         if config.use_boundary_loss and config.boundary_crf == "torch":
-            logger.warning("AGEN boundary loss uses the pure-torch dense CRF "
-                           "(config.boundary_crf='torch'), not pydensecrf")
+            logger.warning(
+                "AGEN boundary loss uses the pure-torch dense CRF "
+                "(config.boundary_crf='torch'), not pydensecrf"
+            )
 
     def score_layers(self) -> list[nn.Conv2d]:
         """The 1x1 convolutions that output class scores (C) or segmentation logits (C+1)."""
@@ -120,10 +135,15 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         """Head names in the top-down order CoAM is accumulated: A, agm5, agm4, agm3."""
         return ["A"] + [f"agm{n}" for n in sorted(self.config.agm_stages, reverse=True)]
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
-                segmentation_only: bool = False, classification_only: bool = False,
-                masks: torch.Tensor | None = None,
-                process_group: ProcessGroup | None = None) -> AgenOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        segmentation_only: bool = False,
+        classification_only: bool = False,
+        masks: torch.Tensor | None = None,
+        process_group: ProcessGroup | None = None,
+    ) -> AgenOutput:
         """pixel_values: normalised images (B, 3, H, W); labels: image-level multi-hot (B, C).
 
         ``segmentation_only=True`` is the inference path: branch B alone, no maps; with
@@ -136,19 +156,22 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         :func:`agen_hf.losses.balanced_seeding_loss`).
         """
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values: expected (B, 3, H, W), got {tuple(pixel_values.shape)}"
+            )
         if segmentation_only and classification_only:
             raise ValueError("segmentation_only and classification_only exclude each other")
         if masks is not None and not segmentation_only:
-            raise ValueError("masks (the fully supervised upper bound) train branch B alone: "
-                             "pass segmentation_only=True")
+            raise ValueError(
+                "masks (the fully supervised upper bound) train branch B alone: "
+                "pass segmentation_only=True"
+            )
         stem = self.stem(pixel_values)
         taps_b, logits = (None, None) if classification_only else self.branch_b(stem)
         if segmentation_only:
             out = AgenOutput(logits=logits)
             if masks is not None:
-                loss = fully_supervised_loss(logits, masks, self.config.ignore_index,
-                                             process_group)
+                loss = fully_supervised_loss(logits, masks, self.config.ignore_index, process_group)
                 out.loss, out.loss_terms = loss, {"seg_B_full": loss}
             return out
 
@@ -165,53 +188,86 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
             out.class_maps[name] = high = maps
             if not classification_only:
                 out.agm_logits[name] = upsample_bilinear(
-                    self.agm.segment(n, taps_b[n]).float(), size)
+                    self.agm.segment(n, taps_b[n]).float(), size
+                )
         out.class_logits = {name: m.mean(dim=(2, 3)) for name, m in out.class_maps.items()}
         if labels is not None:
             self._add_loss(out, pixel_values, labels, process_group, classification_only)
         return out
 
-    def _add_loss(self, out: AgenOutput, pixel_values: torch.Tensor, labels: torch.Tensor,
-                  process_group: ProcessGroup | None, classification_only: bool = False) -> None:
+    def _add_loss(
+        self,
+        out: AgenOutput,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor,
+        process_group: ProcessGroup | None,
+        classification_only: bool = False,
+    ) -> None:
         """Eq. 11 + 13 + 14 = L_total (eq. 15); eq. 11 alone with ``classification_only``."""
         cfg = self.config
         if labels.shape != (pixel_values.shape[0], cfg.num_classes):
-            raise ValueError(f"labels: expected multi-hot ({pixel_values.shape[0]}, "
-                             f"{cfg.num_classes}), got {tuple(labels.shape)}")
+            hint = (
+                " (pixel label maps go in masks=, the fully supervised upper bound: "
+                "labels= are image-level classes)"
+                if labels.dim() == 3
+                else ""
+            )
+            raise ValueError(
+                f"labels: expected multi-hot ({pixel_values.shape[0]}, "
+                f"{cfg.num_classes}), got {tuple(labels.shape)}{hint}"
+            )
         terms = self._classification_terms(out, labels)
         if not classification_only:
             size = tuple(pixel_values.shape[-2:])
             terms.update(self._seeding_terms(out, labels, size, process_group))
             if cfg.use_boundary_loss:
-                terms["boundary"] = boundary_loss(self.unnormalize(pixel_values), out.logits,
-                                                  labels, self.crf_params(), cfg.boundary_crf,
-                                                  self.boundary_crf_processes)
+                terms["boundary"] = boundary_loss(
+                    self.unnormalize(pixel_values),
+                    out.logits,
+                    labels,
+                    self.crf_params(),
+                    cfg.boundary_crf,
+                    self.boundary_crf_processes,
+                )
         out.loss_terms = terms
         out.loss = torch.stack(list(terms.values())).sum()
 
-    def _classification_terms(self, out: AgenOutput, labels: torch.Tensor
-                              ) -> dict[str, torch.Tensor]:
+    def _classification_terms(
+        self, out: AgenOutput, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Eq. 11: the multi-label loss (eq. 10) of branch A and of every AGM's branch C."""
-        return {f"cls_{head}": multilabel_loss(out.class_logits[head], labels)
-                for head in self.heads}
+        return {
+            f"cls_{head}": multilabel_loss(out.class_logits[head], labels) for head in self.heads
+        }
 
-    def _seeding_terms(self, out: AgenOutput, labels: torch.Tensor, size: tuple[int, int],
-                       process_group: ProcessGroup | None) -> dict[str, torch.Tensor]:
+    def _seeding_terms(
+        self,
+        out: AgenOutput,
+        labels: torch.Tensor,
+        size: tuple[int, int],
+        process_group: ProcessGroup | None,
+    ) -> dict[str, torch.Tensor]:
         """Eq. 13's four pairs: seeds of every head (eq. 2-4, stored in ``out.seeds``) against
         its segmentation (branch A's seeds train branch B), each by eq. 12."""
         cfg = self.config
         terms = {}
         for head in self.heads:
-            seeds = pseudo_labels(out.class_maps[head], labels, size, cfg.cam_alpha,
-                                  cfg.threshold(head), cfg.ignore_index)
+            seeds = pseudo_labels(
+                out.class_maps[head],
+                labels,
+                size,
+                cfg.cam_alpha,
+                cfg.threshold(head),
+                cfg.ignore_index,
+            )
             out.seeds[head] = seeds
             if head == "A":
                 seg = upsample_bilinear(out.logits.float(), size)
-                terms["seg_B"] = balanced_seeding_loss(seg, seeds, cfg.ignore_index,
-                                                       process_group)
+                terms["seg_B"] = balanced_seeding_loss(seg, seeds, cfg.ignore_index, process_group)
             else:
-                terms[f"seg_{head}"] = balanced_seeding_loss(out.agm_logits[head], seeds,
-                                                             cfg.ignore_index, process_group)
+                terms[f"seg_{head}"] = balanced_seeding_loss(
+                    out.agm_logits[head], seeds, cfg.ignore_index, process_group
+                )
         return terms
 
     def coam_weights(self) -> dict[str, float]:
@@ -225,12 +281,20 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
 
     def crf_params(self) -> CrfParams:
         c = self.config
-        return CrfParams(c.crf_iterations, c.crf_pos_xy_std, c.crf_pos_w, c.crf_bi_xy_std,
-                         c.crf_bi_rgb_std, c.crf_bi_w)
+        return CrfParams(
+            c.crf_iterations,
+            c.crf_pos_xy_std,
+            c.crf_pos_w,
+            c.crf_bi_xy_std,
+            c.crf_bi_rgb_std,
+            c.crf_bi_w,
+        )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``"backbone"``: layers initialised from ImageNet (VGG16 conv1-conv5, ResNet-38);
         ``"new"``: everything else (fc6/fc7, classifiers, heads, AGMs, CoAMs), which the paper
         trains with a 10x learning rate."""
-        return split_parameters(self, [self.stem, *self.branch_a.pretrained_modules(),
-                                       *self.branch_b.pretrained_modules()])
+        return split_parameters(
+            self,
+            [self.stem, *self.branch_a.pretrained_modules(), *self.branch_b.pretrained_modules()],
+        )

@@ -34,8 +34,10 @@ class ModelOutput:
     def __getitem__(self, key: int | slice | str) -> Any:
         if isinstance(key, str):
             if key not in self.keys():
-                raise KeyError(f"{key!r} is not set in this {type(self).__name__} (set: "
-                               f"{', '.join(self.keys())})")
+                raise KeyError(
+                    f"{key!r} is not set in this {type(self).__name__} (set: "
+                    f"{', '.join(self.keys())})"
+                )
             return getattr(self, key)
         return self.to_tuple()[key]
 
@@ -52,9 +54,9 @@ class ModelOutput:
 @dataclass
 class SegmenterOutput(ModelOutput):
     """Attributes:
-        loss: the training loss (when targets are given), the sum of ``loss_terms``.
-        loss_terms: every term of the loss by name.
-        logits: segmentation logits (B, num_labels, h, w).
+    loss: the training loss (when targets are given), the sum of ``loss_terms``.
+    loss_terms: every term of the loss by name.
+    logits: segmentation logits (B, num_labels, h, w).
     """
 
     loss: torch.Tensor | None = None

@@ -14,8 +14,7 @@ class ConvReLU(nn.Sequential):
     """3x3 convolution followed by ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1),
-                         nn.ReLU(inplace=True))
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True))
 
 
 class AttentionGuidedModule(nn.Module):
@@ -30,19 +29,30 @@ class AttentionGuidedModule(nn.Module):
     giving the logits of ``S^{AGM-n}``.
     """
 
-    def __init__(self, stages: tuple[int, ...], channels_a: dict[int, int],
-                 channels_b: dict[int, int], num_classes: int, cls_channels: int,
-                 seg_channels: int, classifier_bias: bool = False) -> None:
+    def __init__(
+        self,
+        stages: tuple[int, ...],
+        channels_a: dict[int, int],
+        channels_b: dict[int, int],
+        num_classes: int,
+        cls_channels: int,
+        seg_channels: int,
+        classifier_bias: bool = False,
+    ) -> None:
         super().__init__()
         self.cls_adapters = nn.ModuleDict(
-            {str(n): ConvReLU(channels_a[n], cls_channels) for n in stages})
-        self.cls_shared = nn.Sequential(ConvReLU(cls_channels, cls_channels),
-                                        nn.Conv2d(cls_channels, num_classes, 1,
-                                                  bias=classifier_bias))
+            {str(n): ConvReLU(channels_a[n], cls_channels) for n in stages}
+        )
+        self.cls_shared = nn.Sequential(
+            ConvReLU(cls_channels, cls_channels),
+            nn.Conv2d(cls_channels, num_classes, 1, bias=classifier_bias),
+        )
         self.seg_adapters = nn.ModuleDict(
-            {str(n): ConvReLU(channels_b[n], seg_channels) for n in stages})
-        self.seg_shared = nn.Sequential(ConvReLU(seg_channels, seg_channels),
-                                        nn.Conv2d(seg_channels, num_classes + 1, 1))
+            {str(n): ConvReLU(channels_b[n], seg_channels) for n in stages}
+        )
+        self.seg_shared = nn.Sequential(
+            ConvReLU(seg_channels, seg_channels), nn.Conv2d(seg_channels, num_classes + 1, 1)
+        )
 
     def class_maps(self, stage: int, features_a: torch.Tensor) -> torch.Tensor:
         """Branch C: ``F^{A_n}`` (B, *, h, w) -> class-aware maps ``F_c`` (B, C, h, w)."""
@@ -75,8 +85,10 @@ class ContextAttention(nn.Module):
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         b, c, h, w = low.shape
         if high.shape[:2] != (b, c):
-            raise ValueError(f"ContextAttention: high has shape {tuple(high.shape)}, expected "
-                             f"({b}, {c}, *, *) to match low")
+            raise ValueError(
+                f"ContextAttention: high has shape {tuple(high.shape)}, expected "
+                f"({b}, {c}, *, *) to match low"
+            )
         if high.shape[-2:] != (h, w):
             high = upsample_bilinear(high, (h, w))
         pad = (-c) % 8

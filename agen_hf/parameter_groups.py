@@ -11,5 +11,7 @@ def split_parameters(model: nn.Module, pretrained: list[nn.Module]) -> dict[str,
     ``"new"``: all others, in ``model.parameters()`` order."""
     ids = {id(p) for m in pretrained for p in m.parameters()}
     params = list(model.parameters())
-    return {"backbone": [p for p in params if id(p) in ids],
-            "new": [p for p in params if id(p) not in ids]}
+    return {
+        "backbone": [p for p in params if id(p) in ids],
+        "new": [p for p in params if id(p) not in ids],
+    }

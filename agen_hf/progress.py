@@ -26,8 +26,14 @@ def bars_disabled() -> bool | None:
     return _DISABLE[value]
 
 
-def progress(iterable: Iterable[T] | None = None, *, desc: str, total: int | None = None,
-             main_process: bool = True, **kwargs) -> tqdm:
+def progress(
+    iterable: Iterable[T] | None = None,
+    *,
+    desc: str,
+    total: int | None = None,
+    main_process: bool = True,
+    **kwargs,
+) -> tqdm:
     """A tqdm bar over ``iterable`` (or a manual one with ``total``), drawn only on the main
     process and as ``AGEN_HF_PROGRESS_BARS`` says."""
     disable = True if not main_process else bars_disabled()

@@ -18,8 +18,12 @@ import functools
 import torch
 
 
-def interpolation_matrix(n_out: int, n_in: int, device: torch.device | str | None = None,
-                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def interpolation_matrix(
+    n_out: int,
+    n_in: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """(n_out, n_in) weights of 1-D linear interpolation, ``align_corners=False``: output ``i``
     samples ``s = max((i + 0.5) * n_in / n_out - 0.5, 0)`` with weight ``1 - (s - floor s)``
     on ``floor s`` and ``s - floor s`` on ``min(floor s + 1, n_in - 1)``."""
@@ -51,8 +55,7 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=128)
-def _cached_matrix(n_out: int, n_in: int, device: torch.device, dtype: torch.dtype
-                   ) -> torch.Tensor:
+def _cached_matrix(n_out: int, n_in: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The matrices a training run needs, built once per size, device and dtype (never
     modified): no host-to-device copy, which would wait for the GPU, in every step. Built
     outside inference mode, so that a matrix first made during evaluation can be saved for

@@ -52,8 +52,12 @@ def heatmap(cam: np.ndarray) -> np.ndarray:
     return np.round(255 * channels).astype(np.uint8)
 
 
-def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str],
-         cell: tuple[int, int] = (160, 160), gap: int = 4) -> Image.Image:
+def grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[str],
+    cell: tuple[int, int] = (160, 160),
+    gap: int = 4,
+) -> Image.Image:
     """Lay (H, W, 3) uint8 pictures out in a grid under a row of column titles; every
     picture is resized to ``cell`` (height, width)."""
     ch, cw = cell
@@ -61,8 +65,9 @@ def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str],
     if any(len(r) != cols for r in rows):
         raise ValueError(f"grid: every row needs {cols} pictures, one per title")
     title_h = 16
-    canvas = Image.new("RGB", (cols * (cw + gap) + gap, title_h + len(rows) * (ch + gap) + gap),
-                       "white")
+    canvas = Image.new(
+        "RGB", (cols * (cw + gap) + gap, title_h + len(rows) * (ch + gap) + gap), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     for j, title in enumerate(titles):
         draw.text((gap + j * (cw + gap) + 2, 2), title, fill="black")
@@ -78,9 +83,15 @@ def _cam_overlay(rgb: np.ndarray, cam: torch.Tensor, alpha: float = 0.5) -> np.n
 
 
 @torch.no_grad()
-def cam_figure(model, images: Sequence, labels: Sequence[Sequence[int]] | None = None,
-               processor: AgenImageProcessor | None = None, cell=(160, 160),
-               masks: Sequence | None = None, prediction: bool = False) -> Image.Image:
+def cam_figure(
+    model,
+    images: Sequence,
+    labels: Sequence[Sequence[int]] | None = None,
+    processor: AgenImageProcessor | None = None,
+    cell=(160, 160),
+    masks: Sequence | None = None,
+    prediction: bool = False,
+) -> Image.Image:
     """Fig. 4: per image, the input then the CAM (eq. 2-3, the maximum over the image's
     classes) of branch A and of AGM-5/4/3 before and after CoAM, overlaid on the image.
 
@@ -126,18 +137,24 @@ def cam_figure(model, images: Sequence, labels: Sequence[Sequence[int]] | None =
             probs = probs[0, :, :h, :w]
             row.append(label_colors(probs.argmax(dim=0).cpu().numpy()))
         rows.append(row)
-        titles = ["input"] + (["ground truth"] if masks is not None else []) + \
-            [t for t, _ in columns] + (["B prediction"] if prediction else [])
+        titles = (
+            ["input"]
+            + (["ground truth"] if masks is not None else [])
+            + [t for t, _ in columns]
+            + (["B prediction"] if prediction else [])
+        )
     return grid(rows, titles, cell)
 
 
-def segmentation_figure(images: Sequence, predictions: dict[str, Sequence[np.ndarray]],
-                        ground_truth: Sequence[np.ndarray | None] | None = None,
-                        cell=(160, 160)) -> Image.Image:
+def segmentation_figure(
+    images: Sequence,
+    predictions: dict[str, Sequence[np.ndarray]],
+    ground_truth: Sequence[np.ndarray | None] | None = None,
+    cell=(160, 160),
+) -> Image.Image:
     """Fig. 5: per image, the input, its ground truth (when given) and each named prediction
     (H, W) in VOC colours."""
-    titles = ["input"] + (["ground truth"] if ground_truth is not None else []) + \
-        list(predictions)
+    titles = ["input"] + (["ground truth"] if ground_truth is not None else []) + list(predictions)
     rows = []
     for i, image in enumerate(images):
         rgb = rgb_array(image)
@@ -156,8 +173,7 @@ def write_cam_figure(model_dir: str | Path, val_ds, n: int) -> Path:
     classes) and branch B's prediction (:func:`cam_figure`), written atomically."""
     model = AgenModel.from_pretrained(model_dir).eval()
     rows = val_ds.select(range(min(n, len(val_ds))))
-    figure = cam_figure(model, rows["image"], rows["labels"], masks=rows["mask"],
-                        prediction=True)
+    figure = cam_figure(model, rows["image"], rows["labels"], masks=rows["mask"], prediction=True)
     path = Path(model_dir) / "cams.png"
     save_image_atomic(figure, path)
     return path

@@ -35,9 +35,11 @@ class LoadReport:
         def few(keys: list[str]) -> str:
             return ", ".join(keys[:6]) + (f" ... (+{len(keys) - 6})" if len(keys) > 6 else "")
 
-        return (f"{self.source}: {len(self.loaded)} tensors loaded; missing "
-                f"{len(self.missing)} [{few(self.missing)}]; unexpected {len(self.unexpected)} "
-                f"[{few(self.unexpected)}]")
+        return (
+            f"{self.source}: {len(self.loaded)} tensors loaded; missing "
+            f"{len(self.missing)} [{few(self.missing)}]; unexpected {len(self.unexpected)} "
+            f"[{few(self.unexpected)}]"
+        )
 
 
 def read_state_dict(source: str | os.PathLike | dict) -> tuple[dict[str, torch.Tensor], str]:
@@ -66,8 +68,13 @@ def read_state_dict(source: str | os.PathLike | dict) -> tuple[dict[str, torch.T
     return {k.removeprefix("module."): v for k, v in state.items()}, name
 
 
-def load_mapped(module: nn.Module, state: dict[str, torch.Tensor], mapping: dict[str, str],
-                scope: list[str], name: str) -> LoadReport:
+def load_mapped(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    mapping: dict[str, str],
+    scope: list[str],
+    name: str,
+) -> LoadReport:
     """Copy ``state[src]`` into ``module``'s ``dst`` for each ``dst: src`` of ``mapping``.
     ``scope``: the target keys the file is meant to fill (the rest of them are "missing")."""
     target = module.state_dict()
@@ -76,9 +83,11 @@ def load_mapped(module: nn.Module, state: dict[str, torch.Tensor], mapping: dict
         if src not in state:
             continue
         if tuple(state[src].shape) != tuple(target[dst].shape):
-            raise ValueError(f"{name}: {src} has shape {tuple(state[src].shape)} but {dst} "
-                             f"needs {tuple(target[dst].shape)}; the file does not fit this "
-                             "configuration")
+            raise ValueError(
+                f"{name}: {src} has shape {tuple(state[src].shape)} but {dst} "
+                f"needs {tuple(target[dst].shape)}; the file does not fit this "
+                "configuration"
+            )
     with torch.no_grad():
         for dst, src in mapping.items():
             if src in state:
@@ -86,14 +95,16 @@ def load_mapped(module: nn.Module, state: dict[str, torch.Tensor], mapping: dict
                 report.loaded.append(dst)
     used = {mapping[d] for d in report.loaded}
     # a batch-norm step counter is bookkeeping, not a weight: never reported missing
-    report.missing = [k for k in scope if k not in report.loaded
-                      and not k.endswith("num_batches_tracked")]
+    report.missing = [
+        k for k in scope if k not in report.loaded and not k.endswith("num_batches_tracked")
+    ]
     report.unexpected = [k for k in state if k not in used]
     return report
 
 
-def _vgg_mapping(module: nn.Module, prefixes: dict[int, str], depths,
-                 batch_norm: bool) -> dict[str, str]:
+def _vgg_mapping(
+    module: nn.Module, prefixes: dict[int, str], depths, batch_norm: bool
+) -> dict[str, str]:
     """torchvision ``features.<i>`` -> our ``<prefix>conv{b}_{j}`` / ``bn{b}_{j}`` (the keys
     ``module`` has)."""
     if tuple(depths) != _VGG_DEPTHS:
@@ -106,8 +117,7 @@ def _vgg_mapping(module: nn.Module, prefixes: dict[int, str], depths,
                 mapping[f"{conv}.{p}"] = f"features.{index}.{p}"
             if batch_norm:
                 bn = f"{prefixes[block]}bn{block}_{j}"
-                for p in ("weight", "bias", "running_mean", "running_var",
-                          "num_batches_tracked"):
+                for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
                     mapping[f"{bn}.{p}"] = f"features.{index + 1}.{p}"
             index += 3 if batch_norm else 2
         index += 1  # the pooling layer
@@ -124,20 +134,28 @@ def load_vgg16(model: nn.Module, source) -> LoadReport:
     state, name = read_state_dict(source)
     if isinstance(model, AgenModel):
         cfg = model.config
-        prefixes = {1: "stem.conv1.", 2: "stem.conv2.", 3: "branch_a.conv3.",
-                    4: "branch_a.conv4.", 5: "branch_a.conv5."}
+        prefixes = {
+            1: "stem.conv1.",
+            2: "stem.conv2.",
+            3: "branch_a.conv3.",
+            4: "branch_a.conv4.",
+            5: "branch_a.conv5.",
+        }
         mapping = _vgg_mapping(model, prefixes, cfg.vgg_depths, cfg.vgg_batch_norm)
     elif isinstance(model, DeepLabModel) and model.config.backbone == "vgg16":
         prefixes = {b: f"net.features.{2 * (b - 1)}." for b in range(1, 6)}
         mapping = _vgg_mapping(model, prefixes, model.config.vgg_depths, False)
     else:
-        raise TypeError(f"load_vgg16: expected an AgenModel or a VGG16 DeepLabModel, got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"load_vgg16: expected an AgenModel or a VGG16 DeepLabModel, got {type(model).__name__}"
+        )
     bn_in_file = any(k.endswith("running_mean") for k in state)
     bn_in_model = any(k.endswith("running_mean") for k in mapping)
     if bn_in_file != bn_in_model:
-        raise ValueError(f"{name}: a VGG16{'-BN' if bn_in_file else ''} file for a VGG16"
-                         f"{'-BN' if bn_in_model else ''} model; set vgg_batch_norm to match")
+        raise ValueError(
+            f"{name}: a VGG16{'-BN' if bn_in_file else ''} file for a VGG16"
+            f"{'-BN' if bn_in_model else ''} model; set vgg_batch_norm to match"
+        )
     return load_mapped(model, state, mapping, list(mapping), name)
 
 
@@ -148,8 +166,11 @@ def load_resnet38(model: nn.Module, source) -> LoadReport:
     if not isinstance(model, AgenModel):
         raise TypeError(f"load_resnet38: expected an AgenModel, got {type(model).__name__}")
     state, name = read_state_dict(source)
-    scope = [k for k in model.state_dict() if k.startswith("branch_b.")
-             and not k.startswith("branch_b.head.")]
+    scope = [
+        k
+        for k in model.state_dict()
+        if k.startswith("branch_b.") and not k.startswith("branch_b.head.")
+    ]
     mapping = {k: k.removeprefix("branch_b.") for k in scope}
     return load_mapped(model, state, mapping, scope, name)
 
@@ -159,8 +180,9 @@ def load_resnet101(model: nn.Module, source) -> LoadReport:
     from .deeplab import DeepLabModel
 
     if not (isinstance(model, DeepLabModel) and model.config.backbone == "resnet101"):
-        raise TypeError(f"load_resnet101: expected a ResNet-101 DeepLabModel, got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"load_resnet101: expected a ResNet-101 DeepLabModel, got {type(model).__name__}"
+        )
     state, name = read_state_dict(source)
     scope = [k for k in model.state_dict() if k.startswith("net.backbone.")]
     mapping = {k: k.removeprefix("net.backbone.") for k in scope}

@@ -22,9 +22,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agen_hf.modules import ContextAttention  # noqa: E402
+from agen_hf.modules import ContextAttention
 
 NUM_CLASSES = 20
 
@@ -116,23 +114,45 @@ def main() -> None:
             grad_a, grad_w = low.grad.clone(), module.weight.grad.clone()
             low.grad, module.weight.grad = None, None
             b = step("explicit", low, high, module)
-            row = {"input": size, "positions": a.shape[-1] * a.shape[-2], "batch": batch,
-                   "max_abs_diff_output": (a - b).abs().max().item(),
-                   "max_abs_diff_grad": max((grad_a - low.grad).abs().max().item(),
-                                            (grad_w - module.weight.grad).abs().max().item())}
+            row = {
+                "input": size,
+                "positions": a.shape[-1] * a.shape[-2],
+                "batch": batch,
+                "max_abs_diff_output": (a - b).abs().max().item(),
+                "max_abs_diff_grad": max(
+                    (grad_a - low.grad).abs().max().item(),
+                    (grad_w - module.weight.grad).abs().max().item(),
+                ),
+            }
             for variant in ("fused", "explicit"):
-                out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats),
-                                      "--child", variant, str(size), str(batch)],
-                                     capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--repeats",
+                        str(args.repeats),
+                        "--child",
+                        variant,
+                        str(size),
+                        str(batch),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items():
                     row[f"{variant}_{k}"] = v
             row["memory_ratio"] = row["fused_peak_mib"] / max(row["explicit_peak_mib"], 1e-9)
             row["time_ratio"] = row["fused_step_s"] / row["explicit_step_s"]
             rows.append(row)
             print(json.dumps(row))
-    result = {"rows": rows, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(),
-              "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "rows": rows,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     Path(args.out).write_text(json.dumps(result, indent=2))
 
 

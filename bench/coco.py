@@ -67,12 +67,21 @@ def write_instances(root: Path, images: int, seed: int = 0) -> tuple[Path, int]:
         imgs.append({"id": i, "file_name": name, "width": W, "height": H})
         for _ in range(1 + rng.poisson(6.3)):
             crowd = rng.random() < 0.01
-            anns.append({"id": len(anns) + 1, "image_id": i, "iscrowd": int(crowd),
-                         "category_id": OFFICIAL_IDS[int(rng.integers(0, 80))],
-                         "segmentation": crowd_rle(rng) if crowd else polygon(rng),
-                         "area": 0.0, "bbox": [0, 0, 1, 1]})
-    cats = [{"id": i, "name": n, "supercategory": ""}
-            for i, n in zip(OFFICIAL_IDS, coco.COCO_CLASS_NAMES)]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "iscrowd": int(crowd),
+                    "category_id": OFFICIAL_IDS[int(rng.integers(0, 80))],
+                    "segmentation": crowd_rle(rng) if crowd else polygon(rng),
+                    "area": 0.0,
+                    "bbox": [0, 0, 1, 1],
+                }
+            )
+    cats = [
+        {"id": i, "name": n, "supercategory": ""}
+        for i, n in zip(OFFICIAL_IDS, coco.COCO_CLASS_NAMES)
+    ]
     path = root / "annotations" / "instances_train2014.json"
     with open(path, "w") as f:
         json.dump({"images": imgs, "annotations": anns, "categories": cats}, f)
@@ -82,13 +91,15 @@ def write_instances(root: Path, images: int, seed: int = 0) -> tuple[Path, int]:
 def render_rate(ann_file: Path, out_dir: Path, images: int) -> tuple[float, float]:
     """Images/s of one process: masks only, and masks + PNG writing (``_render_chunk``)."""
     data = json.loads(ann_file.read_text())
-    value = {c["id"]: k + 1 for k, c in enumerate(sorted(data["categories"],
-                                                         key=lambda c: c["id"]))}
+    value = {
+        c["id"]: k + 1 for k, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))
+    }
     by_image: dict[int, list] = {}
     for a in data["annotations"]:
         if a["image_id"] <= images:
             by_image.setdefault(a["image_id"], []).append(
-                (a["segmentation"], IGNORE_INDEX if a["iscrowd"] else value[a["category_id"]]))
+                (a["segmentation"], IGNORE_INDEX if a["iscrowd"] else value[a["category_id"]])
+            )
     jobs = [(str(out_dir / f"{i}.png"), H, W, inst) for i, inst in sorted(by_image.items())]
     t0 = time.perf_counter()
     for _, h, w, inst in jobs:
@@ -108,26 +119,38 @@ def gemm_gflops(n: int = 2048, repeats: int = 3) -> float:
         t0 = time.perf_counter()
         torch.matmul(a, b)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=82000)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--render_images", type=int, default=300,
-                   help="images for the single-process rendering rate")
+    p.add_argument(
+        "--render_images",
+        type=int,
+        default=300,
+        help="images for the single-process rendering rate",
+    )
     p.add_argument("--out", default="bench_coco.json")
     args = p.parse_args()
-    result = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "date": time.strftime("%Y-%m-%d"), "images": args.images,
-              "workers": args.workers, "gemm_fp32_2048_gflop_per_s": gemm_gflops()}
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "images": args.images,
+        "workers": args.workers,
+        "gemm_fp32_2048_gflop_per_s": gemm_gflops(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "coco", Path(tmp) / "cache"
         t0 = time.perf_counter()
         ann_file, instances = write_instances(root, args.images)
-        result.update(instances=instances, json_mb=ann_file.stat().st_size / 2 ** 20,
-                      write_synthetic_s=time.perf_counter() - t0)
+        result.update(
+            instances=instances,
+            json_mb=ann_file.stat().st_size / 2**20,
+            write_synthetic_s=time.perf_counter() - t0,
+        )
         t0 = time.perf_counter()
         with open(ann_file, "rb") as f:
             json.load(f)
@@ -145,10 +168,12 @@ def main() -> None:
         assert labels_only.data.table.column("mask")[0].as_py() is None  # (placeholders)
         result["first_load_img_per_s"] = args.images / result["first_load_s"]
         result["first_load_82k_extrapolated_s"] = TRAIN2014_IMAGES / result["first_load_img_per_s"]
-        masks_only, with_png = render_rate(ann_file, Path(tmp) / "rate",
-                                           min(args.render_images, args.images))
-        result.update(render_1proc_masks_img_per_s=masks_only,
-                      render_1proc_masks_png_img_per_s=with_png)
+        masks_only, with_png = render_rate(
+            ann_file, Path(tmp) / "rate", min(args.render_images, args.images)
+        )
+        result.update(
+            render_1proc_masks_img_per_s=masks_only, render_1proc_masks_png_img_per_s=with_png
+        )
     for k, v in result.items():
         print(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}")
     print(json.dumps(result))

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agen_hf.crf import CrfParams, CrfPool, crf_refine  # noqa: E402
+from agen_hf.crf import CrfParams, CrfPool, crf_refine
 
 
 def scene(h: int, w: int, classes: int, present: list[int], seed: int):
@@ -34,7 +31,7 @@ def scene(h: int, w: int, classes: int, present: list[int], seed: int):
     label = np.zeros((h, w), np.int64)
     for k, c in enumerate(present[1:]):
         y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        label[y0: y0 + h // 2, x0: x0 + w // 2] = c
+        label[y0 : y0 + h // 2, x0 : x0 + w // 2] = c
     colours = rng.integers(0, 256, (classes, 3))
     image = np.clip(colours[label] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
     logits = rng.normal(0, 1, (classes, h, w)) + 3 * np.eye(classes)[label].transpose(2, 0, 1)
@@ -71,12 +68,14 @@ def boundary_crf(args) -> dict:
     for backend in ("pydensecrf", "torch"):
         for name, mask in (("all_classes", everything), ("present_classes", present)):
             out[f"{backend}_{name}_serial_s"] = best_of(
-                lambda: crf_refine(images, probs, mask, params, backend), args.repeats)
+                lambda: crf_refine(images, probs, mask, params, backend), args.repeats
+            )
     # the training step's pooled path (--boundary_crf_processes): crf_refine over batch_pool
     crf_refine(images[:1], probs[:1], present[:1], params, "pydensecrf", args.processes)  # spawn
     out["pydensecrf_present_classes_batch_pool_s"] = best_of(
         lambda: crf_refine(images, probs, present, params, "pydensecrf", args.processes),
-        args.repeats)
+        args.repeats,
+    )
     # the same present-class work over a pool: one task per image
     with CrfPool(params, args.processes) as pool:
         rgb = [im for im, _ in cases]
@@ -97,13 +96,15 @@ def post_processing(args) -> dict:
     image, probs = scene(375, 500, args.num_labels, present.tolist(), 0)
     out = {"image": "500x375", "num_labels": args.num_labels}
     with CrfPool(CrfParams(), 0) as serial:
-        out["all_classes_s"] = best_of(lambda: serial.submit(image, probs,
-                                                             np.arange(args.num_labels)),
-                                       args.repeats)
+        out["all_classes_s"] = best_of(
+            lambda: serial.submit(image, probs, np.arange(args.num_labels)), args.repeats
+        )
         out["present_classes_s"] = best_of(
-            lambda: serial.submit(image, probs[torch.as_tensor(present)], present), args.repeats)
+            lambda: serial.submit(image, probs[torch.as_tensor(present)], present), args.repeats
+        )
     n = args.images
     with CrfPool(CrfParams(), args.processes) as pool:
+
         def run():
             for _ in range(n):
                 pool.submit(image, probs[torch.as_tensor(present)], present)
@@ -127,8 +128,11 @@ def main() -> None:
     p.add_argument("--out", default="bench_crf.json")
     args = p.parse_args()
     torch.set_num_threads(1)  # the CRF itself is single-threaded; compare like with like
-    result = {"boundary_loss_crf": boundary_crf(args), "post_processing": post_processing(args),
-              "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "boundary_loss_crf": boundary_crf(args),
+        "post_processing": post_processing(args),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     if args.step_json and Path(args.step_json).is_file():
         step = json.loads(Path(args.step_json).read_text())
         if step["batch"] == args.batch and step["size"] == args.size:

@@ -36,18 +36,24 @@ def main() -> None:
     p.add_argument("--out", default="bench_data.json")
     args = p.parse_args()
     torch.set_num_threads(1)  # one worker = one core
-    results = {"machine": platform.processor() or platform.machine(),
-               "date": time.strftime("%Y-%m-%d"), "torch_threads": 1}
+    results = {
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "torch_threads": 1,
+    }
     with tempfile.TemporaryDirectory() as cache:
         if Path(args.voc_root).is_dir():
             voc = load_voc(args.voc_root, "val", cache_dir=cache)
             results["voc_train_transform_321_img_per_s"] = throughput(
-                with_transforms(voc, train_transform()), args.seconds)
+                with_transforms(voc, train_transform()), args.seconds
+            )
         synthetic = make_synthetic(500, image_size=128, cache_dir=cache)
         results["synthetic128_train_transform_112_img_per_s"] = throughput(
-            with_transforms(synthetic, train_transform(112, (112, 160))), args.seconds)
+            with_transforms(synthetic, train_transform(112, (112, 160))), args.seconds
+        )
         results["synthetic128_paper_transform_321_img_per_s"] = throughput(
-            with_transforms(synthetic, train_transform()), args.seconds)
+            with_transforms(synthetic, train_transform()), args.seconds
+        )
         t0 = time.perf_counter()
         make_synthetic(1000, seed=7, image_size=128, cache_dir=cache)
         results["synthetic_make_1000_images_128_s"] = time.perf_counter() - t0

@@ -36,35 +36,66 @@ CRF_SHARE_LIMIT = 0.10
 
 def sizes(smoke: bool) -> dict:
     if smoke:  # every code path, in seconds on a CPU
-        return {"config": "tiny", "batch": 2, "size": 64, "repeats": 1, "gemm": [256],
-                "steps": 6, "warmup": 4, "train_images": 32, "val_images": 8, "image": 48,
-                "crf_images": 2, "crf_processes": 2, "limit": 300}
-    return {"config": "paper", "batch": 15, "size": 321, "repeats": 3, "gemm": [2048, 4096],
-            "steps": 200, "warmup": 140, "train_images": 4000, "val_images": 100, "image": 64,
-            "crf_images": 8, "crf_processes": 8, "limit": 240}
+        return {
+            "config": "tiny",
+            "batch": 2,
+            "size": 64,
+            "repeats": 1,
+            "gemm": [256],
+            "steps": 6,
+            "warmup": 4,
+            "train_images": 32,
+            "val_images": 8,
+            "image": 48,
+            "crf_images": 2,
+            "crf_processes": 2,
+            "limit": 300,
+        }
+    return {
+        "config": "paper",
+        "batch": 15,
+        "size": 321,
+        "repeats": 3,
+        "gemm": [2048, 4096],
+        "steps": 200,
+        "warmup": 140,
+        "train_images": 4000,
+        "val_images": 100,
+        "image": 64,
+        "crf_images": 8,
+        "crf_processes": 8,
+        "limit": 240,
+    }
 
 
 def run_part(name: str, command: list[str], limit: int, log: Path) -> dict:
     """Run one part; its status, seconds and (on failure) the last lines of its output."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "AGEN_HF_PROGRESS_BARS": "off"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "AGEN_HF_PROGRESS_BARS": "off",
+    }
     print(f"== {name}: {' '.join(command)}", flush=True)
     started = time.time()
     try:
-        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=limit)
+        proc = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit
+        )
         status, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
         status = "timeout"
         output = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(
-            errors="replace")
+            errors="replace"
+        )
     log.write_text(output)
     seconds = time.time() - started
     part = {"status": status, "seconds": round(seconds, 1), "log": str(log)}
     if status != 0:
         part["tail"] = output[-2000:]
-        print(f"   FAILED ({status}) after {seconds:.0f} s; last lines:\n{output[-1500:]}",
-              flush=True)
+        print(
+            f"   FAILED ({status}) after {seconds:.0f} s; last lines:\n{output[-1500:]}", flush=True
+        )
     return part
 
 
@@ -83,38 +114,123 @@ def main(argv: list[str] | None = None) -> dict:
     s = sizes(args.smoke)
     py = sys.executable
     cpu = ["--cpu"] if args.device == "cpu" else []
-    step_args = ["--device", args.device, "--configs", s["config"], "--batch", str(s["batch"]),
-                 "--size", str(s["size"]), "--repeats", str(s["repeats"]), "--gemm_sizes",
-                 *map(str, s["gemm"])]
-    synthetic = ["--synthetic_val_size", str(s["val_images"]), "--synthetic_image_size",
-                 str(s["image"]), "--seed", "0"]
+    step_args = [
+        "--device",
+        args.device,
+        "--configs",
+        s["config"],
+        "--batch",
+        str(s["batch"]),
+        "--size",
+        str(s["size"]),
+        "--repeats",
+        str(s["repeats"]),
+        "--gemm_sizes",
+        *map(str, s["gemm"]),
+    ]
+    synthetic = [
+        "--synthetic_val_size",
+        str(s["val_images"]),
+        "--synthetic_image_size",
+        str(s["image"]),
+        "--seed",
+        "0",
+    ]
     parts = {
-        "step": [py, "bench/train_step.py", *step_args, "--dtypes", "fp32", "bf16",
-                 "--channels_last", "--out", str(out / "step.json")],
-        "step_compile": [py, "bench/train_step.py", *step_args, "--dtypes", "bf16",
-                         "--channels_last", "--compile", "--out",
-                         str(out / "step_compile.json")],
-        "crf": [py, "bench/crf.py", "--batch", str(s["batch"]), "--size", str(s["size"]),
-                "--images", str(s["crf_images"]), "--processes", str(s["crf_processes"]),
-                "--repeats", "1", "--out",
-                str(out / "crf.json")],
-        "quickstart": [py, "recipes/train_voc.py", "--config", "recipes/quickstart.yaml",
-                       "--max_train_steps", str(s["steps"]), "--seeding_warmup_steps",
-                       str(s["warmup"]), "--lr_restart_at", str(s["warmup"]),
-                       "--synthetic_size", str(s["train_images"]), *synthetic, "--cam_figure",
-                       "0", "--output_dir", str(out / "quickstart"), *cpu],
-        **{f"eval_{precision}": [py, "recipes/eval_voc.py", "--model",
-                                 str(out / "quickstart"), "--dataset", "synthetic", *synthetic,
-                                 "--mixed_precision", precision, "--num_workers", "0",
-                                 "--output", str(out / f"eval_{precision}.json"), *cpu]
-           for precision in ("no", "bf16")},
+        "step": [
+            py,
+            "bench/train_step.py",
+            *step_args,
+            "--dtypes",
+            "fp32",
+            "bf16",
+            "--channels_last",
+            "--out",
+            str(out / "step.json"),
+        ],
+        "step_compile": [
+            py,
+            "bench/train_step.py",
+            *step_args,
+            "--dtypes",
+            "bf16",
+            "--channels_last",
+            "--compile",
+            "--out",
+            str(out / "step_compile.json"),
+        ],
+        "crf": [
+            py,
+            "bench/crf.py",
+            "--batch",
+            str(s["batch"]),
+            "--size",
+            str(s["size"]),
+            "--images",
+            str(s["crf_images"]),
+            "--processes",
+            str(s["crf_processes"]),
+            "--repeats",
+            "1",
+            "--out",
+            str(out / "crf.json"),
+        ],
+        "quickstart": [
+            py,
+            "recipes/train_voc.py",
+            "--config",
+            "recipes/quickstart.yaml",
+            "--max_train_steps",
+            str(s["steps"]),
+            "--seeding_warmup_steps",
+            str(s["warmup"]),
+            "--lr_restart_at",
+            str(s["warmup"]),
+            "--synthetic_size",
+            str(s["train_images"]),
+            *synthetic,
+            "--cam_figure",
+            "0",
+            "--output_dir",
+            str(out / "quickstart"),
+            *cpu,
+        ],
+        **{
+            f"eval_{precision}": [
+                py,
+                "recipes/eval_voc.py",
+                "--model",
+                str(out / "quickstart"),
+                "--dataset",
+                "synthetic",
+                *synthetic,
+                "--mixed_precision",
+                precision,
+                "--num_workers",
+                "0",
+                "--output",
+                str(out / f"eval_{precision}.json"),
+                *cpu,
+            ]
+            for precision in ("no", "bf16")
+        },
     }
     if args.smoke:
         parts["step_compile"] += ["--compile_backend", "eager"]
-        parts["quickstart"] += ["--model_config", "tiny", "--per_device_train_batch_size",
-                                "2", "--boundary_crf", "torch"]
-    report = {"device": args.device, "smoke": args.smoke, "date": time.strftime("%Y-%m-%d"),
-              "parts": {}}
+        parts["quickstart"] += [
+            "--model_config",
+            "tiny",
+            "--per_device_train_batch_size",
+            "2",
+            "--boundary_crf",
+            "torch",
+        ]
+    report = {
+        "device": args.device,
+        "smoke": args.smoke,
+        "date": time.strftime("%Y-%m-%d"),
+        "parts": {},
+    }
     shutil.rmtree(out / "quickstart", ignore_errors=True)  # a fresh run every time
     started = time.time()
     for name, command in parts.items():
@@ -124,9 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["summary"], indent=2))
     failed = [n for n, part in report["parts"].items() if part["status"] != 0]
-    print(f"gpu check: {report['total_seconds']:.0f} s, "
-          + (f"FAILED: {', '.join(failed)}" if failed else "every part ran")
-          + f"; written {out / 'gpu_check.json'}")
+    print(
+        f"gpu check: {report['total_seconds']:.0f} s, "
+        + (f"FAILED: {', '.join(failed)}" if failed else "every part ran")
+        + f"; written {out / 'gpu_check.json'}"
+    )
     if failed:
         raise SystemExit(1)
     return report
@@ -140,8 +258,10 @@ def summarize(out: Path, config: str) -> dict:
     for dtype in ("fp32", "bf16"):
         if step and f"{config}_{dtype}" in step:
             full = step[f"{config}_{dtype}"]["full"]
-            summary[f"step_{dtype}"] = {k: full.get(k) for k in (
-                "step_s", "images_per_s", "fraction_of_gemm_peak", "peak_memory_gib")}
+            summary[f"step_{dtype}"] = {
+                k: full.get(k)
+                for k in ("step_s", "images_per_s", "fraction_of_gemm_peak", "peak_memory_gib")
+            }
             memory = full.get("peak_memory_gib")
             if memory is not None:
                 summary[f"step_{dtype}"]["fits_11_gib"] = memory <= PAPER_MEMORY_GIB
@@ -150,8 +270,7 @@ def summarize(out: Path, config: str) -> dict:
                     seconds = crf["boundary_loss_crf"][f"pydensecrf_present_classes_{key}_s"]
                     share = seconds / (full["step_s"] + seconds)
                     summary[f"crf_share{kind}_{dtype}"] = share
-                    summary[f"crf_share{kind}_{dtype}_above_10_percent"] = \
-                        share > CRF_SHARE_LIMIT
+                    summary[f"crf_share{kind}_{dtype}_above_10_percent"] = share > CRF_SHARE_LIMIT
     if step and f"{config}_full_bf16_speedup" in step:
         summary["bf16_speedup"] = step[f"{config}_full_bf16_speedup"]
     if compiled and f"{config}_bf16" in compiled:
@@ -163,8 +282,10 @@ def summarize(out: Path, config: str) -> dict:
     for precision in ("no", "bf16"):
         scored = read(out / f"eval_{precision}.json")
         if scored:
-            summary[f"eval_{precision}"] = {"mean_iou": scored["mean_iou"],
-                                            "images_per_s": scored["images_per_second"]}
+            summary[f"eval_{precision}"] = {
+                "mean_iou": scored["mean_iou"],
+                "images_per_s": scored["images_per_second"],
+            }
     return summary
 
 

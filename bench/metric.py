@@ -28,8 +28,9 @@ from test_metrics import hub_mean_iou  # noqa: E402  (the Hub algorithm, written
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_val_masks"
 
 
-def timed_streaming(preds: list[np.ndarray], refs: list[np.ndarray],
-                    num_labels: int) -> tuple[dict, float]:
+def timed_streaming(
+    preds: list[np.ndarray], refs: list[np.ndarray], num_labels: int
+) -> tuple[dict, float]:
     """``StreamingMeanIoU`` over every pair, and the seconds it took (updates + compute)."""
     t0 = time.perf_counter()
     metric = StreamingMeanIoU(num_labels)
@@ -51,8 +52,10 @@ def main() -> None:
     ids = (Path(args.masks) / "val.txt").read_text().split()
     refs = [np.array(Image.open(folder / f"{i}.png")) for i in ids]
     spread = (n - 1) // 20  # class c of mask i -> c + 20 * (i % spread)
-    refs = [np.where((r > 0) & (r < 255), r + 20 * (i % spread), r).astype(np.uint8)
-            for i, r in enumerate(refs)]
+    refs = [
+        np.where((r > 0) & (r < 255), r + 20 * (i % spread), r).astype(np.uint8)
+        for i, r in enumerate(refs)
+    ]
     rng = np.random.default_rng(0)
     preds = []
     for r in refs:  # perturbed ground truth: shifted, with random class noise
@@ -66,13 +69,21 @@ def main() -> None:
     ours, t_ours = timed_streaming(preds, refs, n)
     # int64 predictions, as ``logits.argmax(1)`` gives them: values fit in a byte, same path
     ours64, t_ours64 = timed_streaming([p_.astype(np.int64) for p_ in preds], refs, n)
-    equal = bool(np.allclose(ours["per_category_iou"], hub_iou, rtol=1e-12, atol=0)) and \
-        bool(np.array_equal(ours64["per_category_iou"], ours["per_category_iou"],
-                            equal_nan=True))
-    result = {"images": len(refs), "num_labels": n, "hub_per_image_histogram_s": t_hub, "streaming_s": t_ours,
-              "speedup": t_hub / t_ours, "streaming_int64_predictions_s": t_ours64,
-              "speedup_int64_predictions": t_hub / t_ours64, "mean_iou": float(ours["mean_iou"]),
-              "identical_per_category_iou": equal, "date": time.strftime("%Y-%m-%d")}
+    equal = bool(np.allclose(ours["per_category_iou"], hub_iou, rtol=1e-12, atol=0)) and bool(
+        np.array_equal(ours64["per_category_iou"], ours["per_category_iou"], equal_nan=True)
+    )
+    result = {
+        "images": len(refs),
+        "num_labels": n,
+        "hub_per_image_histogram_s": t_hub,
+        "streaming_s": t_ours,
+        "speedup": t_hub / t_ours,
+        "streaming_int64_predictions_s": t_ours64,
+        "speedup_int64_predictions": t_hub / t_ours64,
+        "mean_iou": float(ours["mean_iou"]),
+        "identical_per_category_iou": equal,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2))
 

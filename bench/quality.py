@@ -52,16 +52,28 @@ ROW_FLAGS = {  # train_voc.py's flags of each row
     # Table 3: accumulated CoAM on MA from the top stage down (coam345 = ac)
     "coam5": ["--preset", "ma", "--coam_stages", "5"],
     "coam45": ["--preset", "ma", "--coam_stages", "4", "5"],
-    "cls_only": ["--preset", "baseline", "--seeding_warmup_steps", str(2 ** 31 - 1)],
+    "cls_only": ["--preset", "baseline", "--seeding_warmup_steps", str(2**31 - 1)],
     "full": ["--preset", "ac"],
 }
 
 
-def train(row: str, seed: int, out: Path, extra: list[str], threads: int,
-          reuse: bool = False) -> dict:
+def train(
+    row: str, seed: int, out: Path, extra: list[str], threads: int, reuse: bool = False
+) -> dict:
     config = QUICKSTART_FULL if row == "full" else QUICKSTART
-    args = [sys.executable, str(RECIPE), "--config", str(config), "--seed", str(seed),
-            "--output_dir", str(out), "--num_workers", "0", *extra]
+    args = [
+        sys.executable,
+        str(RECIPE),
+        "--config",
+        str(config),
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(out),
+        "--num_workers",
+        "0",
+        *extra,
+    ]
     args += ROW_FLAGS[row]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     record = out / "bench_quality_run.json"  # the command of a finished run, for --reuse
@@ -88,8 +100,9 @@ def pseudo_label_quality(model_dir: Path, seed: int, size: int, count: int) -> d
     """Per head: dense pseudo-label mIoU, seed mIoU (unassigned = wrong), seed coverage."""
     model = AgenModel.from_pretrained(model_dir).eval()
     cfg = model.config
-    val = with_transforms(make_synthetic(count, seed=seed + VAL_SEED_OFFSET, image_size=size),
-                          eval_transform())
+    val = with_transforms(
+        make_synthetic(count, seed=seed + VAL_SEED_OFFSET, image_size=size), eval_transform()
+    )
     dense = {h: StreamingMeanIoU(cfg.num_labels) for h in model.heads}
     seeds = {h: StreamingMeanIoU(cfg.num_labels) for h in model.heads}
     covered = {h: 0 for h in model.heads}
@@ -102,41 +115,61 @@ def pseudo_label_quality(model_dir: Path, seed: int, size: int, count: int) -> d
         foreground += fg.sum().item()
         for head in model.heads:
             maps = out.class_maps[head]
-            dense[head].update(dense_pseudo_labels(maps, labels, mask.shape[-2:],
-                                                   cfg.cam_alpha), mask)
-            h_seeds = pseudo_labels(maps, labels, mask.shape[-2:], cfg.cam_alpha,
-                                    cfg.threshold(head), cfg.ignore_index)
+            dense[head].update(
+                dense_pseudo_labels(maps, labels, mask.shape[-2:], cfg.cam_alpha), mask
+            )
+            h_seeds = pseudo_labels(
+                maps, labels, mask.shape[-2:], cfg.cam_alpha, cfg.threshold(head), cfg.ignore_index
+            )
             seeds[head].update(h_seeds, mask)
             covered[head] += (fg & (h_seeds == mask)).sum().item()
-    return {head: {"dense_miou": float(dense[head].compute()["mean_iou"]),
-                   "seed_miou": float(seeds[head].compute()["mean_iou"]),
-                   "seed_foreground_coverage": covered[head] / max(foreground, 1)}
-            for head in model.heads}
+    return {
+        head: {
+            "dense_miou": float(dense[head].compute()["mean_iou"]),
+            "seed_miou": float(seeds[head].compute()["mean_iou"]),
+            "seed_foreground_coverage": covered[head] / max(foreground, 1),
+        }
+        for head in model.heads
+    }
 
 
 def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", nargs="*", default=["baseline", "oa", "sc", "ma", "ac"],
-                   choices=[r for r in ROW_FLAGS if r != "full"],
-                   help="Table 1 rows (baseline oa sc ma ac), Table 2's single AGMs (agm3 "
-                        "agm4 agm5), Table 3's CoAM stages on MA (coam5 coam45), and "
-                        "cls_only: branch A trained with its classification loss alone, "
-                        "whose CAMs measure the data's difficulty")
+    p.add_argument(
+        "--rows",
+        nargs="*",
+        default=["baseline", "oa", "sc", "ma", "ac"],
+        choices=[r for r in ROW_FLAGS if r != "full"],
+        help="Table 1 rows (baseline oa sc ma ac), Table 2's single AGMs (agm3 "
+        "agm4 agm5), Table 3's CoAM stages on MA (coam5 coam45), and "
+        "cls_only: branch A trained with its classification loss alone, "
+        "whose CAMs measure the data's difficulty",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--no_full", action="store_true", help="skip the full-supervision runs")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--work_dir", default="runs/bench_quality")
-    p.add_argument("--reuse", action="store_true",
-                   help="take a run whose folder holds a finished run of the same command "
-                        "(bench_quality_run.json) instead of training it again")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                   help="flags passed on to train_voc.py (must come last)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take a run whose folder holds a finished run of the same command "
+        "(bench_quality_run.json) instead of training it again",
+    )
+    p.add_argument(
+        "--extra",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="flags passed on to train_voc.py (must come last)",
+    )
     p.add_argument("--out", default="bench_quality.json")
     args = p.parse_args()
     rows = args.rows + ([] if args.no_full else ["full"])
@@ -144,35 +177,50 @@ def main() -> None:
     work = Path(args.work_dir)
     started = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:  # each job is its own process
-        futures = {job: pool.submit(train, *job, work / f"{job[0]}-seed{job[1]}", args.extra,
-                                    args.threads, args.reuse) for job in jobs}
+        futures = {
+            job: pool.submit(
+                train, *job, work / f"{job[0]}-seed{job[1]}", args.extra, args.threads, args.reuse
+            )
+            for job in jobs
+        }
         runs = {job: f.result() for job, f in futures.items()}
     quick = yaml.safe_load(QUICKSTART.read_text())
     size, count = quick["synthetic_image_size"], quick["synthetic_val_size"]
-    result = {"rows": {}, "extra_flags": args.extra, "seeds": args.seeds,
-              "date": time.strftime("%Y-%m-%d"), "total_wall_s": None}
+    result = {
+        "rows": {},
+        "extra_flags": args.extra,
+        "seeds": args.seeds,
+        "date": time.strftime("%Y-%m-%d"),
+        "total_wall_s": None,
+    }
     for row in rows:
-        entry = {"val_miou": mean_std([runs[(row, s)]["val_mean_iou"] for s in args.seeds]),
-                 "train_s": mean_std([runs[(row, s)]["train_seconds"] for s in args.seeds]),
-                 "classes_above_zero": [runs[(row, s)]["classes_above_zero"]
-                                        for s in args.seeds],
-                 "per_category_iou": [runs[(row, s)]["val_per_category_iou"]
-                                      for s in args.seeds]}
+        entry = {
+            "val_miou": mean_std([runs[(row, s)]["val_mean_iou"] for s in args.seeds]),
+            "train_s": mean_std([runs[(row, s)]["train_seconds"] for s in args.seeds]),
+            "classes_above_zero": [runs[(row, s)]["classes_above_zero"] for s in args.seeds],
+            "per_category_iou": [runs[(row, s)]["val_per_category_iou"] for s in args.seeds],
+        }
         if row != "full":
-            per_seed = [pseudo_label_quality(work / f"{row}-seed{s}", s, size, count)
-                        for s in args.seeds]
+            per_seed = [
+                pseudo_label_quality(work / f"{row}-seed{s}", s, size, count) for s in args.seeds
+            ]
             entry["pseudo_labels"] = {
                 head: {k: mean_std([q[head][k] for q in per_seed]) for k in per_seed[0][head]}
-                for head in per_seed[0]}
+                for head in per_seed[0]
+            }
         result["rows"][row] = entry
-        print(f"{row:9s} val mIoU {100 * entry['val_miou']['mean']:5.2f} "
-              f"+- {100 * entry['val_miou']['std']:4.2f} % (seeds "
-              f"{', '.join(f'{100 * v:.2f}' for v in entry['val_miou']['values'])}; classes "
-              f"above 0 IoU {entry['classes_above_zero']})", flush=True)
+        print(
+            f"{row:9s} val mIoU {100 * entry['val_miou']['mean']:5.2f} "
+            f"+- {100 * entry['val_miou']['std']:4.2f} % (seeds "
+            f"{', '.join(f'{100 * v:.2f}' for v in entry['val_miou']['values'])}; classes "
+            f"above 0 IoU {entry['classes_above_zero']})",
+            flush=True,
+        )
     if "full" in result["rows"]:
         full = result["rows"]["full"]["val_miou"]["mean"]
-        result["weak_over_full"] = {row: result["rows"][row]["val_miou"]["mean"] / full
-                                    for row in args.rows}
+        result["weak_over_full"] = {
+            row: result["rows"][row]["val_miou"]["mean"] / full for row in args.rows
+        }
     means = {row: result["rows"][row]["val_miou"]["mean"] for row in args.rows}
     if "cls_only" in result["rows"] and "full" in result["rows"]:
         dense = result["rows"]["cls_only"]["pseudo_labels"]["A"]["dense_miou"]["mean"]
@@ -182,8 +230,11 @@ def main() -> None:
         if {low, high} <= set(means):
             a, b = (result["rows"][r]["val_miou"] for r in (low, high))
             pooled = ((a["std"] ** 2 + b["std"] ** 2) / 2) ** 0.5
-            steps[f"{low}<{high}"] = {"gain": b["mean"] - a["mean"], "pooled_std": pooled,
-                                      "holds": b["mean"] - a["mean"] > pooled}
+            steps[f"{low}<{high}"] = {
+                "gain": b["mean"] - a["mean"],
+                "pooled_std": pooled,
+                "holds": b["mean"] - a["mean"] > pooled,
+            }
     result["table1_order"] = steps
     if {"baseline", "ma", "ac"} <= set(means):
         result["paper_order_baseline_lt_ma_lt_ac"] = means["baseline"] < means["ma"] < means["ac"]

@@ -45,12 +45,24 @@ def main() -> None:
     print(f"data: {args.train} + {args.val} images of {size}^2 in {time.time() - t0:.1f}s")
     train = with_transforms(train, train_transform(size, (int(size * 0.9), int(size * 1.25))))
     val = with_transforms(val, eval_transform())
-    loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-                        num_workers=1, drop_last=True, persistent_workers=True)
+    loader = DataLoader(
+        train,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=1,
+        drop_last=True,
+        persistent_workers=True,
+    )
 
-    config = AgenConfig.tiny(agm_stages=(), coam_stages=(), use_boundary_loss=False,
-                             vgg_channels=(16, 32, 64, 128, 128), vgg_depths=(1, 1, 2, 2, 2),
-                             fc_channels=128)
+    config = AgenConfig.tiny(
+        agm_stages=(),
+        coam_stages=(),
+        use_boundary_loss=False,
+        vgg_channels=(16, 32, 64, 128, 128),
+        vgg_depths=(1, 1, 2, 2, 2),
+        fc_channels=128,
+    )
     model = AgenModel(config)
     params = list(model.stem.parameters()) + list(model.branch_a.parameters())
     opt = torch.optim.Adam(params, lr=args.lr)
@@ -81,8 +93,9 @@ def main() -> None:
             fp += (pred * (1 - labels)).sum().item()
             fn += ((1 - pred) * labels).sum().item()
             dense.update(dense_pseudo_labels(maps, labels, mask.shape[-2:], config.cam_alpha), mask)
-            seeds = pseudo_labels(maps, labels, mask.shape[-2:], config.cam_alpha,
-                                  config.threshold_a)
+            seeds = pseudo_labels(
+                maps, labels, mask.shape[-2:], config.cam_alpha, config.threshold_a
+            )
             assigned = seeds != 255
             seeds_metric.update(seeds, torch.where(assigned, mask, torch.full_like(mask, 255)))
             n_assigned += assigned.sum().item()
@@ -91,8 +104,11 @@ def main() -> None:
             covered += (gt_fg & (seeds == mask)).sum().item()
             fg_pixels += gt_fg.sum().item()
     result = {
-        "train_images": args.train, "val_images": args.val, "image_size": size,
-        "steps": args.steps, "train_seconds": round(time.time() - t0, 1),
+        "train_images": args.train,
+        "val_images": args.val,
+        "image_size": size,
+        "steps": args.steps,
+        "train_seconds": round(time.time() - t0, 1),
         "classification_f1": 2 * tp / max(2 * tp + fp + fn, 1),
         "dense_cam_miou": dense.compute()["mean_iou"],
         "seed_miou_on_assigned_pixels": seeds_metric.compute()["mean_iou"],

@@ -55,9 +55,12 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agen_hf import AgenConfig, AgenModel  # noqa: E402
+from agen_hf import (  # noqa: E402
+    AgenConfig,
+    AgenModel,
+    modeling_agen,  # noqa: E402
+)
 from agen_hf import losses as agen_losses  # noqa: E402
-from agen_hf import modeling_agen  # noqa: E402
 from agen_hf.modules import ContextAttention  # noqa: E402
 
 ROWS = {"baseline": ((), ()), "full": ((3, 4, 5), (3, 4, 5))}
@@ -81,7 +84,7 @@ def gemm_peak(device: str, dtype: torch.dtype, sizes: list[int], repeats: int = 
             t0 = time.perf_counter()
             a @ b
             sync(device)
-            best_rate = max(best_rate, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+            best_rate = max(best_rate, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best_rate
 
 
@@ -93,13 +96,19 @@ def make_batch(config: AgenConfig, batch: int, size: int, device: str):
     return pixel_values, labels.to(device)
 
 
-def time_step(model: AgenModel, pixel_values, labels, device: str, dtype: torch.dtype,
-              repeats: int, compile: str | None = None) -> tuple[float, int]:
+def time_step(
+    model: AgenModel,
+    pixel_values,
+    labels,
+    device: str,
+    dtype: torch.dtype,
+    repeats: int,
+    compile: str | None = None,
+) -> tuple[float, int]:
     """Median seconds of a forward + backward step, and its FLOPs (counted on the eager
     model; with ``compile``, a torch.compile backend, the compiled one is timed after a
     compiling step)."""
-    autocast = torch.autocast(device.split(":")[0], dtype=dtype,
-                              enabled=dtype != torch.float32)
+    autocast = torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
     run = model
 
     def step():
@@ -128,8 +137,9 @@ def time_step(model: AgenModel, pixel_values, labels, device: str, dtype: torch.
 def bench_config(name: str, base: AgenConfig, args, dtype: torch.dtype, peak: float) -> dict:
     result = {}
     for row, (agm, coam) in ROWS.items():
-        config = AgenConfig.from_dict({**base.to_dict(), "agm_stages": agm, "coam_stages": coam,
-                                       "use_boundary_loss": False})
+        config = AgenConfig.from_dict(
+            {**base.to_dict(), "agm_stages": agm, "coam_stages": coam, "use_boundary_loss": False}
+        )
         torch.manual_seed(0)
         model = AgenModel(config).to(args.device).train()
         pixel_values, labels = make_batch(config, args.batch, args.size, args.device)
@@ -138,15 +148,25 @@ def bench_config(name: str, base: AgenConfig, args, dtype: torch.dtype, peak: fl
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        seconds, flops = time_step(model, pixel_values, labels, args.device, dtype,
-                                   args.repeats,
-                                   compile=args.compile_backend if args.compile else None)
-        entry = {"step_s": seconds, "gflop": flops / 1e9, "gflop_per_s": flops / seconds / 1e9,
-                 "fraction_of_gemm_peak": flops / seconds / 1e9 / peak,
-                 "images_per_s": args.batch / seconds,
-                 "parameters": sum(p.numel() for p in model.parameters())}
+        seconds, flops = time_step(
+            model,
+            pixel_values,
+            labels,
+            args.device,
+            dtype,
+            args.repeats,
+            compile=args.compile_backend if args.compile else None,
+        )
+        entry = {
+            "step_s": seconds,
+            "gflop": flops / 1e9,
+            "gflop_per_s": flops / seconds / 1e9,
+            "fraction_of_gemm_peak": flops / seconds / 1e9 / peak,
+            "images_per_s": args.batch / seconds,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
         if args.device.startswith("cuda"):
-            entry["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            entry["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result[row] = entry
         print(f"{name} {row}: {json.dumps(entry)}", flush=True)
         del model
@@ -158,8 +178,16 @@ def bench_config(name: str, base: AgenConfig, args, dtype: torch.dtype, peak: fl
 # -- --quickstart: where the step time goes ----------------------------------------------------
 
 QUICKSTART_CONFIG = ROOT / "recipes" / "configs" / "quickstart_model.json"
-PARTS = ["convolutions", "upsampling", "seeds", "coam", "boundary_crf", "losses", "optimizer",
-         "other"]
+PARTS = [
+    "convolutions",
+    "upsampling",
+    "seeds",
+    "coam",
+    "boundary_crf",
+    "losses",
+    "optimizer",
+    "other",
+]
 SCOPES = ("seeds", "coam", "boundary_crf", "losses")  # record_function names, = their part
 PHASES = ("forward", "backward", "optimizer")  # the top-level scopes of a step
 BACKWARD_PREFIX = "autograd::engine::evaluate_function: "
@@ -172,6 +200,7 @@ def _scoped(name: str, fn):
     def wrapper(*args, **kwargs):
         with record_function(name):
             return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -179,10 +208,12 @@ def _scoped(name: str, fn):
 def part_scopes():
     """Wrap the call sites of the parts that op names cannot tell apart in ``record_function``
     scopes, for the time of the block (the model's code is left as it is)."""
-    patches = [(modeling_agen, "pseudo_labels", "seeds"), (agen_losses, "crf_refine",
-                                                           "boundary_crf"),
-               (modeling_agen.AgenModel, "_add_loss", "losses"),
-               (ContextAttention, "forward", "coam")]
+    patches = [
+        (modeling_agen, "pseudo_labels", "seeds"),
+        (agen_losses, "crf_refine", "boundary_crf"),
+        (modeling_agen.AgenModel, "_add_loss", "losses"),
+        (ContextAttention, "forward", "coam"),
+    ]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
     for owner, attr, name in patches:
         setattr(owner, attr, _scoped(name, getattr(owner, attr)))
@@ -232,7 +263,7 @@ def attribute(events) -> dict[tuple[str, str, str], float]:
         else:
             node = next((c for c in chain if c.name.startswith(BACKWARD_PREFIX)), None)
             if node is not None:
-                node_name = node.name[len(BACKWARD_PREFIX):]
+                node_name = node.name[len(BACKWARD_PREFIX) :]
                 scope = forward_scope.get(node.sequence_nr) if scope is None else scope
                 part = _op_part([node_name]) or _op_part(names) or scope or "other"
             else:
@@ -244,23 +275,42 @@ def attribute(events) -> dict[tuple[str, str, str], float]:
 def make_optimizer(model: AgenModel) -> torch.optim.Optimizer:
     """AdamW over the recipe's parameter groups, fused as the recipes run it (the learning
     rates do not change the time)."""
-    return torch.optim.AdamW([{"params": ps} for ps in model.parameter_groups().values() if ps],
-                             lr=1e-3, weight_decay=5e-4, fused=True)
+    return torch.optim.AdamW(
+        [{"params": ps} for ps in model.parameter_groups().values() if ps],
+        lr=1e-3,
+        weight_decay=5e-4,
+        fused=True,
+    )
 
 
-def training_step(model, optimizer, pixel_values, labels, max_grad_norm: float,
-                  classification_only: bool = False, dtype: torch.dtype = torch.float32,
-                  network_only: bool = False) -> None:
+def training_step(
+    model,
+    optimizer,
+    pixel_values,
+    labels,
+    max_grad_norm: float,
+    classification_only: bool = False,
+    dtype: torch.dtype = torch.float32,
+    network_only: bool = False,
+) -> None:
     """One optimizer step. ``network_only``: the joint forward without labels (no seeds, no
     losses, no CRF) and the plain sum of every head's mean output as the loss: what the
     networks alone cost, the floor of the joint step."""
-    with record_function("forward"), torch.autocast("cpu", dtype=dtype,
-                                                    enabled=dtype != torch.float32):
-        out = model(pixel_values, None if network_only else labels,
-                    classification_only=classification_only)
-        loss = out.loss if not network_only else sum(
-            t.float().mean() for t in [out.logits, *out.agm_logits.values(),
-                                       *out.class_logits.values()])
+    with (
+        record_function("forward"),
+        torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32),
+    ):
+        out = model(
+            pixel_values, None if network_only else labels, classification_only=classification_only
+        )
+        loss = (
+            out.loss
+            if not network_only
+            else sum(
+                t.float().mean()
+                for t in [out.logits, *out.agm_logits.values(), *out.class_logits.values()]
+            )
+        )
     with record_function("backward"):
         loss.backward()
     with record_function("optimizer"):
@@ -270,8 +320,13 @@ def training_step(model, optimizer, pixel_values, labels, max_grad_norm: float,
         optimizer.zero_grad(set_to_none=True)
 
 
-def breakdown_row(config: AgenConfig, args, dtype: torch.dtype,
-                  classification_only: bool = False, network_only: bool = False) -> dict:
+def breakdown_row(
+    config: AgenConfig,
+    args,
+    dtype: torch.dtype,
+    classification_only: bool = False,
+    network_only: bool = False,
+) -> dict:
     torch.manual_seed(0)
     model = AgenModel(config).train()
     pixel_values, labels = make_batch(config, args.batch, args.size, "cpu")
@@ -279,8 +334,17 @@ def breakdown_row(config: AgenConfig, args, dtype: torch.dtype,
         model = model.to(memory_format=torch.channels_last)
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     optimizer = make_optimizer(model)
-    step = functools.partial(training_step, model, optimizer, pixel_values, labels,
-                             args.max_grad_norm, classification_only, dtype, network_only)
+    step = functools.partial(
+        training_step,
+        model,
+        optimizer,
+        pixel_values,
+        labels,
+        args.max_grad_norm,
+        classification_only,
+        dtype,
+        network_only,
+    )
     with part_scopes():
         step()  # warm-up
         times = []
@@ -305,16 +369,24 @@ def breakdown_row(config: AgenConfig, args, dtype: torch.dtype,
         if part in ("convolutions", "upsampling"):
             detail[part][scope] = detail[part].get(scope, 0.0) + v / 1e3 / args.repeats
     times.sort()
-    return {"profiled_step_ms": step_ms, "step_ms": 1e3 * times[len(times) // 2],
-            "parts": parts, "by_scope": dict(detail),
-            "agm_stages": list(config.agm_stages), "coam_stages": list(config.coam_stages),
-            "use_boundary_loss": config.use_boundary_loss, "boundary_crf": config.boundary_crf,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "profiled_step_ms": step_ms,
+        "step_ms": 1e3 * times[len(times) // 2],
+        "parts": parts,
+        "by_scope": dict(detail),
+        "agm_stages": list(config.agm_stages),
+        "coam_stages": list(config.coam_stages),
+        "use_boundary_loss": config.use_boundary_loss,
+        "boundary_crf": config.boundary_crf,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def print_breakdown(name: str, row: dict) -> None:
-    print(f"\n{name}: {row['profiled_step_ms']:.1f} ms/step profiled, {row['step_ms']:.1f} ms "
-          f"un-profiled (median)")
+    print(
+        f"\n{name}: {row['profiled_step_ms']:.1f} ms/step profiled, {row['step_ms']:.1f} ms "
+        f"un-profiled (median)"
+    )
     print(f"  {'part':<14}{'ms':>9}{'% of step':>11}")
     for part, v in row["parts"].items():
         print(f"  {part:<14}{v['ms']:>9.2f}{v['percent']:>10.1f}%")
@@ -325,9 +397,13 @@ def bench_quickstart(args) -> dict:
     classification-phase step (eq. 11 alone, ``classification_only``: the quickstart's first
     ``seeding_warmup_steps``); the ratios full / baseline and joint / classification."""
     base = AgenConfig.from_json_file(args.model_config).to_dict()
-    result = {"model_config": str(args.model_config), "optimizer": "AdamW",
-              "max_grad_norm": args.max_grad_norm, "repeats": args.repeats,
-              "channels_last": args.channels_last}
+    result = {
+        "model_config": str(args.model_config),
+        "optimizer": "AdamW",
+        "max_grad_norm": args.max_grad_norm,
+        "repeats": args.repeats,
+        "channels_last": args.channels_last,
+    }
     for dtype_name in args.dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         rows = {}
@@ -335,22 +411,27 @@ def bench_quickstart(args) -> dict:
             config = AgenConfig.from_dict({**base, "agm_stages": agm, "coam_stages": coam})
             rows[row] = breakdown_row(config, args, dtype)
             print_breakdown(f"{row} ({dtype_name})", rows[row])
-        rows["classification"] = breakdown_row(AgenConfig.from_dict(base), args, dtype,
-                                               classification_only=True)
+        rows["classification"] = breakdown_row(
+            AgenConfig.from_dict(base), args, dtype, classification_only=True
+        )
         print_breakdown(f"classification ({dtype_name})", rows["classification"])
-        rows["network_only"] = breakdown_row(AgenConfig.from_dict(base), args, dtype,
-                                             network_only=True)
+        rows["network_only"] = breakdown_row(
+            AgenConfig.from_dict(base), args, dtype, network_only=True
+        )
         print_breakdown(f"network_only ({dtype_name})", rows["network_only"])
-        for name, (num, den) in {"full_over_baseline": ("full", "baseline"),
-                                 "joint_over_classification": ("full", "classification"),
-                                 "network_only_over_classification": ("network_only",
-                                                                      "classification")
-                                 }.items():
+        for name, (num, den) in {
+            "full_over_baseline": ("full", "baseline"),
+            "joint_over_classification": ("full", "classification"),
+            "network_only_over_classification": ("network_only", "classification"),
+        }.items():
             rows[f"{name}_time"] = rows[num]["step_ms"] / rows[den]["step_ms"]
-            rows[f"{name}_time_profiled"] = (rows[num]["profiled_step_ms"]
-                                             / rows[den]["profiled_step_ms"])
-            print(f"{name.replace('_over_', ' / ')} step time ({dtype_name}): "
-                  f"{rows[f'{name}_time']:.2f} (profiled: {rows[f'{name}_time_profiled']:.2f})")
+            rows[f"{name}_time_profiled"] = (
+                rows[num]["profiled_step_ms"] / rows[den]["profiled_step_ms"]
+            )
+            print(
+                f"{name.replace('_over_', ' / ')} step time ({dtype_name}): "
+                f"{rows[f'{name}_time']:.2f} (profiled: {rows[f'{name}_time_profiled']:.2f})"
+            )
         result[dtype_name] = rows
     return result
 
@@ -358,29 +439,51 @@ def bench_quickstart(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=["paper", "tiny"])
-    p.add_argument("--quickstart", action="store_true",
-                   help="per-part breakdown of a training step of --model_config on the CPU "
-                        "instead (baseline and full AGEN)")
-    p.add_argument("--model_config", default=str(QUICKSTART_CONFIG),
-                   help="with --quickstart: the config.json to break down")
-    p.add_argument("--max_grad_norm", type=float, default=10.0,
-                   help="with --quickstart: gradient clipping in the step (0: none)")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last weights and images (default: on with --quickstart, "
-                        "as the quickstart trains; off for --configs)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (--configs; the first step compiles)")
-    p.add_argument("--compile_backend", default="inductor",
-                   help="with --compile (eager: dynamo's tracing alone, a quick check)")
+    p.add_argument(
+        "--quickstart",
+        action="store_true",
+        help="per-part breakdown of a training step of --model_config on the CPU "
+        "instead (baseline and full AGEN)",
+    )
+    p.add_argument(
+        "--model_config",
+        default=str(QUICKSTART_CONFIG),
+        help="with --quickstart: the config.json to break down",
+    )
+    p.add_argument(
+        "--max_grad_norm",
+        type=float,
+        default=10.0,
+        help="with --quickstart: gradient clipping in the step (0: none)",
+    )
+    p.add_argument(
+        "--channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last weights and images (default: on with --quickstart, "
+        "as the quickstart trains; off for --configs)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (--configs; the first step compiles)",
+    )
+    p.add_argument(
+        "--compile_backend",
+        default="inductor",
+        help="with --compile (eager: dynamo's tracing alone, a quick check)",
+    )
     p.add_argument("--batch", type=int, default=None, help="default: 1, --quickstart 16")
     p.add_argument("--size", type=int, default=None, help="default: 321, --quickstart 64")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--gemm_sizes", type=int, nargs="+", default=[1024, 2048, 4096])
-    p.add_argument("--out", default=None,
-                   help="default: bench_train_step.json, --quickstart "
-                        "bench_train_step_quickstart.json")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default: bench_train_step.json, --quickstart bench_train_step_quickstart.json",
+    )
     args = p.parse_args()
     q = args.quickstart
     args.batch = args.batch or (16 if q else 1)
@@ -389,11 +492,19 @@ def main() -> None:
     args.out = args.out or ("bench_train_step_quickstart.json" if q else "bench_train_step.json")
     if q and args.device != "cpu":
         p.error("--quickstart profiles the CPU")
-    result = {"device": args.device, "batch": args.batch, "size": args.size,
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": (torch.cuda.get_device_name() if args.device.startswith("cuda")
-                          else platform.processor() or platform.machine()),
-              "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "device": args.device,
+        "batch": args.batch,
+        "size": args.size,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": (
+            torch.cuda.get_device_name()
+            if args.device.startswith("cuda")
+            else platform.processor() or platform.machine()
+        ),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     if q:
         result["quickstart"] = bench_quickstart(args)
         Path(args.out).write_text(json.dumps(result, indent=2))
@@ -403,8 +514,9 @@ def main() -> None:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         peak = gemm_peak(args.device, dtype, args.gemm_sizes)
         result[f"gemm_peak_gflop_per_s_{dtype_name}"] = peak
-        print(f"GEMM peak ({dtype_name}, best of {args.gemm_sizes}): {peak:.1f} GFLOP/s",
-              flush=True)
+        print(
+            f"GEMM peak ({dtype_name}, best of {args.gemm_sizes}): {peak:.1f} GFLOP/s", flush=True
+        )
         for name in args.configs:
             base = AgenConfig() if name == "paper" else AgenConfig.tiny()
             result[f"{name}_{dtype_name}"] = bench_config(name, base, args, dtype, peak)
@@ -412,8 +524,9 @@ def main() -> None:
     if {"fp32", "bf16"} <= set(args.dtypes):
         for name in args.configs:
             for row in ROWS:
-                result[f"{name}_{row}_bf16_speedup"] = (result[f"{name}_fp32"][row]["step_s"]
-                                                        / result[f"{name}_bf16"][row]["step_s"])
+                result[f"{name}_{row}_bf16_speedup"] = (
+                    result[f"{name}_fp32"][row]["step_s"] / result[f"{name}_bf16"][row]["step_s"]
+                )
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
 

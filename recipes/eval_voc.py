@@ -19,54 +19,59 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import datasets
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
-
-from agen_hf import AgenImageProcessor, segmentation_probabilities  # noqa: E402
-from agen_hf.auto import load_segmentation_model  # noqa: E402
-from agen_hf.data import DataError, class_names  # noqa: E402
-from agen_hf.data.samples import skipped_when_loaded  # noqa: E402
-from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
-from agen_hf.data.sources import (add_data_arguments, add_synthetic_arguments,  # noqa: E402
-                                  load_split, resolve_source)
-from agen_hf.data.transforms import eval_transform, with_transforms  # noqa: E402
-from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader  # noqa: E402
-from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
-from agen_hf.engine.arguments import configure_logging  # noqa: E402
-from agen_hf.engine.crf_options import (  # noqa: E402
-    add_crf_arguments, crf_params, crf_pool, crf_problems)
-from agen_hf.engine.checkpointing import write_text_atomic  # noqa: E402
-from agen_hf.engine.exits import exit_if_incomplete, skipped_problems  # noqa: E402
-from agen_hf.metrics.report import iou_table  # noqa: E402
+from agen_hf import AgenImageProcessor, segmentation_probabilities
+from agen_hf.auto import load_segmentation_model
+from agen_hf.data import DataError, class_names
+from agen_hf.data.samples import skipped_when_loaded
+from agen_hf.data.schema import same_classes_or_raise
+from agen_hf.data.sources import (
+    add_data_arguments,
+    add_synthetic_arguments,
+    load_split,
+    resolve_source,
+)
+from agen_hf.data.transforms import eval_transform, with_transforms
+from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader
+from agen_hf.engine.arguments import configure_logging
+from agen_hf.engine.checkpointing import write_text_atomic
+from agen_hf.engine.exits import exit_if_incomplete, skipped_problems
+from agen_hf.engine.inference_arguments import (
+    add_inference_arguments,
+    add_model_argument,
+    crf_params,
+    crf_pool,
+    crf_problems,
+)
+from agen_hf.metrics.report import iou_table
 
 logger = logging.getLogger("eval_voc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_model_argument(p)
     g = p.add_argument_group("data")
     add_data_arguments(g, synthetic=True)
     add_synthetic_arguments(g, seed=True)
     p.add_argument("--split", default=None, help="the split to score (default: --eval_split's)")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                   help="test-time scales (the literature's: 0.5 1 1.5 2)")
-    p.add_argument("--flip", action="store_true", help="add horizontally flipped passes")
-    add_crf_arguments(p)
-    p.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
-                   help="bf16/fp16 autocast, no, or auto (bf16 where native, else fp32)")
-    p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
-    p.add_argument("--num_workers", type=int, default=2)
+    add_inference_arguments(p)
     p.add_argument("--skip_bad_samples", action="store_true")
-    p.add_argument("--output", help="JSON file (default: eval_<split>.json in --model when it "
-                                    "is a folder, else in the working directory)")
+    p.add_argument(
+        "--output_dir",
+        "--out",
+        dest="output_dir",
+        help="folder of eval_<split>.json (default: the model's folder when it is "
+        "one, else the working directory)",
+    )
+    p.add_argument("--output", help="the JSON file itself (instead of --output_dir)")
     return p
 
 
@@ -77,10 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--train_dir: give the folder to score as --validation_dir")
     resolve_source(args, parser)
     args.split = args.split or args.eval_split
-    if min(args.scales) <= 0:
-        parser.error(f"--scales must be positive, got {args.scales}")
     if args.output is None:
-        folder = Path(args.model) if Path(args.model).is_dir() else Path(".")
+        model = Path(args.model_name_or_path)
+        folder = Path(args.output_dir or (model if model.is_dir() else "."))
         args.output = str(folder / f"eval_{args.split}.json")
     return args
 
@@ -89,27 +93,38 @@ def scored_dataset(args: argparse.Namespace, model_classes: list[str]) -> datase
     """The split to score, in the model's classes; an error naming the images without a
     ground-truth mask, or both class lists when the model knows other classes."""
     try:
-        dataset = load_split(args, args.split, role="eval", class_names_=model_classes,
-                             require_foreground=False)
+        dataset = load_split(
+            args, args.split, role="eval", class_names_=model_classes, require_foreground=False
+        )
     except DataError as e:
-        raise SystemExit(f"{e}\n(eval_voc scores against ground-truth masks: every image of "
-                         f"the {args.split!r} split needs one)") from None
+        raise SystemExit(
+            f"{e}\n(eval_voc scores against ground-truth masks: every image of "
+            f"the {args.split!r} split needs one)"
+        ) from None
     try:
-        same_classes_or_raise(model_classes, class_names(dataset), args.model,
-                              f"the {args.split} split", "score it on data of its classes")
+        same_classes_or_raise(
+            model_classes,
+            class_names(dataset),
+            args.model_name_or_path,
+            f"the {args.split} split",
+            "score it on data of its classes",
+        )
     except ValueError as e:
         raise SystemExit(str(e)) from None
     masks = dataset.cast_column("mask", datasets.Image(decode=False))["mask"]
     unmasked = [sid for sid, m in zip(dataset["id"], masks) if m is None]
     if len(unmasked) == len(dataset):
-        raise SystemExit(f"split {args.split!r}: no masks, so nothing to score (its "
-                         f"{len(dataset)} images have image-level labels only); segment them "
-                         "with recipes/predict.py")
+        raise SystemExit(
+            f"split {args.split!r}: no masks, so nothing to score (its "
+            f"{len(dataset)} images have image-level labels only); segment them "
+            "with recipes/predict.py"
+        )
     if unmasked:
         raise SystemExit(
             f"split {args.split!r}: {len(unmasked)} of {len(dataset)} images have no "
             f"ground-truth mask to score against (e.g. {', '.join(unmasked[:5])}); segment "
-            "them with recipes/predict.py (--voc_layout for the VOC test server)")
+            "them with recipes/predict.py (--voc_layout for the VOC test server)"
+        )
     return dataset
 
 
@@ -117,49 +132,69 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
     configure_logging(accelerator)
-    model = load_segmentation_model(args.model).to(accelerator.device).eval()
+    model = load_segmentation_model(args.model_name_or_path).to(accelerator.device).eval()
     config = model.config
-    processor = AgenImageProcessor.from_pretrained(args.model, max_size=None)
+    processor = AgenImageProcessor.from_pretrained(args.model_name_or_path, max_size=None)
     with accelerator.main_process_first():
         dataset = scored_dataset(args, [config.id2label[i] for i in range(1, config.num_labels)])
-    loader = shard_loader(with_transforms(dataset, eval_transform(processor.image_mean,
-                                                                  processor.image_std),
-                                          args.skip_bad_samples),
-                          accelerator, batch_size=1, num_workers=args.num_workers)
+    loader = shard_loader(
+        with_transforms(
+            dataset,
+            eval_transform(processor.image_mean, processor.image_std),
+            args.skip_bad_samples,
+        ),
+        accelerator,
+        batch_size=1,
+        num_workers=args.num_workers,
+    )
 
     def predict(pixel_values: torch.Tensor) -> torch.Tensor:
         with accelerator.autocast():  # log-probabilities: their softmax is the average
-            probs = segmentation_probabilities(model, pixel_values, args.scales, args.flip,
-                                               processor.size_divisor)
+            probs = segmentation_probabilities(
+                model, pixel_values, args.scales, args.flip, processor.size_divisor
+            )
         return probs.clamp_min(1e-12).log()
 
     started = time.time()
-    crf = crf_pool(args)
-    try:
-        metrics = evaluate_segmentation(accelerator, predict, loader, config.num_labels,
-                                        config.ignore_index, crf=crf,
-                                        unnormalize=processor.unnormalize)
-    finally:
-        if crf is not None:
-            crf.close()
+    with crf_pool(args) as crf:
+        metrics = evaluate_segmentation(
+            accelerator,
+            predict,
+            loader,
+            config.num_labels,
+            config.ignore_index,
+            crf=crf,
+            unnormalize=processor.unnormalize,
+        )
     seconds = time.time() - started
     names = [config.id2label[i] for i in range(config.num_labels)]
     result = {
-        "model": args.model, "split": args.split, "num_images": len(dataset),
-        "scales": args.scales, "flip": args.flip, "crf": args.crf,
+        "model": args.model_name_or_path,
+        "split": args.split,
+        "num_images": len(dataset),
+        "scales": args.scales,
+        "flip": args.flip,
+        "crf": args.crf,
         "crf_params": dataclasses.asdict(crf_params(args)) if args.crf else None,
-        "processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-        "seconds": seconds, "images_per_second": len(dataset) / seconds,
-        "mean_iou": float(metrics["mean_iou"]), "mean_accuracy": float(metrics["mean_accuracy"]),
+        "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "seconds": seconds,
+        "images_per_second": len(dataset) / seconds,
+        "mean_iou": float(metrics["mean_iou"]),
+        "mean_accuracy": float(metrics["mean_accuracy"]),
         "overall_accuracy": float(metrics["overall_accuracy"]),
         "per_category_iou": {n: float(v) for n, v in zip(names, metrics["per_category_iou"])},
-        "per_category_accuracy": {n: float(v) for n, v in
-                                  zip(names, metrics["per_category_accuracy"])},
+        "per_category_accuracy": {
+            n: float(v) for n, v in zip(names, metrics["per_category_accuracy"])
+        },
         "skipped": skipped_when_loaded(dataset) + metrics["skipped"],
     }
     if accelerator.is_main_process:
-        settings = f"scales {args.scales}" + (", flip" if args.flip else "") + \
-            (", CRF" if args.crf else "")
+        settings = (
+            f"scales {args.scales}"
+            + (", flip" if args.flip else "")
+            + (", CRF" if args.crf else "")
+        )
         print(f"{args.split}: {len(dataset)} images, {settings}, {seconds:.1f} s\n")
         print(iou_table(metrics["per_category_iou"], metrics["mean_iou"], names))
         output = Path(args.output)
@@ -167,8 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
         write_text_atomic(output, json.dumps(result, indent=2, allow_nan=True) + "\n")
         print(f"\nwritten to {output}")
     if accelerator.is_main_process:
-        exit_if_incomplete(crf_problems(crf) + skipped_problems(
-            result["skipped"], "bad images", "and not scored"))
+        exit_if_incomplete(
+            crf_problems(crf) + skipped_problems(result["skipped"], "bad images", "and not scored")
+        )
     return result
 
 

@@ -22,9 +22,9 @@ the pseudo labels' mIoU against them is printed and written to ``OUT/pseudo_labe
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
-import sys
 from pathlib import Path
 
 import datasets
@@ -33,51 +33,55 @@ import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
-
-from agen_hf import AgenImageProcessor  # noqa: E402
-from agen_hf.auto import load_segmentation_model  # noqa: E402
-from agen_hf.data import DataError, class_names, features  # noqa: E402
-from agen_hf.data.cache import cached_arrow  # noqa: E402
-from agen_hf.data.samples import decode_sample, skipped_when_loaded  # noqa: E402
-from agen_hf.data.schema import same_classes_or_raise  # noqa: E402
-from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
-from agen_hf.engine import make_accelerator  # noqa: E402
-from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
-from agen_hf.engine.arguments import configure_logging  # noqa: E402
-from agen_hf.engine.crf_options import add_crf_arguments, crf_pool, crf_problems  # noqa: E402
-from agen_hf.engine.exits import exit_if_incomplete, skipped_problems  # noqa: E402
-from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
-from agen_hf.progress import progress  # noqa: E402
-from agen_hf.metrics import StreamingMeanIoU  # noqa: E402
-from agen_hf.metrics.report import iou_table  # noqa: E402
-from agen_hf.visualization import label_image  # noqa: E402
+from agen_hf import AgenImageProcessor
+from agen_hf.auto import load_segmentation_model
+from agen_hf.data import DataError, class_names, features
+from agen_hf.data.cache import cached_arrow
+from agen_hf.data.samples import decode_sample, skipped_when_loaded
+from agen_hf.data.schema import same_classes_or_raise
+from agen_hf.data.sources import add_data_arguments, load_split, resolve_source
+from agen_hf.engine import make_accelerator
+from agen_hf.engine.arguments import configure_logging
+from agen_hf.engine.exits import exit_if_incomplete, skipped_problems
+from agen_hf.engine.inference_arguments import (
+    add_inference_arguments,
+    add_model_argument,
+    add_output_argument,
+    crf_pool,
+    crf_problems,
+)
+from agen_hf.inference import SegmentationStream, as_is, save_image_atomic
+from agen_hf.metrics import StreamingMeanIoU
+from agen_hf.metrics.report import iou_table
+from agen_hf.progress import progress
+from agen_hf.visualization import label_image
 
 MASK_DIR = "SegmentationClassAug"
 logger = logging.getLogger("agen_hf")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a trained AGEN folder or Hub model id")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_model_argument(p)
     add_data_arguments(p.add_argument_group("data"))
-    p.add_argument("--split", default=None, help="the split to label (default: "
-                   "--train_split's)")
+    p.add_argument("--split", default=None, help="the split to label (default: --train_split's)")
     p.add_argument("--labels_file", help="VOC: JSON id -> classes, for ids without a mask")
-    p.add_argument("--out", required=True, help="the pseudo-label VOC root to write")
-    p.add_argument("--format", choices=["voc", "datasets"], default="voc",
-                   help="datasets: also write OUT/pseudo_labels.arrow")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    p.add_argument("--flip", action="store_true")
-    p.add_argument("--no_label_restriction", action="store_true",
-                   help="let the prediction use classes outside the image-level labels")
-    add_crf_arguments(p)
+    add_output_argument(p, "the pseudo-label VOC root to write")
+    p.add_argument(
+        "--format",
+        choices=["voc", "datasets"],
+        default="voc",
+        help="datasets: also write OUT/pseudo_labels.arrow",
+    )
+    p.add_argument(
+        "--no_label_restriction",
+        action="store_true",
+        help="let the prediction use classes outside the image-level labels",
+    )
+    add_inference_arguments(p)
     p.add_argument("--skip_bad_samples", action="store_true")
-    p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
-                   help="bf16/fp16 autocast, no, or auto (bf16 where native, else fp32)")
-    p.add_argument("--cpu", action="store_true")
     return p
 
 
@@ -99,8 +103,12 @@ class TrainingImages(Dataset):
         except DataError as e:
             return {"id": row["id"], "error": str(e)}
         classes = np.asarray(row["labels"], dtype=np.int64) + 1
-        return {"id": row["id"], "rgb": np.array(image.convert("RGB")), "classes": classes,
-                "mask": mask}
+        return {
+            "id": row["id"],
+            "rgb": np.array(image.convert("RGB")),
+            "classes": classes,
+            "mask": mask,
+        }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,93 +118,135 @@ def main(argv: list[str] | None = None) -> dict:
     args.split = args.split or args.train_split
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
     configure_logging(accelerator)
-    out = Path(args.out)
-    model = load_segmentation_model(args.model).to(accelerator.device).eval()
+    out = Path(args.output_dir)
+    model = load_segmentation_model(args.model_name_or_path).to(accelerator.device).eval()
     names = [model.config.id2label[i] for i in range(1, model.config.num_labels)]
     try:
         with accelerator.main_process_first():
             rows = load_split(args, args.split, class_names_=names)
-        same_classes_or_raise(names, class_names(rows), args.model, f"the {args.split} split",
-                              "label data of the model's classes")
+        same_classes_or_raise(
+            names,
+            class_names(rows),
+            args.model_name_or_path,
+            f"the {args.split} split",
+            "label data of the model's classes",
+        )
     except (DataError, ValueError) as e:
         raise SystemExit(str(e)) from None
     if args.dataset != "voc" and args.format != "datasets":
-        print(f"--format datasets: {args.dataset} images are not VOC's, so the pseudo labels "
-              "also go into OUT/pseudo_labels.arrow, which names their classes")
+        print(
+            f"--format datasets: {args.dataset} images are not VOC's, so the pseudo labels "
+            "also go into OUT/pseudo_labels.arrow, which names their classes"
+        )
         args.format = "datasets"
     try:
         check_output_ids(rows["id"], out / MASK_DIR)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     rows = rows.cast_column("image", datasets.Image(decode=False)).cast_column(
-        "mask", datasets.Image(decode=False))
+        "mask", datasets.Image(decode=False)
+    )
     source_images = Path(rows[0]["image"]["path"]).parent if len(rows) else None
-    processor = AgenImageProcessor.from_pretrained(args.model)
-    crf = crf_pool(args)
+    processor = AgenImageProcessor.from_pretrained(args.model_name_or_path)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     mine = rows.select(range(accelerator.process_index, len(rows), accelerator.num_processes))
-    loader = DataLoader(TrainingImages(mine, len(names)), batch_size=None, collate_fn=as_is,
-                        num_workers=args.num_workers)
     metric = StreamingMeanIoU(model.config.num_labels, model.config.ignore_index)
-    stream = SegmentationStream(model, processor, crf, accelerator.autocast,
-                                scales=args.scales, flip=args.flip)
-    scored = torch.zeros(1, dtype=torch.int64)
-    skipped: dict[str, str] = {}
-
-    def done(results) -> None:
-        for (sample_id, mask), _, labels in results:
-            target = out / MASK_DIR / f"{sample_id}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)  # ids with folders (imagefolder)
-            save_image_atomic(label_image(labels), target)
-            if mask is not None:
-                metric.update(labels, mask)
-                scored[0] += 1
-
-    try:
-        for item in progress(loader, desc="pseudo labels", total=len(mine),
-                             main_process=accelerator.is_main_process):
-            if "error" in item:
-                if not args.skip_bad_samples:
-                    raise SystemExit(f"{item['error']}\n(the pseudo labels written so far are "
-                                     "kept; pass --skip_bad_samples to leave bad images out)")
-                logger.warning("skipped bad sample %s", item["error"])
-                skipped[item["id"]] = item["error"]
-                continue
-            allowed = None if args.no_label_restriction else item["classes"]
-            done(stream.submit(item["rgb"], (item["id"], item["mask"]), allowed))
-        done(stream.finish())
-    finally:
-        if crf is not None:
-            crf.close()
+    with crf_pool(args) as crf:
+        stream = SegmentationStream(
+            model, processor, crf, accelerator.autocast, scales=args.scales, flip=args.flip
+        )
+        scored, skipped = label_rows(args, accelerator, stream, mine, len(names), out, metric)
     metric.confusion = accelerator.reduce(metric.confusion.to(accelerator.device), "sum").cpu()
-    scored = int(accelerator.reduce(scored.to(accelerator.device), "sum").item())
+    scored = int(
+        accelerator.reduce(torch.tensor([scored], device=accelerator.device), "sum").item()
+    )
     accelerator.wait_for_everyone()  # every process has written its PNGs
     skipped = {k: v for d in gather_object([skipped]) for k, v in d.items()}
     skipped_at_load = skipped_when_loaded(rows)
     if skipped:
         rows = rows.filter(lambda sample_id: sample_id not in skipped, input_columns="id")
-    report = {"model": args.model, "split": args.split, "images": len(rows),
-              "scales": args.scales, "flip": args.flip, "crf": args.crf,
-              "label_restriction": not args.no_label_restriction,
-              "scored_against_ground_truth": scored,
-              "skipped_when_loaded": skipped_at_load, "skipped": skipped}
+    report = {
+        "model": args.model_name_or_path,
+        "split": args.split,
+        "images": len(rows),
+        "scales": args.scales,
+        "flip": args.flip,
+        "crf": args.crf,
+        "label_restriction": not args.no_label_restriction,
+        "scored_against_ground_truth": scored,
+        "skipped_when_loaded": skipped_at_load,
+        "skipped": skipped,
+    }
     if accelerator.is_main_process:
         if scored:
             m = metric.compute()
             names = [model.config.id2label[i] for i in range(model.config.num_labels)]
             report["mean_iou"] = float(m["mean_iou"])
-            report["per_category_iou"] = {n: float(v) for n, v in
-                                          zip(names, m["per_category_iou"])}
+            report["per_category_iou"] = {n: float(v) for n, v in zip(names, m["per_category_iou"])}
             print(f"pseudo labels vs ground truth ({scored} images):\n")
             print(iou_table(m["per_category_iou"], m["mean_iou"], names, "pseudo"))
         write_voc_root(out, rows, args.split, source_images, args.format, report)
         (out / "pseudo_labels_report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
     if accelerator.is_main_process:
-        exit_if_incomplete(crf_problems(crf) + skipped_problems(
-            skipped_at_load + len(skipped), "bad images", "and have no pseudo label",
-            f"{out / 'pseudo_labels_report.json'} and the warnings name them"))
+        exit_if_incomplete(
+            crf_problems(crf)
+            + skipped_problems(
+                skipped_at_load + len(skipped),
+                "bad images",
+                "and have no pseudo label",
+                f"{out / 'pseudo_labels_report.json'} and the warnings name them",
+            )
+        )
     return report
+
+
+def label_rows(
+    args: argparse.Namespace,
+    accelerator,
+    stream: SegmentationStream,
+    rows: datasets.Dataset,
+    num_classes: int,
+    out: Path,
+    metric: StreamingMeanIoU,
+) -> tuple[int, dict[str, str]]:
+    """Write the pseudo label of each of this process's ``rows`` under ``out``, scoring those
+    with a ground-truth mask into ``metric``: the number scored and the skipped ids (bad
+    images under ``--skip_bad_samples``; without it a bad image stops the run, the labels
+    written so far kept)."""
+    loader = DataLoader(
+        TrainingImages(rows, num_classes),
+        batch_size=None,
+        collate_fn=as_is,
+        num_workers=args.num_workers,
+    )
+    items = progress(
+        loader, desc="pseudo labels", total=len(rows), main_process=accelerator.is_main_process
+    )
+    scored, skipped = 0, {}
+    for item in itertools.chain(items, [None]):
+        if item is not None and "error" in item:
+            if not args.skip_bad_samples:
+                raise SystemExit(
+                    f"{item['error']}\n(the pseudo labels written so far are "
+                    "kept; pass --skip_bad_samples to leave bad images out)"
+                )
+            logger.warning("skipped bad sample %s", item["error"])
+            skipped[item["id"]] = item["error"]
+            continue
+        if item is None:  # the CRF pool's last images
+            done = stream.finish()
+        else:
+            allowed = None if args.no_label_restriction else item["classes"]
+            done = stream.submit(item["rgb"], (item["id"], item["mask"]), allowed)
+        for (sample_id, mask), _, labels in done:
+            target = out / MASK_DIR / f"{sample_id}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)  # ids with folders (imagefolder)
+            save_image_atomic(label_image(labels), target)
+            if mask is not None:
+                metric.update(labels, mask)
+                scored += 1
+    return scored, skipped
 
 
 def check_output_ids(ids: list[str], folder: Path) -> None:
@@ -205,15 +255,28 @@ def check_output_ids(ids: list[str], folder: Path) -> None:
     work."""
     for sample_id in ids:
         parts = Path(sample_id).parts
-        if not sample_id or Path(sample_id).is_absolute() or ".." in parts or \
-                "\\" in sample_id or "\0" in sample_id:
-            raise ValueError(f"sample id {sample_id!r}: would write outside {folder}; ids must "
-                             "be relative names without '..' (check the split list or the "
-                             "dataset's id column)")
+        if (
+            not sample_id
+            or Path(sample_id).is_absolute()
+            or ".." in parts
+            or "\\" in sample_id
+            or "\0" in sample_id
+        ):
+            raise ValueError(
+                f"sample id {sample_id!r}: would write outside {folder}; ids must "
+                "be relative names without '..' (check the split list or the "
+                "dataset's id column)"
+            )
 
 
-def write_voc_root(out: Path, rows: datasets.Dataset, split: str, source_images: Path | None,
-                   fmt: str, report: dict) -> None:
+def write_voc_root(
+    out: Path,
+    rows: datasets.Dataset,
+    split: str,
+    source_images: Path | None,
+    fmt: str,
+    report: dict,
+) -> None:
     """Make ``out`` a VOC root that ``load_voc`` reads: the split's id list, ``JPEGImages``
     linked to the source images, and with ``fmt == "datasets"`` an Arrow index of the pairs
     (its path goes into ``report``)."""
@@ -225,14 +288,19 @@ def write_voc_root(out: Path, rows: datasets.Dataset, split: str, source_images:
         link.symlink_to(source_images.resolve(), target_is_directory=True)
     if fmt == "datasets":
         images = rows.cast_column("image", datasets.Image(decode=False))["image"]
-        table = {"id": rows["id"], "labels": rows["labels"],
-                 "image": [{"path": im["path"], "bytes": im["bytes"]} for im in images],
-                 "mask": [{"path": str(out / MASK_DIR / f"{i}.png"), "bytes": None}
-                          for i in rows["id"]]}
+        table = {
+            "id": rows["id"],
+            "labels": rows["labels"],
+            "image": [{"path": im["path"], "bytes": im["bytes"]} for im in images],
+            "mask": [{"path": str(out / MASK_DIR / f"{i}.png"), "bytes": None} for i in rows["id"]],
+        }
         target = out / "pseudo_labels.arrow"
         target.unlink(missing_ok=True)
-        cached_arrow(out, "pseudo_labels", lambda: datasets.Dataset.from_dict(
-            table, features=features(class_names(rows))))
+        cached_arrow(
+            out,
+            "pseudo_labels",
+            lambda: datasets.Dataset.from_dict(table, features=features(class_names(rows))),
+        )
         report["arrow"] = str(target)
 
 

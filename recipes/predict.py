@@ -16,6 +16,7 @@ takes its share of the files.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tarfile
@@ -23,53 +24,76 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from accelerate.utils import gather_object
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+from agen_hf import AgenImageProcessor
+from agen_hf.auto import load_segmentation_model
+from agen_hf.engine import make_accelerator
+from agen_hf.engine.arguments import configure_logging
+from agen_hf.engine.exits import exit_if_incomplete
+from agen_hf.engine.inference_arguments import (
+    add_inference_arguments,
+    add_model_argument,
+    add_output_argument,
+    crf_pool,
+    crf_problems,
+)
+from agen_hf.image_processing import rgb_array
+from agen_hf.inference import SegmentationStream, as_is, save_image_atomic
+from agen_hf.progress import progress
+from agen_hf.visualization import label_image, overlay
 
-from accelerate.utils import gather_object  # noqa: E402
-
-from agen_hf import AgenImageProcessor  # noqa: E402
-from agen_hf.auto import load_segmentation_model  # noqa: E402
-from agen_hf.engine import make_accelerator  # noqa: E402
-from agen_hf.engine.accelerator import PRECISIONS  # noqa: E402
-from agen_hf.engine.arguments import configure_logging  # noqa: E402
-from agen_hf.engine.crf_options import add_crf_arguments, crf_pool, crf_problems  # noqa: E402
-from agen_hf.engine.exits import exit_if_incomplete  # noqa: E402
-from agen_hf.image_processing import rgb_array  # noqa: E402
-from agen_hf.inference import SegmentationStream, as_is, save_image_atomic  # noqa: E402
-from agen_hf.progress import progress  # noqa: E402
-from agen_hf.visualization import label_image, overlay  # noqa: E402
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm", ".pbm", ".jp2"}
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".jp2",
+}
 # comp6: "trained with data other than VOC" (ImageNet initialisation), what WSSS papers submit
 VOC_RESULTS = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
-    p.add_argument("--images", required=True, nargs="+",
-                   help="image files and/or folders (their images, not recursive)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    p.add_argument("--flip", action="store_true")
-    p.add_argument("--max_size", type=int, default=1024,
-                   help="long side the network sees at most (0: no limit)")
-    add_crf_arguments(p)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_model_argument(p)
+    p.add_argument(
+        "--images",
+        required=True,
+        nargs="+",
+        help="image files and/or folders (their images, not recursive)",
+    )
+    add_output_argument(p, "output folder (masks/, overlays/, predict_report.json)")
+    add_inference_arguments(p)
+    p.add_argument(
+        "--max_size",
+        type=int,
+        default=1024,
+        help="long side the network sees at most (0: no limit)",
+    )
     p.add_argument("--no_overlays", action="store_true", help="write the masks only")
-    p.add_argument("--voc_layout", action="store_true",
-                   help="also write results/VOC2012/Segmentation/comp6_test_cls/<id>.png and "
-                        "results.tar.gz for the VOC evaluation server")
-    p.add_argument("--skip_existing", action="store_true",
-                   help="leave images whose mask is already written (resume a long run)")
-    p.add_argument("--num_workers", type=int, default=2, help="image-decoding workers")
-    p.add_argument("--mixed_precision", choices=PRECISIONS, default=None,
-                   help="bf16/fp16 autocast, no, or auto (bf16 where native, else fp32)")
-    p.add_argument("--cpu", action="store_true")
+    p.add_argument(
+        "--voc_layout",
+        action="store_true",
+        help="also write results/VOC2012/Segmentation/comp6_test_cls/<id>.png and "
+        "results.tar.gz for the VOC evaluation server",
+    )
+    p.add_argument(
+        "--skip_existing",
+        action="store_true",
+        help="leave images whose mask is already written (resume a long run)",
+    )
     return p
 
 
@@ -80,15 +104,18 @@ def find_images(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
         else:
             files.append(path)  # a missing file is reported with the other failures
     seen: dict[str, Path] = {}
     for f in files:
         if f.stem in seen and seen[f.stem] != f:
-            raise SystemExit(f"--images: {seen[f.stem]} and {f} would both be written as "
-                             f"{f.stem}.png; rename one or segment them in separate runs")
+            raise SystemExit(
+                f"--images: {seen[f.stem]} and {f} would both be written as "
+                f"{f.stem}.png; rename one or segment them in separate runs"
+            )
         seen[f.stem] = f
     return list(dict.fromkeys(files))
 
@@ -112,78 +139,114 @@ class ImageFiles(Dataset):
                     rgb = rgb_array(img, str(path))
         except FileNotFoundError:
             return {"path": path, "error": "file not found"}
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning,
-                Image.DecompressionBombError) as e:
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombWarning,
+            Image.DecompressionBombError,
+        ) as e:
             return {"path": path, "error": f"{type(e).__name__}: {e}"}
         return {"path": path, "rgb": rgb}
+
+
+def write_outputs(
+    out: Path, path: Path, rgb: np.ndarray, labels: np.ndarray, voc_layout: bool, overlays: bool
+) -> None:
+    """One image's palette mask (and its VOC-server copy and overlay), each written
+    atomically."""
+    mask = label_image(labels)
+    save_image_atomic(mask, out / "masks" / f"{path.stem}.png")
+    if voc_layout:
+        save_image_atomic(mask, out / VOC_RESULTS / f"{path.stem}.png")
+    if overlays:
+        save_image_atomic(
+            Image.fromarray(overlay(rgb, labels)), out / "overlays" / f"{path.stem}.jpg", quality=90
+        )
+
+
+def segment_files(
+    args: argparse.Namespace, accelerator, files: list[Path], out: Path, crf
+) -> tuple[int, dict[str, str]]:
+    """Segment this process's share of ``files`` into ``out``: the number written and the
+    files that failed, each with its error."""
+    model = load_segmentation_model(args.model_name_or_path).to(accelerator.device).eval()
+    processor = AgenImageProcessor.from_pretrained(
+        args.model_name_or_path, max_size=args.max_size or None
+    )
+    mine = files[accelerator.process_index :: accelerator.num_processes]
+    loader = DataLoader(
+        ImageFiles(mine), batch_size=None, collate_fn=as_is, num_workers=args.num_workers
+    )
+    stream = SegmentationStream(
+        model, processor, crf, accelerator.autocast, scales=args.scales, flip=args.flip
+    )
+    failures: dict[str, str] = {}
+    written = 0
+    items = progress(
+        loader, desc="predict", total=len(mine), main_process=accelerator.is_main_process
+    )
+    for item in itertools.chain(items, [None]):
+        if item is not None and "error" in item:
+            failures[str(item["path"])] = item["error"]
+            print(f"FAILED {item['path']}: {item['error']}", file=sys.stderr)
+            continue
+        # the CRF pool returns finished images as they come; None: the last ones
+        done = stream.finish() if item is None else stream.submit(item["rgb"], tag=item["path"])
+        for path, rgb, labels in done:
+            write_outputs(out, path, rgb, labels, args.voc_layout, not args.no_overlays)
+            written += 1
+    return written, failures
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
     configure_logging(accelerator)
-    out = Path(args.out)
+    out = Path(args.output_dir)
     files = find_images(args.images)
     if not files:
         raise SystemExit(f"--images: no images found in {args.images}")
     if args.skip_existing:
         files = [f for f in files if not (out / "masks" / f"{f.stem}.png").is_file()]
-    model = load_segmentation_model(args.model).to(accelerator.device).eval()
-    processor = AgenImageProcessor.from_pretrained(args.model, max_size=args.max_size or None)
-    mine = files[accelerator.process_index::accelerator.num_processes]
-    loader = DataLoader(ImageFiles(mine), batch_size=None, collate_fn=as_is,
-                        num_workers=args.num_workers)
-    failures: dict[str, str] = {}
-    written = 0
-
-    def write(path: Path, rgb: np.ndarray, labels: np.ndarray) -> None:
-        nonlocal written
-        mask = label_image(labels)
-        save_image_atomic(mask, out / "masks" / f"{path.stem}.png")
-        if args.voc_layout:
-            save_image_atomic(mask, out / VOC_RESULTS / f"{path.stem}.png")
-        if not args.no_overlays:
-            save_image_atomic(Image.fromarray(overlay(rgb, labels)),
-                              out / "overlays" / f"{path.stem}.jpg", quality=90)
-        written += 1
-
-    crf = crf_pool(args)
-    stream = SegmentationStream(model, processor, crf, accelerator.autocast,
-                                scales=args.scales, flip=args.flip)
-    try:
-        for item in progress(loader, desc="predict", total=len(mine),
-                             main_process=accelerator.is_main_process):
-            if "error" in item:
-                failures[str(item["path"])] = item["error"]
-                print(f"FAILED {item['path']}: {item['error']}", file=sys.stderr)
-                continue
-            for path, rgb, labels in stream.submit(item["rgb"], tag=item["path"]):
-                write(path, rgb, labels)
-        for path, rgb, labels in stream.finish():
-            write(path, rgb, labels)
-    finally:
-        if crf is not None:
-            crf.close()
+    with crf_pool(args) as crf:
+        written, failures = segment_files(args, accelerator, files, out, crf)
 
     counts = gather_object([written])
     all_failures = gather_object([failures])
-    report = {"written": int(sum(counts)), "failed": {k: v for d in all_failures
-                                                      for k, v in d.items()}}
+    report = {
+        "written": int(sum(counts)),
+        "failed": {k: v for d in all_failures for k, v in d.items()},
+    }
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "predict_report.json").write_text(json.dumps(report, indent=2) + "\n")
         if args.voc_layout:
             with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
                 tar.add(out / "results", arcname="results")
-        print(f"{report['written']} masks written to {out / 'masks'}"
-              + (f"; {len(report['failed'])} image(s) failed, listed in "
-                 f"{out / 'predict_report.json'}" if report["failed"] else ""))
+        print(
+            f"{report['written']} masks written to {out / 'masks'}"
+            + (
+                f"; {len(report['failed'])} image(s) failed, listed in "
+                f"{out / 'predict_report.json'}"
+                if report["failed"]
+                else ""
+            )
+        )
     if accelerator.is_main_process:
         failed = report["failed"]
-        exit_if_incomplete(crf_problems(crf) + ([
-            f"{len(failed)} image(s) failed and have no mask (listed in "
-            f"{out / 'predict_report.json'}: {', '.join(list(failed)[:3])}"
-            f"{', ...' if len(failed) > 3 else ''})"] if failed else []))
+        exit_if_incomplete(
+            crf_problems(crf)
+            + (
+                [
+                    f"{len(failed)} image(s) failed and have no mask (listed in "
+                    f"{out / 'predict_report.json'}: {', '.join(list(failed)[:3])}"
+                    f"{', ...' if len(failed) > 3 else ''})"
+                ]
+                if failed
+                else []
+            )
+        )
     return report
 
 

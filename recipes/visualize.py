@@ -14,34 +14,36 @@ ground-truth column; with --images the classes are the ones branch A predicts.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import datasets
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
-
-from agen_hf import AgenImageProcessor, AgenModel, segment  # noqa: E402
-from agen_hf.data import class_names  # noqa: E402
-from agen_hf.data.samples import decode_sample  # noqa: E402
-from agen_hf.data.sources import add_data_arguments, load_split, resolve_source  # noqa: E402
-from agen_hf.visualization import cam_figure, segmentation_figure  # noqa: E402
+from agen_hf import AgenImageProcessor, AgenModel, segment
+from agen_hf.data import class_names
+from agen_hf.data.samples import decode_sample
+from agen_hf.data.sources import add_data_arguments, load_split, resolve_source
+from agen_hf.engine.inference_arguments import (
+    add_inference_arguments,
+    add_model_argument,
+    add_output_argument,
+)
+from agen_hf.visualization import cam_figure, segmentation_figure
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a saved model folder or a Hub model id")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_model_argument(p)
     add_data_arguments(p.add_argument_group("data (or --images)"))
     p.add_argument("--images", nargs="+", help="image files (instead of a dataset)")
     p.add_argument("--split", default=None, help="default: --eval_split's")
     p.add_argument("--ids", nargs="+", help="ids to draw (default: the first --num_images)")
     p.add_argument("--num_images", type=int, default=6)
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0])
-    p.add_argument("--flip", action="store_true")
+    add_inference_arguments(p, device=False, crf=False)
     p.add_argument("--cell", type=int, default=160, help="side of each picture in pixels")
-    p.add_argument("--out", default="figures")
+    add_output_argument(p, "folder of the figures", default="figures")
     return p
 
 
@@ -51,23 +53,27 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if not args.images:
         resolve_source(args, parser)
         args.split = args.split or args.eval_split
-    model = AgenModel.from_pretrained(args.model).eval()
-    processor = AgenImageProcessor.from_pretrained(args.model)
+    model = AgenModel.from_pretrained(args.model_name_or_path).eval()
+    processor = AgenImageProcessor.from_pretrained(args.model_name_or_path)
     labels = masks = None
     if not args.images:
         names = [model.config.id2label[i] for i in range(1, model.config.num_labels)]
-        dataset = load_split(args, args.split, role="eval", class_names_=names,
-                             require_foreground=False)
+        dataset = load_split(
+            args, args.split, role="eval", class_names_=names, require_foreground=False
+        )
         if dataset is None or class_names(dataset) != tuple(names):
-            raise SystemExit(f"the {args.split} split is missing or names other classes than "
-                             f"{args.model} ({names})")
+            raise SystemExit(
+                f"the {args.split} split is missing or names other classes than "
+                f"{args.model_name_or_path} ({names})"
+            )
         index = {sid: i for i, sid in enumerate(dataset["id"])}
         ids = args.ids or dataset["id"][: args.num_images]
         missing = [sid for sid in ids if sid not in index]
         if missing:
             raise SystemExit(f"--ids: {', '.join(missing)} not in the {args.split} split")
         raw = dataset.cast_column("image", datasets.Image(decode=False)).cast_column(
-            "mask", datasets.Image(decode=False))
+            "mask", datasets.Image(decode=False)
+        )
         images, masks, labels = [], [], []
         for sid in ids:
             row = raw[index[sid]]
@@ -77,13 +83,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
             labels.append(list(row["labels"]))
     else:
         images = [Image.open(p) for p in args.images]
-    out = Path(args.out)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cell = (args.cell, args.cell)
     paths = [out / "fig4_cams.png", out / "fig5_segmentation.png"]
     cam_figure(model, images, labels, processor, cell).save(paths[0])
-    predictions = {"AGEN": segment(model, list(images), processor, scales=args.scales,
-                                   flip=args.flip)}
+    predictions = {
+        "AGEN": segment(model, list(images), processor, scales=args.scales, flip=args.flip)
+    }
     segmentation_figure(images, predictions, masks, cell).save(paths[1])
     for path in paths:
         print(f"written {path}")

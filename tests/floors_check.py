@@ -21,9 +21,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
-DISTRIBUTIONS = ("torch", "torchvision", "accelerate", "datasets", "safetensors",
-                 "huggingface-hub", "evaluate", "numpy", "pillow", "pyyaml", "pydensecrf2",
-                 "tensorboard", "pytest", "pyarrow", "fsspec", "pandas")
+DISTRIBUTIONS = (
+    "torch",
+    "torchvision",
+    "accelerate",
+    "datasets",
+    "safetensors",
+    "huggingface-hub",
+    "evaluate",
+    "numpy",
+    "pillow",
+    "pyyaml",
+    "pydensecrf2",
+    "tensorboard",
+    "pytest",
+    "pyarrow",
+    "fsspec",
+    "pandas",
+)
 
 _T0 = time.perf_counter()
 
@@ -70,11 +85,15 @@ def check_transforms() -> None:
     transform = train_transform(crop_size=32, scale_range=(lo, hi))
     assert isinstance(transform.transforms[0], RandomLongSideResize)
     pixel_values, out_mask = transform(image, mask)
-    assert pixel_values.shape == (3, 32, 32) and pixel_values.dtype == torch.float32, \
-        (pixel_values.shape, pixel_values.dtype)
+    assert pixel_values.shape == (3, 32, 32) and pixel_values.dtype == torch.float32, (
+        pixel_values.shape,
+        pixel_values.dtype,
+    )
     assert out_mask.shape == (32, 32) and out_mask.dtype == torch.uint8
-    step(f"train_transform: long side resized into [{lo}, {hi}] (last {h}x{w}), "
-         f"crop -> {tuple(pixel_values.shape)}")
+    step(
+        f"train_transform: long side resized into [{lo}, {hi}] (last {h}x{w}), "
+        f"crop -> {tuple(pixel_values.shape)}"
+    )
 
 
 def check_model() -> None:
@@ -94,8 +113,10 @@ def check_model() -> None:
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads), "no gradient"
-    step(f"AgenModel(AgenConfig.tiny()) [boundary_crf={model.config.boundary_crf}]: forward + "
-         f"backward, loss {out.loss.item():.4f}, logits {tuple(out.logits.shape)}")
+    step(
+        f"AgenModel(AgenConfig.tiny()) [boundary_crf={model.config.boundary_crf}]: forward + "
+        f"backward, loss {out.loss.item():.4f}, logits {tuple(out.logits.shape)}"
+    )
 
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,8 +135,9 @@ def check_model() -> None:
         from agen_hf import AgenImageProcessor, segment
 
         path = os.path.join(tmp, "sixteen.png")
-        Image.fromarray(np.random.default_rng(0).integers(0, 65535, (25, 33), dtype=np.uint16)
-                        ).save(path)
+        Image.fromarray(
+            np.random.default_rng(0).integers(0, 65535, (25, 33), dtype=np.uint16)
+        ).save(path)
         image = Image.open(path)
         seg = segment(loaded, image, AgenImageProcessor.from_pretrained(tmp))
         assert seg.shape == (25, 33) and seg.dtype == np.uint8 and seg.max() <= 20, seg.shape
@@ -143,8 +165,7 @@ def check_metric() -> None:
     metric = evaluate.load(MEAN_IOU)
     ref = np.array([[0, 1], [1, 255]], dtype=np.uint16)
     pred = np.array([[0, 1], [0, 1]], dtype=np.uint16)
-    result = metric.compute(predictions=[pred], references=[ref], num_labels=2,
-                            ignore_index=255)
+    result = metric.compute(predictions=[pred], references=[ref], num_labels=2, ignore_index=255)
     assert abs(result["mean_iou"] - (0.5 + 0.5) / 2) < 1e-6, result
     step(f"evaluate.load(MEAN_IOU) offline: mean_iou {result['mean_iou']:.3f}")
 

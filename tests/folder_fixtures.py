@@ -10,8 +10,13 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ("crack", "dent", "hole", "rust", "stain")  # sorted: the order load_folder finds
-COLOURS = {"crack": (20, 20, 20), "dent": (200, 200, 0), "hole": (0, 0, 200),
-           "rust": (180, 70, 0), "stain": (0, 160, 0)}
+COLOURS = {
+    "crack": (20, 20, 20),
+    "dent": (200, 200, 0),
+    "hole": (0, 0, 200),
+    "rust": (180, 70, 0),
+    "stain": (0, 160, 0),
+}
 
 
 def draw(seed: int, tags: list[str], size=(48, 40)) -> tuple[Image.Image, np.ndarray]:
@@ -23,14 +28,21 @@ def draw(seed: int, tags: list[str], size=(48, 40)) -> tuple[Image.Image, np.nda
     mask = np.zeros((h, w), dtype=np.uint8)
     for k, tag in enumerate(tags):
         top, left = 3 + 12 * k, int(rng.integers(2, w - 18))
-        image[top:top + 9, left:left + 16] = COLOURS[tag]
-        mask[top:top + 9, left:left + 16] = CLASSES.index(tag) + 1
-        mask[top - 1, left:left + 16] = 255
+        image[top : top + 9, left : left + 16] = COLOURS[tag]
+        mask[top : top + 9, left : left + 16] = CLASSES.index(tag) + 1
+        mask[top - 1, left : left + 16] = 255
     return Image.fromarray(image), mask
 
 
-def make_folder(root: Path, n: int = 10, *, masks: bool = False, csv: bool = False,
-                empty: int = 0, seed: int = 0) -> Path:
+def make_folder(
+    root: Path,
+    n: int = 10,
+    *,
+    masks: bool = False,
+    csv: bool = False,
+    empty: int = 0,
+    seed: int = 0,
+) -> Path:
     """``n`` tagged images (1 or 2 tags each, every class used), ``empty`` more with no tag;
     ``masks``: a ``mask_file_name`` column and ``masks/*.png``; ``csv``: metadata.csv with
     tags separated by ';' instead of metadata.jsonl."""
@@ -48,8 +60,12 @@ def make_folder(root: Path, n: int = 10, *, masks: bool = False, csv: bool = Fal
         rows.append(row)
     if csv:
         lines = ["file_name,labels" + (",mask_file_name" if masks else "")]
-        lines += [",".join([r["file_name"], ";".join(r["labels"])] +
-                           ([r["mask_file_name"]] if masks else [])) for r in rows]
+        lines += [
+            ",".join(
+                [r["file_name"], ";".join(r["labels"])] + ([r["mask_file_name"]] if masks else [])
+            )
+            for r in rows
+        ]
         (root / "metadata.csv").write_text("\n".join(lines) + "\n")
     else:
         (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -45,8 +45,14 @@ def voc(tmp_path, monkeypatch):
 
 def run(recipe: str, args: list, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(RECIPES / recipe), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(RECIPES / recipe), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
 
 
 def test_load_voc_counts_what_it_skipped_and_the_cache_remembers(voc, tmp_path):
@@ -55,8 +61,12 @@ def test_load_voc_counts_what_it_skipped_and_the_cache_remembers(voc, tmp_path):
     for _ in range(2):  # built, then read back from the Arrow cache
         ds = load_voc(voc, "train_aug", skip_bad_samples=True, cache_dir=tmp_path / "c")
         assert ds["id"] == ["a", "e"] and skipped_when_loaded(ds) == 1
-    assert skipped_when_loaded(load_voc(make_voc(tmp_path / "clean"), "train",
-                                        cache_dir=tmp_path / "c")) == 0
+    assert (
+        skipped_when_loaded(
+            load_voc(make_voc(tmp_path / "clean"), "train", cache_dir=tmp_path / "c")
+        )
+        == 0
+    )
     samples = SeededSamples(with_transforms(ds, eval_transform(), skip_bad_samples=True), 0)
     assert samples[1]["replaced"] == "e" and samples[1]["id"] == "a"  # found when decoded
 
@@ -64,6 +74,7 @@ def test_load_voc_counts_what_it_skipped_and_the_cache_remembers(voc, tmp_path):
 def test_images_given_as_bytes_like_a_hub_dataset(tmp_path):
     """A Hub dataset's images are bytes in Arrow, not files: the same two faults, the same
     outcome, named by the sample's id in the validator."""
+
     def png(array) -> bytes:
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format="PNG")
@@ -72,11 +83,14 @@ def test_images_given_as_bytes_like_a_hub_dataset(tmp_path):
     image, mask = good_pair(0, classes=(2, 15))
     whole = png(image)
     write_bomb(tmp_path / "bomb.png")
-    images = [whole, (tmp_path / "bomb.png").read_bytes(), whole[:len(whole) // 2]]
+    images = [whole, (tmp_path / "bomb.png").read_bytes(), whole[: len(whole) // 2]]
     hub = datasets.Dataset.from_dict(
-        {"image": [{"bytes": b, "path": None} for b in images],
-         "mask": [{"bytes": png(mask), "path": None}] * 3},
-        features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}))
+        {
+            "image": [{"bytes": b, "path": None} for b in images],
+            "mask": [{"bytes": png(mask), "path": None}] * 3,
+        },
+        features=datasets.Features({"image": datasets.Image(), "mask": datasets.Image()}),
+    )
     ds = load_voc(hub)
     assert ds["id"] == ["0", "1", "2"]
     with pytest.raises(DataError, match="refused as a decompression bomb"):
@@ -93,8 +107,19 @@ def test_images_given_as_bytes_like_a_hub_dataset(tmp_path):
 
 def test_pseudo_labels_name_the_file_or_skip_it_and_exit_3(voc, model_dir, tmp_path):
     out = tmp_path / "pseudo"
-    base = ["--model", model_dir, "--voc_root", voc, "--split", "train_aug", "--out", out,
-            "--num_workers", "0", "--cpu"]
+    base = [
+        "--model",
+        model_dir,
+        "--voc_root",
+        voc,
+        "--split",
+        "train_aug",
+        "--out",
+        out,
+        "--num_workers",
+        "0",
+        "--cpu",
+    ]
     proc = run("make_pseudo_labels.py", base, tmp_path)
     assert proc.returncode == 1 and "b.jpg: refused as a decompression bomb" in proc.stderr
     break_sample(voc, "b", "missing")  # the bomb gone: the truncated JPEG is found when decoded
@@ -117,20 +142,29 @@ def test_pseudo_labels_name_the_file_or_skip_it_and_exit_3(voc, model_dir, tmp_p
 
 def test_eval_scores_the_good_images_and_exits_3(voc, model_dir, tmp_path):
     result = tmp_path / "eval.json"
-    base = ["--model", model_dir, "--voc_root", voc, "--output", result, "--num_workers", "0",
-            "--cpu"]
+    base = [
+        "--model",
+        model_dir,
+        "--voc_root",
+        voc,
+        "--output",
+        result,
+        "--num_workers",
+        "0",
+        "--cpu",
+    ]
     proc = run("eval_voc.py", base, tmp_path)
     assert proc.returncode == 1 and "c.jpg: refused as a decompression bomb" in proc.stderr
     proc = run("eval_voc.py", [*base, "--skip_bad_samples"], tmp_path)
     assert proc.returncode == INCOMPLETE_EXIT, proc.stderr[-3000:]
-    assert "finished with problems (exit 3): 2 bad images were skipped and not scored" in \
-        proc.stdout
+    assert (
+        "finished with problems (exit 3): 2 bad images were skipped and not scored" in proc.stdout
+    )
     saved = json.loads(result.read_text())
     assert saved["num_images"] == 2 and saved["skipped"] == 2  # c at load, d when decoded
     alone = tmp_path / "alone.json"  # the score is a's alone
     (voc / "ImageSets/Segmentation/val.txt").write_text("a\n")
-    assert run("eval_voc.py", [*base[:4], "--output", alone, *base[6:]],
-               tmp_path).returncode == 0
+    assert run("eval_voc.py", [*base[:4], "--output", alone, *base[6:]], tmp_path).returncode == 0
     assert json.loads(alone.read_text())["mean_iou"] == saved["mean_iou"]
 
 
@@ -138,12 +172,37 @@ def test_training_reports_samples_skipped_at_load(voc, tmp_path):
     """The training recipe: a bomb left out of the index, a truncated JPEG replaced, both
     counted, the model saved, exit 3."""
     out = tmp_path / "run"
-    proc = run("train_voc.py", ["--voc_root", voc, "--train_split", "train_aug",
-                                "--eval_split", "val", "--model_config", "tiny",
-                                "--boundary_crf", "torch", "--max_train_steps", "2",
-                                "--per_device_train_batch_size", "2", "--crop_size", "40",
-                                "--scale_range", "40", "48", "--num_workers", "0", "--cpu",
-                                "--skip_bad_samples", "--output_dir", out], tmp_path)
+    proc = run(
+        "train_voc.py",
+        [
+            "--voc_root",
+            voc,
+            "--train_split",
+            "train_aug",
+            "--eval_split",
+            "val",
+            "--model_config",
+            "tiny",
+            "--boundary_crf",
+            "torch",
+            "--max_train_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--crop_size",
+            "40",
+            "--scale_range",
+            "40",
+            "48",
+            "--num_workers",
+            "0",
+            "--cpu",
+            "--skip_bad_samples",
+            "--output_dir",
+            out,
+        ],
+        tmp_path,
+    )
     assert proc.returncode == INCOMPLETE_EXIT, proc.stderr[-3000:]
     figures = json.loads((out / "eval_results.json").read_text())
     assert figures["bad_samples_skipped"] == 3  # b and c at load, d in the final validation
@@ -157,8 +216,11 @@ def test_predict_lists_a_bomb_with_the_failures_and_exits_3(model_dir, tmp_path)
     folder.mkdir()
     Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(folder / "good.png")
     write_bomb(folder / "bomb.png")
-    proc = run("predict.py", ["--model", model_dir, "--images", folder, "--out",
-                              tmp_path / "out", "--num_workers", "0"], tmp_path)
+    proc = run(
+        "predict.py",
+        ["--model", model_dir, "--images", folder, "--out", tmp_path / "out", "--num_workers", "0"],
+        tmp_path,
+    )
     assert proc.returncode == INCOMPLETE_EXIT, proc.stderr[-3000:]
     assert "DecompressionBombError" in proc.stderr
     assert "finished with problems (exit 3): 1 image(s) failed" in proc.stdout

@@ -58,8 +58,9 @@ def test_one_bf16_step_agrees_with_fp32(batch, phase):
     assert b.loss.dtype == torch.float32  # the losses are computed in fp32
     assert b.loss.item() == pytest.approx(a.loss.item(), rel=LOSS_RTOL)
     for term in a.loss_terms:
-        assert b.loss_terms[term].item() == pytest.approx(a.loss_terms[term].item(),
-                                                          rel=LOSS_RTOL, abs=1e-4), term
+        assert b.loss_terms[term].item() == pytest.approx(
+            a.loss_terms[term].item(), rel=LOSS_RTOL, abs=1e-4
+        ), term
     cosines = {}
     for name, g in grads_a.items():
         if g is None or not g.abs().sum():  # the other branch in the classification phase
@@ -69,7 +70,8 @@ def test_one_bf16_step_agrees_with_fp32(batch, phase):
             assert grads_b[name].norm() < 1e-2, name  # bf16 rounding noise (7e-4 here)
             continue
         cosines[name] = torch.nn.functional.cosine_similarity(
-            g.flatten(), grads_b[name].flatten(), dim=0).item()
+            g.flatten(), grads_b[name].flatten(), dim=0
+        ).item()
     low, median = GRAD_COSINE[phase]
     assert len(cosines) >= (80 if phase == "joint" else 30)
     assert min(cosines.values()) >= low, min(cosines.items(), key=lambda kv: kv[1])
@@ -90,8 +92,9 @@ def test_seeds_under_autocast_equal_the_fp32_seeds():
     expected = pseudo_labels(maps, labels, (33, 40), alpha=0.25, threshold=0.5)
     dense = dense_pseudo_labels(maps, labels, (33, 40), alpha=0.25)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(pseudo_labels(maps, labels, (33, 40), alpha=0.25, threshold=0.5),
-                           expected)
+        assert torch.equal(
+            pseudo_labels(maps, labels, (33, 40), alpha=0.25, threshold=0.5), expected
+        )
         assert torch.equal(dense_pseudo_labels(maps, labels, (33, 40), alpha=0.25), dense)
     assert (expected != 255).any() and (expected == 255).any()  # seeds and ignored pixels
 
@@ -103,17 +106,40 @@ def test_eval_in_bf16_scores_like_fp32(tmp_path, monkeypatch):
     names = class_names(make_synthetic(1, image_size=48))
     torch.manual_seed(1)
     model = tmp_path / "model"
-    AgenModel(AgenConfig.tiny(boundary_crf="torch").with_classes(
-        id2label_for(names))).save_pretrained(model)
+    AgenModel(
+        AgenConfig.tiny(boundary_crf="torch").with_classes(id2label_for(names))
+    ).save_pretrained(model)
     results = {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     for precision in ("no", "bf16"):  # one process each: Accelerate's state is per process
         output = tmp_path / f"{precision}.json"
-        subprocess.run([sys.executable, str(ROOT / "recipes" / "eval_voc.py"), "--model",
-                        str(model), "--dataset", "synthetic", "--synthetic_val_size", "12",
-                        "--synthetic_image_size", "48", "--seed", "3", "--cpu",
-                        "--num_workers", "0", "--mixed_precision", precision, "--output",
-                        str(output)], env=env, check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "recipes" / "eval_voc.py"),
+                "--model",
+                str(model),
+                "--dataset",
+                "synthetic",
+                "--synthetic_val_size",
+                "12",
+                "--synthetic_image_size",
+                "48",
+                "--seed",
+                "3",
+                "--cpu",
+                "--num_workers",
+                "0",
+                "--mixed_precision",
+                precision,
+                "--output",
+                str(output),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         results[precision] = json.loads(output.read_text())
     a, b = results["no"], results["bf16"]
     assert a["num_images"] == b["num_images"] == 12 and a["split"] == "val"

@@ -8,8 +8,7 @@ from agen_hf.cam import background_map, class_activation_maps, pseudo_labels
 def test_class_activation_maps_by_hand():
     maps = torch.tensor([[[[2.0, -1.0], [1.0, 0.0]], [[-3.0, -1.0], [-2.0, -5.0]]]])
     cam = class_activation_maps(maps, (2, 2))
-    torch.testing.assert_close(cam[0, 0], torch.tensor([[1.0, 0.0], [0.5, 0.0]]), atol=1e-4,
-                               rtol=0)
+    torch.testing.assert_close(cam[0, 0], torch.tensor([[1.0, 0.0], [0.5, 0.0]]), atol=1e-4, rtol=0)
     assert torch.equal(cam[0, 1], torch.zeros(2, 2))  # an all-negative map stays zero
 
 
@@ -49,8 +48,7 @@ def test_pseudo_labels_by_hand():
 
 def test_pseudo_labels_custom_ignore_and_no_gradient():
     maps = torch.randn(1, 4, 3, 3, requires_grad=True)
-    seeds = pseudo_labels(maps, torch.ones(1, 4), (12, 12), alpha=8, threshold=0.3,
-                          ignore_index=-1)
+    seeds = pseudo_labels(maps, torch.ones(1, 4), (12, 12), alpha=8, threshold=0.3, ignore_index=-1)
     assert seeds.shape == (1, 12, 12) and not seeds.requires_grad
     assert set(seeds.unique().tolist()) <= {-1, 0, 1, 2, 3, 4}
 
@@ -115,8 +113,7 @@ def test_seeds_over_the_image_classes_equal_eq_2_to_4_over_all_classes(seed):
     above = (maps > 0.3).sum(dim=1)
     expected = torch.where(above == 1, maps.argmax(dim=1), 255)
     assert torch.equal(pseudo_labels(class_maps, labels, (64, 64), 8.0, 0.3), expected)
-    assert torch.equal(dense_pseudo_labels(class_maps, labels, (64, 64), 8.0),
-                       maps.argmax(dim=1))
+    assert torch.equal(dense_pseudo_labels(class_maps, labels, (64, 64), 8.0), maps.argmax(dim=1))
 
 
 def test_negative_threshold_is_an_error():

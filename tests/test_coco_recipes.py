@@ -29,8 +29,10 @@ def annotations(n, seed):
     out = {}
     for i in range(1, n + 1):
         cats = rng.choice([1, 3, 18, 90], size=int(rng.integers(1, 3)), replace=False)
-        out[i] = [(int(c), box(int(x), int(y), int(x) + 14, int(y) + 12), 0)
-                  for c, x, y in zip(cats, rng.integers(0, 24, 2), rng.integers(0, 18, 2))]
+        out[i] = [
+            (int(c), box(int(x), int(y), int(x) + 14, int(y) + 12), 0)
+            for c, x, y in zip(cats, rng.integers(0, 24, 2), rng.integers(0, 18, 2))
+        ]
     out[n + 1] = []  # no annotation: left out
     return out
 
@@ -49,11 +51,36 @@ def trained(coco, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(RECIPES / "train_voc.py"), "--coco_root", str(coco),
-         "--model_config", "tiny", "--boundary_crf", "torch", "--per_device_train_batch_size",
-         "4", "--max_train_steps", "2", "--num_workers", "0", "--crop_size", "32",
-         "--scale_range", "32", "40", "--cpu", "--output_dir", str(out)],
-        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        [
+            sys.executable,
+            str(RECIPES / "train_voc.py"),
+            "--coco_root",
+            str(coco),
+            "--model_config",
+            "tiny",
+            "--boundary_crf",
+            "torch",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_train_steps",
+            "2",
+            "--num_workers",
+            "0",
+            "--crop_size",
+            "32",
+            "--scale_range",
+            "32",
+            "40",
+            "--cpu",
+            "--output_dir",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -70,19 +97,43 @@ def test_training_on_coco_learns_its_classes(trained):
     assert "coco" in card.data.tags and card.data.datasets == ["coco"]
     (entry,) = card.data.eval_results
     assert (entry.dataset_name, entry.dataset_type, entry.dataset_split) == (
-        "MS COCO 2014", "coco", "val2014")
+        "MS COCO 2014",
+        "coco",
+        "val2014",
+    )
     assert "(B, 5, H/8, W/8)" in card.text and "4 classes: person, car, dog" in card.text
 
 
 def test_eval_and_pseudo_labels_on_coco(trained, coco, tmp_path):
-    scored = eval_voc["main"](["--model", str(trained), "--coco_root", str(coco), "--cpu",
-                               "--num_workers", "0", "--output", str(tmp_path / "e.json")])
+    scored = eval_voc["main"](
+        [
+            "--model",
+            str(trained),
+            "--coco_root",
+            str(coco),
+            "--cpu",
+            "--num_workers",
+            "0",
+            "--output",
+            str(tmp_path / "e.json"),
+        ]
+    )
     assert scored["split"] == "val2014" and scored["num_images"] == 3
     results = json.loads((trained / "eval_results.json").read_text())
     assert scored["mean_iou"] == pytest.approx(results["val_mean_iou"], abs=1e-9)
-    report = make_pseudo_labels["main"](["--model", str(trained), "--coco_root", str(coco),
-                                         "--out", str(tmp_path / "pseudo"), "--num_workers",
-                                         "0", "--cpu"])
+    report = make_pseudo_labels["main"](
+        [
+            "--model",
+            str(trained),
+            "--coco_root",
+            str(coco),
+            "--out",
+            str(tmp_path / "pseudo"),
+            "--num_workers",
+            "0",
+            "--cpu",
+        ]
+    )
     assert report["split"] == "train2014" and report["images"] == 8
     assert report["scored_against_ground_truth"] == 8
     assert list(report["per_category_iou"]) == ["background", *NAMES]
@@ -95,8 +146,19 @@ def test_eval_and_pseudo_labels_on_coco(trained, coco, tmp_path):
 def test_predict_with_the_coco_model(trained, coco, tmp_path):
     from PIL import Image
 
-    report = predict["main"](["--model", str(trained), "--images", str(coco / "val2014"),
-                              "--out", str(tmp_path / "pred"), "--cpu", "--num_workers", "0"])
+    report = predict["main"](
+        [
+            "--model",
+            str(trained),
+            "--images",
+            str(coco / "val2014"),
+            "--out",
+            str(tmp_path / "pred"),
+            "--cpu",
+            "--num_workers",
+            "0",
+        ]
+    )
     assert report["written"] == 4 and not report["failed"]  # the unannotated image too
     mask = Image.open(tmp_path / "pred" / "masks" / "COCO_val2014_000000000001.png")
     assert mask.mode == "P" and mask.size == (40, 32) and np.array(mask).max() <= 4
@@ -113,8 +175,9 @@ def test_the_coco_preset_parses(coco):
     sys.path.insert(0, str(RECIPES))
     from train_voc import parse_args
 
-    args = parse_args(["--config", str(RECIPES / "configs" / "coco.yaml"), "--coco_root",
-                       str(coco)])
+    args = parse_args(
+        ["--config", str(RECIPES / "configs" / "coco.yaml"), "--coco_root", str(coco)]
+    )
     assert (args.dataset, args.train_split, args.eval_split) == ("coco", "train2014", "val2014")
     assert args.model_config == "paper" and args.max_train_steps == 42700
     assert args.crop_size == 321 and tuple(args.scale_range) == (321, 481)

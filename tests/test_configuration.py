@@ -16,7 +16,11 @@ def test_defaults_are_the_papers():
     assert (c.agm_cls_channels, c.agm_seg_channels) == (256, 512)
     assert c.cam_alpha == 8
     assert (c.threshold_a, c.threshold_agm5, c.threshold_agm4, c.threshold_agm3) == (
-        0.3, 0.3, 0.4, 0.4)
+        0.3,
+        0.3,
+        0.4,
+        0.4,
+    )
     assert c.threshold("A") == 0.3 and c.threshold("agm3") == 0.4
     assert c.use_boundary_loss and c.ignore_index == 255
 
@@ -31,26 +35,29 @@ def test_stages_are_sorted_sets():
     assert c.agm_stages == (3, 5) and c.coam_stages == (5,)
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (dict(agm_stages=(2, 4)), "agm_stages"),
-    (dict(agm_stages=(4,), coam_stages=(6,)), "coam_stages"),
-    (dict(agm_stages=(4,), coam_stages=(4, 5)), "coam_stages"),
-    (dict(num_labels=1), "num_labels"),
-    (dict(threshold_a=1.0), "threshold_a"),
-    (dict(threshold_agm3=0.0), "threshold_agm3"),
-    (dict(threshold_agm5=-0.2), "threshold_agm5"),
-    (dict(cam_alpha=0.5), "cam_alpha"),
-    (dict(boundary_crf="magic"), "boundary_crf"),
-    (dict(vgg_channels=(64, 128)), "vgg_channels"),
-    (dict(resnet_depths=(3, 0, 3)), "resnet_depths"),
-    (dict(fc_channels=0), "fc_channels"),
-    (dict(resnet_dropout=(0.3, 1.0)), "resnet_dropout"),
-    (dict(ignore_index=3), "ignore_index"),
-    (dict(image_std=(0.2, 0.0, 0.2)), "image_std"),
-    (dict(crf_bi_rgb_std=0), "crf_bi_rgb_std"),
-    (dict(id2label={0: "a", 1: "b"}), "id2label"),
-    (dict(agm_stages=4), "agm_stages"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(agm_stages=(2, 4)), "agm_stages"),
+        (dict(agm_stages=(4,), coam_stages=(6,)), "coam_stages"),
+        (dict(agm_stages=(4,), coam_stages=(4, 5)), "coam_stages"),
+        (dict(num_labels=1), "num_labels"),
+        (dict(threshold_a=1.0), "threshold_a"),
+        (dict(threshold_agm3=0.0), "threshold_agm3"),
+        (dict(threshold_agm5=-0.2), "threshold_agm5"),
+        (dict(cam_alpha=0.5), "cam_alpha"),
+        (dict(boundary_crf="magic"), "boundary_crf"),
+        (dict(vgg_channels=(64, 128)), "vgg_channels"),
+        (dict(resnet_depths=(3, 0, 3)), "resnet_depths"),
+        (dict(fc_channels=0), "fc_channels"),
+        (dict(resnet_dropout=(0.3, 1.0)), "resnet_dropout"),
+        (dict(ignore_index=3), "ignore_index"),
+        (dict(image_std=(0.2, 0.0, 0.2)), "image_std"),
+        (dict(crf_bi_rgb_std=0), "crf_bi_rgb_std"),
+        (dict(id2label={0: "a", 1: "b"}), "id2label"),
+        (dict(agm_stages=4), "agm_stages"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         AgenConfig(**overrides)

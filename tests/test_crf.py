@@ -13,10 +13,10 @@ def two_region_case(seed, h=30, w=40):
     """A left/right image whose probabilities are noisy and blurred across the edge."""
     rng = np.random.default_rng(seed)
     image = np.zeros((h, w, 3), np.uint8)
-    image[:, w // 2:] = 255
+    image[:, w // 2 :] = 255
     probs = np.full((3, h, w), 0.05, np.float32)
     probs[1, :, : w // 2 + 4] = 0.9  # class 1 spills 4 px over the edge
-    probs[2, :, w // 2 + 4:] = 0.9
+    probs[2, :, w // 2 + 4 :] = 0.9
     probs += rng.uniform(0, 0.3, probs.shape).astype(np.float32)
     return image, probs / probs.sum(0, keepdims=True)
 
@@ -41,8 +41,10 @@ def test_pool_returns_the_serial_results_in_submission_order():
     cases = [two_region_case(s, 20 + 2 * s, 30) for s in range(5)]
     classes = np.array([0, 1, 2])
     with CrfPool(CrfParams(iterations=5), processes=0) as serial:
-        expected = [serial.submit(im, torch.from_numpy(p), classes, tag=i)[0] for i, (im, p)
-                    in enumerate(cases)]
+        expected = [
+            serial.submit(im, torch.from_numpy(p), classes, tag=i)[0]
+            for i, (im, p) in enumerate(cases)
+        ]
     got = []
     with CrfPool(CrfParams(iterations=5), processes=2, max_pending=2) as pool:
         for i, (im, p) in enumerate(cases):
@@ -65,8 +67,7 @@ def test_a_killed_worker_is_replaced_and_every_result_still_comes_back():
     classes = np.array([0, 1, 2])
     params = CrfParams(iterations=200)
     with CrfPool(params, processes=0) as serial:
-        expected = [serial.submit(im, p, classes, tag=i)[0][1] for i, (im, p) in
-                    enumerate(cases)]
+        expected = [serial.submit(im, p, classes, tag=i)[0][1] for i, (im, p) in enumerate(cases)]
     got = []
     with CrfPool(params, processes=2, max_pending=6) as pool:
         for i, (im, p) in enumerate(cases):
@@ -85,8 +86,11 @@ def test_an_image_stuck_past_the_time_limit_twice_stops_the_pool_naming_it():
     image, probs = two_region_case(0, 400, 400)
     with CrfPool(CrfParams(iterations=100_000), processes=1, timeout=0.5) as pool:
         pool.submit(image, probs, np.array([0, 1, 2]), tag="big.jpg")
-        with pytest.raises(CrfError, match=r"CRF of big.jpg: its CRF took more than 0.5 s, "
-                                           r"twice"):
+        with pytest.raises(
+            CrfError,
+            match=r"CRF of big.jpg: its CRF took more than 0.5 s, "
+            r"twice",
+        ):
             pool.finish()
         assert pool.workers_replaced == 1
 
@@ -108,7 +112,9 @@ def test_the_boundary_crf_over_worker_processes_equals_the_serial_one():
     assert torch.equal(serial, pooled)
     assert (serial[~present] == 0).all() and (serial[0, 1] != probs[0, 1]).any()
     labels = present[:, 1:].float()
-    assert torch.equal(boundary_loss(images, logits, labels, CrfParams()),
-                       boundary_loss(images, logits, labels, CrfParams(), processes=2))
+    assert torch.equal(
+        boundary_loss(images, logits, labels, CrfParams()),
+        boundary_loss(images, logits, labels, CrfParams(), processes=2),
+    )
     with pytest.raises(ValueError, match="processes must be >= 0"):
         crf_refine(images, probs, present, CrfParams(), "pydensecrf", processes=-1)

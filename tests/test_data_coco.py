@@ -21,8 +21,12 @@ from agen_hf.data.samples import DataError
 from agen_hf.data.schema import features
 
 W, H = 40, 32
-CATEGORIES = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"},
-              {"id": 18, "name": "dog"}, {"id": 3, "name": "car"}]  # sparse ids, not in order
+CATEGORIES = [
+    {"id": 90, "name": "toothbrush"},
+    {"id": 1, "name": "person"},
+    {"id": 18, "name": "dog"},
+    {"id": 3, "name": "car"},
+]  # sparse ids, not in order
 NAMES = ("person", "car", "dog", "toothbrush")  # ascending id: mask values 1, 2, 3, 4
 OFFICIAL_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
 
@@ -56,8 +60,11 @@ def val_annotations():
     """image id -> [(category id, segmentation, iscrowd)], in file order."""
     return {
         # a small car on a large person, listed first: the smaller one ends on top
-        1: [(3, box(10, 8, 20, 16), 0), (1, box(4, 2, 30, 28), 0),
-            (90, box(30, 2, 34, 6) + box(35, 20, 39, 30), 0)],  # two polygon parts
+        1: [
+            (3, box(10, 8, 20, 16), 0),
+            (1, box(4, 2, 30, 28), 0),
+            (90, box(30, 2, 34, 6) + box(35, 20, 39, 30), 0),
+        ],  # two polygon parts
         # compressed RLE dog, overlapping a larger toothbrush polygon
         2: [(18, rle(5, 5, 15, 15), 0), (90, box(0, 10, 25, 30), 0)],
         # a crowd of people (uncompressed RLE) over part of a car: ignore wins
@@ -79,12 +86,21 @@ def write_split(root, split, annotations, categories):
         Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / split / name)
         images.append({"id": i, "file_name": name, "width": W, "height": H})
         for cat, seg, crowd in instances:  # "area" wrong on purpose: the masks' own is used
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat,
-                         "segmentation": seg, "iscrowd": crowd, "area": 1.0,
-                         "bbox": [0, 0, 1, 1]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": cat,
+                    "segmentation": seg,
+                    "iscrowd": crowd,
+                    "area": 1.0,
+                    "bbox": [0, 0, 1, 1],
+                }
+            )
     path = root / "annotations" / f"instances_{split}.json"
-    path.write_text(json.dumps({"images": images[::-1], "annotations": anns,
-                                "categories": categories}))
+    path.write_text(
+        json.dumps({"images": images[::-1], "annotations": anns, "categories": categories})
+    )
     return path
 
 
@@ -93,8 +109,9 @@ def root(tmp_path):
     root = tmp_path / "coco"
     write_split(root, "val2014", val_annotations(), CATEGORIES)
     official = [{"id": i, "name": n} for i, n in zip(OFFICIAL_IDS, COCO_CLASS_NAMES)]
-    write_split(root, "train2014", {7: [(90, box(1, 1, 9, 9), 0), (1, box(20, 20, 30, 30), 0)]},
-                official)
+    write_split(
+        root, "train2014", {7: [(90, box(1, 1, 9, 9), 0), (1, box(20, 20, 30, 30), 0)]}, official
+    )
     return root
 
 
@@ -110,8 +127,9 @@ def reference_masks(ann_file):
         if not anns:
             continue
         sem = np.zeros((img["height"], img["width"]), dtype=np.uint8)
-        things = sorted([a for a in anns if not a["iscrowd"]],
-                        key=lambda a: -int(coco.annToMask(a).sum()))  # stable: ties in order
+        things = sorted(
+            [a for a in anns if not a["iscrowd"]], key=lambda a: -int(coco.annToMask(a).sum())
+        )  # stable: ties in order
         for a in things:
             sem[coco.annToMask(a) == 1] = value[a["category_id"]]
         for a in anns:
@@ -200,8 +218,7 @@ def random_polygon(rng, height, width):
 
 def full_frame(segmentation, height, width):
     """A polygon instance's mask as COCO.annToMask makes it."""
-    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height,
-                                                                     width)))
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)))
 
 
 def test_cropped_polygons_equal_the_full_frame_reference(tmp_path):
@@ -212,20 +229,34 @@ def test_cropped_polygons_equal_the_full_frame_reference(tmp_path):
     images, anns = [], []
     for i in range(1, 241):
         height, width = sizes[i % len(sizes)]
-        images.append({"id": i, "file_name": f"{stem('val2014', i)}.jpg", "width": width,
-                       "height": height})
+        images.append(
+            {"id": i, "file_name": f"{stem('val2014', i)}.jpg", "width": width, "height": height}
+        )
         for _ in range(1 + rng.poisson(5)):
-            anns.append({"id": len(anns) + 1, "image_id": i, "iscrowd": 0,
-                         "category_id": CATEGORIES[int(rng.integers(0, 4))]["id"],
-                         "segmentation": random_polygon(rng, height, width)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "iscrowd": 0,
+                    "category_id": CATEGORIES[int(rng.integers(0, 4))]["id"],
+                    "segmentation": random_polygon(rng, height, width),
+                }
+            )
         if (height, width) == (H, W) and rng.random() < 0.5:  # RLE among the polygons
             crowd = int(rng.random() < 0.5)
-            anns.append({"id": len(anns) + 1, "image_id": i, "iscrowd": crowd,
-                         "category_id": CATEGORIES[0]["id"],
-                         "segmentation": (uncompressed_rle if crowd else rle)(5, 6, 30, 20)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "iscrowd": crowd,
+                    "category_id": CATEGORIES[0]["id"],
+                    "segmentation": (uncompressed_rle if crowd else rle)(5, 6, 30, 20),
+                }
+            )
     ann_file = tmp_path / "instances.json"
-    ann_file.write_text(json.dumps({"images": images, "annotations": anns,
-                                    "categories": CATEGORIES}))
+    ann_file.write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES})
+    )
     from pycocotools.coco import COCO
 
     coco = COCO(str(ann_file))
@@ -236,12 +267,18 @@ def test_cropped_polygons_equal_the_full_frame_reference(tmp_path):
     value = {c: k + 1 for k, c in enumerate(sorted(coco.getCatIds()))}
     ref = reference_masks(ann_file)
     for img in images:
-        instances = [(a["segmentation"], 255 if a["iscrowd"] else value[a["category_id"]])
-                     for a in coco.imgToAnns[img["id"]]]
+        instances = [
+            (a["segmentation"], 255 if a["iscrowd"] else value[a["category_id"]])
+            for a in coco.imgToAnns[img["id"]]
+        ]
         got = coco_module.render_mask(instances, img["height"], img["width"])
         np.testing.assert_array_equal(got, ref[img["file_name"][:-4]], err_msg=str(img))
-    crops = [coco_module._polygon_box(a["segmentation"], coco.imgs[a["image_id"]]["height"],
-                                      coco.imgs[a["image_id"]]["width"]) for a in anns]
+    crops = [
+        coco_module._polygon_box(
+            a["segmentation"], coco.imgs[a["image_id"]]["height"], coco.imgs[a["image_id"]]["width"]
+        )
+        for a in anns
+    ]
     assert sum(c is not None and c[1] > 0 and c[2] > 0 for c in crops) > len(anns) / 4
 
 
@@ -253,24 +290,34 @@ def translated(segmentation, height, width, on_lattice):
     x0, x1 = max(0, math.floor(min(xs))), min(width, math.ceil(max(xs)) + 1)
     y0, y1 = max(0, math.floor(min(ys))), min(height, math.ceil(max(ys)) + 1)
     offset = (x0, y0)
-    moved = [[(int(5 * c + .5) - 5 * offset[k % 2]) / 5 if on_lattice and offset[k % 2]
-              else c - offset[k % 2] for k, c in enumerate(part)] for part in segmentation]
+    moved = [
+        [
+            (int(5 * c + 0.5) - 5 * offset[k % 2]) / 5
+            if on_lattice and offset[k % 2]
+            else c - offset[k % 2]
+            for k, c in enumerate(part)
+        ]
+        for part in segmentation
+    ]
     out = np.zeros((height, width), dtype=np.uint8)
     out[y0:y1, x0:x1] = full_frame(moved, y1 - y0, x1 - x0)
     return out
 
 
-@pytest.mark.parametrize("segmentation, height, width, on_lattice", [
-    # pycocotools' rounding of vertices to its lattice, (int)(5 x + .5), differs after x - x0
-    ([[16.7, 18.9, 17.7, 6.2, 26.3, 23.6]], 32, 40, False),
-    ([[25.0, 9.9, 27.9, 29.2, 34.1, 1.3]], 32, 40, False),
-    # its rounding of points interpolated along an edge differs at another magnitude, even
-    # with the vertices on the lattice (y, x, y, y: that axis is left untranslated)
-    ([[395.4, 331.4, 439.4, 356.8, 391.4, 327.6]], 480, 640, True),
-    ([[86.4, 239.4, 44.4, 282.4, 52.8, 267.2]], 480, 640, True),
-    ([[268.0, 316.6, 248.4, 329.2, 291.8, 365.8]], 480, 640, True),
-    ([[218.4, 74.2, 250.8, 56.8, 199.6, 60.6]], 480, 640, True),
-])
+@pytest.mark.parametrize(
+    "segmentation, height, width, on_lattice",
+    [
+        # pycocotools' rounding of vertices to its lattice, (int)(5 x + .5), differs after x - x0
+        ([[16.7, 18.9, 17.7, 6.2, 26.3, 23.6]], 32, 40, False),
+        ([[25.0, 9.9, 27.9, 29.2, 34.1, 1.3]], 32, 40, False),
+        # its rounding of points interpolated along an edge differs at another magnitude, even
+        # with the vertices on the lattice (y, x, y, y: that axis is left untranslated)
+        ([[395.4, 331.4, 439.4, 356.8, 391.4, 327.6]], 480, 640, True),
+        ([[86.4, 239.4, 44.4, 282.4, 52.8, 267.2]], 480, 640, True),
+        ([[268.0, 316.6, 248.4, 329.2, 291.8, 365.8]], 480, 640, True),
+        ([[218.4, 74.2, 250.8, 56.8, 199.6, 60.6]], 480, 640, True),
+    ],
+)
 def test_crops_where_translation_changes_the_rounding(segmentation, height, width, on_lattice):
     """The two roundings of coco._polygon_box's docstring: naive crops get pixels wrong."""
     reference = full_frame(segmentation, height, width)
@@ -284,8 +331,15 @@ def test_polygon_box():
     assert placed == [8, 10, 9, 11] and parts == [[0, 0, 10, 0, 10, 8, 0, 8]]
     parts, *placed = coco_module._polygon_box([[-3, 20.5, 45, 20.5, 45, 40]], H, W)  # clipped
     assert placed == [20, 0, H - 20, W] and parts == [[-3, 0.6, 45, 0.6, 45, 20]]  # on 1/5 px
-    for unusual in ([], [[1, 2, 3, 4]], [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4]], [[1, 2, 3, 4, 5]],
-                    [[1, 2, 3, float("nan"), 5, 6]], [[50, 40, 60, 40, 60, 50]], rle(1, 1, 3, 3)):
+    for unusual in (
+        [],
+        [[1, 2, 3, 4]],
+        [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4]],
+        [[1, 2, 3, 4, 5]],
+        [[1, 2, 3, float("nan"), 5, 6]],
+        [[50, 40, 60, 40, 60, 50]],
+        rle(1, 1, 3, 3),
+    ):
         assert coco_module._polygon_box(unusual, H, W) is None, unusual
 
 
@@ -336,7 +390,7 @@ def test_pre_converted_png_masks(root, tmp_path, monkeypatch, caplog):
     for i, values in {1: (1, 80), 2: (), 3: (17,)}.items():  # 2: background only; 4-6: none
         m = np.zeros((H, W), dtype=np.uint8)
         for k, v in enumerate(values):
-            m[2 + 10 * k: 8 + 10 * k, 3:30] = v
+            m[2 + 10 * k : 8 + 10 * k, 3:30] = v
         m[0, :] = 255
         write_png(png_dir / f"{stem('val2014', i)}.png", m)
         masks[stem("val2014", i)] = m
@@ -383,7 +437,8 @@ def test_missing_image_is_named_or_skipped(root, tmp_path, caplog):
     with pytest.raises(DataError, match=f"{missing}: listed in instances_val2014.json but"):
         load_coco(root, "val2014", cache_dir=tmp_path / "a", num_workers=1)
     with caplog.at_level(logging.WARNING):
-        ds = load_coco(root, "val2014", cache_dir=tmp_path / "b", num_workers=1,
-                       skip_bad_samples=True)
+        ds = load_coco(
+            root, "val2014", cache_dir=tmp_path / "b", num_workers=1, skip_bad_samples=True
+        )
     assert stem("val2014", 2) not in ds["id"] and len(ds) == 4
     assert "skipped 1 bad samples" in caplog.text

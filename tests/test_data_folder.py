@@ -20,8 +20,7 @@ def tags_of(ds):
     return {sid: [names[k] for k in labels] for sid, labels in zip(ds["id"], ds["labels"])}
 
 
-def test_tagged_folder_names_its_classes_sorted_and_leaves_untagged_images_out(tmp_path,
-                                                                                caplog):
+def test_tagged_folder_names_its_classes_sorted_and_leaves_untagged_images_out(tmp_path, caplog):
     root = make_folder(tmp_path / "photos", n=10, empty=2)
     with caplog.at_level(logging.WARNING):
         ds = load_folder(root)
@@ -31,13 +30,20 @@ def test_tagged_folder_names_its_classes_sorted_and_leaves_untagged_images_out(t
     expected = {r["file_name"][:-4]: r["labels"] for r in rows if r["labels"]}
     assert tags_of(ds) == expected
     assert ds[0]["mask"] is None and ds[0]["image"].size == (48, 40)
-    assert id2label_for(class_names(ds)) == {0: "background", 1: "crack", 2: "dent", 3: "hole",
-                                             4: "rust", 5: "stain"}
+    assert id2label_for(class_names(ds)) == {
+        0: "background",
+        1: "crack",
+        2: "dent",
+        3: "hole",
+        4: "rust",
+        5: "stain",
+    }
     # the loader's multi-hot target follows the 5 classes
     batch = collate([with_transforms(ds, eval_transform())[i] for i in range(2)])
     assert batch["labels"].shape == (2, 5)
-    assert batch["labels"][0].tolist() == [float(CLASSES[k] in expected[ds[0]["id"]])
-                                           for k in range(5)]
+    assert batch["labels"][0].tolist() == [
+        float(CLASSES[k] in expected[ds[0]["id"]]) for k in range(5)
+    ]
 
 
 def test_csv_metadata_and_a_given_class_order(tmp_path):
@@ -87,13 +93,18 @@ def test_a_dataset_with_classlabel_tags_names_them_from_its_features():
     names = ["cat", "dog", "fox"]
     ds = datasets.Dataset.from_dict(
         {"image": image_rows(), "tags": [[2], [0, 1], [1]]},
-        features=datasets.Features({"image": datasets.Image(), "tags": datasets.Sequence(
-            datasets.ClassLabel(names=names))}))
+        features=datasets.Features(
+            {"image": datasets.Image(), "tags": datasets.Sequence(datasets.ClassLabel(names=names))}
+        ),
+    )
     out = conform(ds)  # "tags" is recognised as the labels column
     assert class_names(out) == ("cat", "dog", "fox") and out["labels"] == [[2], [0, 1], [1]]
     assert out["id"] == ["0", "1", "2"]
-    with pytest.raises(ValueError, match=r"name the classes \['cat', 'dog', 'fox'\], but "
-                                         r"--class_names gives \['dog', 'cat', 'fox'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"name the classes \['cat', 'dog', 'fox'\], but "
+        r"--class_names gives \['dog', 'cat', 'fox'\]",
+    ):
         conform(ds, class_names=["dog", "cat", "fox"])
 
 
@@ -106,17 +117,27 @@ def test_indices_and_multi_hot_need_names_and_are_checked():
         conform(by_index, class_names=["a", "b"])
     hot = datasets.Dataset.from_dict(
         {"image": image_rows(2), "labels": [[0, 1, 1], [1, 0, 0]]},
-        features=datasets.Features({"image": datasets.Image(), "labels": datasets.Sequence(
-            datasets.Value("uint8"), length=3)}))
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "labels": datasets.Sequence(datasets.Value("uint8"), length=3),
+            }
+        ),
+    )
     with pytest.raises(ValueError, match="multi-hot vector of 3 classes"):
         conform(hot)
     assert conform(hot, class_names=["a", "b", "c"])["labels"] == [[1, 2], [0]]
 
 
-@pytest.mark.parametrize("names, words", [
-    ([], "no class names"), (["a", "a"], "duplicated class names"),
-    (["background", "a"], "'background' is index 0"), ([f"c{i}" for i in range(255)],
-                                                       "at most 254")])
+@pytest.mark.parametrize(
+    "names, words",
+    [
+        ([], "no class names"),
+        (["a", "a"], "duplicated class names"),
+        (["background", "a"], "'background' is index 0"),
+        ([f"c{i}" for i in range(255)], "at most 254"),
+    ],
+)
 def test_class_names_are_checked(names, words):
     ds = datasets.Dataset.from_dict({"image": image_rows(1), "labels": [["a"]]})
     with pytest.raises(ValueError, match=words):

@@ -6,8 +6,14 @@ import torch
 from torchvision import tv_tensors
 
 from agen_hf.data import load_voc
-from agen_hf.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, collate, eval_transform,
-                                     train_transform, with_transforms)
+from agen_hf.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    collate,
+    eval_transform,
+    train_transform,
+    with_transforms,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BLOCK = 16
@@ -32,8 +38,10 @@ def decode_blocks(pixel_values):
 
 
 def run(transform, image, mask):
-    return transform(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
-                     tv_tensors.Mask(torch.from_numpy(mask)))
+    return transform(
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+        tv_tensors.Mask(torch.from_numpy(mask)),
+    )
 
 
 def test_train_transform_keeps_image_and_mask_aligned():
@@ -70,11 +78,21 @@ def test_eval_transform_keeps_size():
 
 
 def test_collate_pads_different_sizes():
-    samples = [{"id": "x", "pixel_values": torch.ones(3, 4, 6), "mask": torch.zeros(4, 6).long(),
-                "labels": torch.ones(20)},
-               {"id": "y", "pixel_values": torch.ones(3, 5, 3), "mask": torch.ones(5, 3).long(),
-                "labels": torch.zeros(20)},
-               {"id": "bad", "pixel_values": None, "mask": None, "labels": torch.zeros(20)}]
+    samples = [
+        {
+            "id": "x",
+            "pixel_values": torch.ones(3, 4, 6),
+            "mask": torch.zeros(4, 6).long(),
+            "labels": torch.ones(20),
+        },
+        {
+            "id": "y",
+            "pixel_values": torch.ones(3, 5, 3),
+            "mask": torch.ones(5, 3).long(),
+            "labels": torch.zeros(20),
+        },
+        {"id": "bad", "pixel_values": None, "mask": None, "labels": torch.zeros(20)},
+    ]
     batch = collate(samples)
     assert batch["pixel_values"].shape == (2, 3, 5, 6) and batch["ids"] == ["x", "y"]
     assert batch["sizes"].tolist() == [[4, 6], [5, 3]]
@@ -87,8 +105,10 @@ def test_collate_pads_different_sizes():
 def test_synthetic_through_the_training_transform(tmp_path):
     from agen_hf.data import make_synthetic
 
-    ds = with_transforms(make_synthetic(4, image_size=64, cache_dir=tmp_path),
-                         train_transform(crop_size=56, scale_range=(56, 80)))
+    ds = with_transforms(
+        make_synthetic(4, image_size=64, cache_dir=tmp_path),
+        train_transform(crop_size=56, scale_range=(56, 80)),
+    )
     batch = collate([ds[i] for i in range(4)])
     assert batch["pixel_values"].shape == (4, 3, 56, 56) and batch["labels"].shape == (4, 20)
 
@@ -124,19 +144,28 @@ def test_decompression_bombs_and_late_truncation_are_bad_samples(tmp_path, monke
         paths.append(tmp_path / f"img{i}.png")
         Image.fromarray(np.full((size[1], size[0], 3), 60 * i, np.uint8)).save(paths[-1])
     data = paths[1].read_bytes()
-    paths[1].write_bytes(data[:len(data) // 2])
+    paths[1].write_bytes(data[: len(data) // 2])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # img2 (120,000 px) > 2x the limit
     with pytest.raises(DataError, match=r"img2.png: refused as a decompression bomb"):
         decode_image(str(paths[2]))
     with pytest.raises(DataError, match=r"img1.png: truncated or corrupt image"):
         decode_image(str(paths[1]))
     ds = datasets.Dataset.from_dict(
-        {"id": ["img0", "img1", "img2"], "image": [{"path": str(p), "bytes": None} for p in paths],
-         "mask": [None] * 3, "labels": [[0]] * 3},
-        features=datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
-                                    "mask": datasets.Image(),
-                                    "labels": datasets.Sequence(datasets.ClassLabel(
-                                        names=["background", "thing"]))}))
+        {
+            "id": ["img0", "img1", "img2"],
+            "image": [{"path": str(p), "bytes": None} for p in paths],
+            "mask": [None] * 3,
+            "labels": [[0]] * 3,
+        },
+        features=datasets.Features(
+            {
+                "id": datasets.Value("string"),
+                "image": datasets.Image(),
+                "mask": datasets.Image(),
+                "labels": datasets.Sequence(datasets.ClassLabel(names=["background", "thing"])),
+            }
+        ),
+    )
     transformed = with_transforms(ds, eval_transform(), skip_bad_samples=True)
     samples = SeededSamples(transformed, seed=0)
     good = samples[0]

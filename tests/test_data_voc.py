@@ -6,13 +6,13 @@ import datasets
 import numpy as np
 import pytest
 from PIL import Image
+from voc_fixtures import BAD_CASES, make_voc
 
 from agen_hf.configuration_agen import VOC_CLASSES
 from agen_hf.data import FEATURES, VocDataError, load_voc
 from agen_hf.data.transforms import collate, eval_transform, with_transforms
 from agen_hf.data.validate import main as validate_main
 from agen_hf.data.voc import packaged_train_aug_ids
-from voc_fixtures import BAD_CASES, make_voc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -61,8 +61,9 @@ def test_labels_file_for_ids_without_masks(tmp_path):
     aug = load_voc(root, "train_aug", labels_file=labels, cache_dir=tmp_path / "c2")
     assert aug["labels"][2] == hot(6, 15) and aug[2]["mask"] is None
     labels.write_text(json.dumps({"e": [5, 14]}))  # class indices 0..19 work too
-    assert load_voc(root, "train_aug", labels_file=labels,
-                    cache_dir=tmp_path / "c3")["labels"][2] == hot(6, 15)
+    assert load_voc(root, "train_aug", labels_file=labels, cache_dir=tmp_path / "c3")["labels"][
+        2
+    ] == hot(6, 15)
 
 
 def test_packaged_train_aug_list():
@@ -130,10 +131,15 @@ def test_any_dataset_with_a_column_mapping():
     mask = np.zeros((20, 30), dtype=np.uint8)
     mask[5:10, 5:10] = 12
     foreign = datasets.Dataset.from_dict(
-        {"photo": [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))],
-         "seg": [Image.fromarray(mask)], "extra": [1]},
-        features=datasets.Features({"photo": datasets.Image(), "seg": datasets.Image(),
-                                    "extra": datasets.Value("int32")}))
+        {
+            "photo": [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))],
+            "seg": [Image.fromarray(mask)],
+            "extra": [1],
+        },
+        features=datasets.Features(
+            {"photo": datasets.Image(), "seg": datasets.Image(), "extra": datasets.Value("int32")}
+        ),
+    )
     ds = load_voc(foreign, column_mapping={"photo": "image", "seg": "mask"})
     assert ds.features == FEATURES and ds["labels"] == [hot(12)] and ds["id"] == ["0"]
     with pytest.raises(ValueError, match="no 'image' column"):
@@ -150,8 +156,7 @@ def test_real_voc_sample_labels_match_cls_labels(tmp_path):
         for sid, labels in zip(ds["id"], ds["labels"]):
             assert labels == hot(*[VOC_CLASSES.index(n) for n in names[sid]]), sid
     all_labels = json.loads((SHARED / "voc12_image_labels.json").read_text())
-    assert all(l == sorted(all_labels[s])
-               for s, l in zip(ds["id"], ds["labels"]))
+    assert all(l == sorted(all_labels[s]) for s, l in zip(ds["id"], ds["labels"]))
 
 
 @pytest.mark.skipif(not (SHARED / "voc_val_masks").is_dir(), reason="../shared/data not present")
@@ -160,9 +165,11 @@ def test_real_val_masks_have_valid_values():
     from agen_hf.data.schema import label_ids_from_mask
 
     folder = SHARED / "voc_val_masks" / "SegmentationClassAug"
-    ids = (SHARED / "voc_val_masks" / "val.txt").read_text().split() \
-        if (SHARED / "voc_val_masks" / "val.txt").exists() else \
-        (folder / "val.txt").read_text().split()
+    ids = (
+        (SHARED / "voc_val_masks" / "val.txt").read_text().split()
+        if (SHARED / "voc_val_masks" / "val.txt").exists()
+        else (folder / "val.txt").read_text().split()
+    )
     assert len(ids) == 1449
     all_labels = json.loads((SHARED / "voc12_image_labels.json").read_text())
     for sid in ids[:200]:
@@ -178,22 +185,29 @@ def test_common_column_names_are_recognised_and_flags_map_the_rest():
     mask = np.zeros((20, 30), dtype=np.uint8)
     mask[2:8, 2:8] = 3
     image = Image.fromarray(np.full((20, 30, 3), 90, dtype=np.uint8))
-    for image_name, mask_name in (("pixel_values", "label"), ("image", "annotation"),
-                                  ("img", "segmentation")):
+    for image_name, mask_name in (
+        ("pixel_values", "label"),
+        ("image", "annotation"),
+        ("img", "segmentation"),
+    ):
         ds = datasets.Dataset.from_dict(
             {image_name: [image], mask_name: [Image.fromarray(mask)]},
-            features=datasets.Features({image_name: datasets.Image(),
-                                        mask_name: datasets.Image()}))
+            features=datasets.Features({image_name: datasets.Image(), mask_name: datasets.Image()}),
+        )
         out = load_voc(ds)
         assert out.features == FEATURES and out["labels"] == [hot(3)], (image_name, mask_name)
     classification = datasets.Dataset.from_dict(
         {"image": [image], "label": [3]},
-        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
     with pytest.raises(ValueError, match="needs a 'labels'"):
         load_voc(classification)
     assert column_mapping_from() is None
-    assert column_mapping_from("photo", "seg", "tags") == {"photo": "image", "seg": "mask",
-                                                            "tags": "labels"}
+    assert column_mapping_from("photo", "seg", "tags") == {
+        "photo": "image",
+        "seg": "mask",
+        "tags": "labels",
+    }
 
 
 def test_mean_iou_module_accepts_pil_maps(monkeypatch, tmp_path):
@@ -207,12 +221,17 @@ def test_mean_iou_module_accepts_pil_maps(monkeypatch, tmp_path):
     pred = np.array([[0, 1, 2], [2, 2, 0]], dtype=np.uint8)
     palette = Image.fromarray(ref, mode="P")
     arrays = metric.compute(predictions=[pred], references=[ref], num_labels=3, ignore_index=255)
-    pil = metric.compute(predictions=[Image.fromarray(pred)], references=[palette],
-                         num_labels=3, ignore_index=255)
+    pil = metric.compute(
+        predictions=[Image.fromarray(pred)], references=[palette], num_labels=3, ignore_index=255
+    )
     # by hand: class 0 1/1, class 1 1/2, class 2 2/3
     assert pil["mean_iou"] == pytest.approx((1 + 0.5 + 2 / 3) / 3) == arrays["mean_iou"]
     metric.add_batch(predictions=[Image.fromarray(pred)], references=[palette])
     assert metric.compute(num_labels=3, ignore_index=255)["mean_iou"] == pil["mean_iou"]
     with pytest.raises(ValueError, match=r"predictions\[0\]: a class-index map has one channel"):
-        metric.compute(predictions=[Image.new("RGB", (3, 2))], references=[palette],
-                       num_labels=3, ignore_index=255)
+        metric.compute(
+            predictions=[Image.new("RGB", (3, 2))],
+            references=[palette],
+            num_labels=3,
+            ignore_index=255,
+        )

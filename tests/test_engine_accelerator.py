@@ -6,24 +6,43 @@ import torch
 from agen_hf.engine import accelerator as acc
 
 
-@pytest.mark.parametrize("units, speedup, expected", [
-    ({"_is_amx_tile_supported": True, "_is_avx512_bf16_supported": True}, None, ("bf16", "AMX")),
-    # AVX512-BF16 without AMX: measured; 0.49x on one machine (fp32), 2.3x on another (bf16)
-    ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True}, 0.49,
-     ("no", "AVX512-BF16 but no AMX, and bf16 matrix products measured 0.49x")),
-    ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True}, 2.3,
-     ("bf16", "AVX512-BF16, no AMX: bf16 matrix products measured 2.30x")),
-    ({"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": False}, None,
-     ("no", "no native")),
-])
+@pytest.mark.parametrize(
+    "units, speedup, expected",
+    [
+        (
+            {"_is_amx_tile_supported": True, "_is_avx512_bf16_supported": True},
+            None,
+            ("bf16", "AMX"),
+        ),
+        # AVX512-BF16 without AMX: measured; 0.49x on one machine (fp32), 2.3x on another (bf16)
+        (
+            {"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True},
+            0.49,
+            ("no", "AVX512-BF16 but no AMX, and bf16 matrix products measured 0.49x"),
+        ),
+        (
+            {"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": True},
+            2.3,
+            ("bf16", "AVX512-BF16, no AMX: bf16 matrix products measured 2.30x"),
+        ),
+        (
+            {"_is_amx_tile_supported": False, "_is_avx512_bf16_supported": False},
+            None,
+            ("no", "no native"),
+        ),
+    ],
+)
 def test_auto_picks_bf16_only_where_it_pays(monkeypatch, units, speedup, expected):
     for name, value in units.items():
         monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
     measured = []
     monkeypatch.setattr(acc, "bf16_gemm_speedup", lambda: measured.append(1) or speedup)
     precision, note = acc.resolve_mixed_precision("auto", on_cpu=True)
-    assert precision == expected[0] and expected[1] in note and note.startswith(
-        "--mixed_precision auto:")
+    assert (
+        precision == expected[0]
+        and expected[1] in note
+        and note.startswith("--mixed_precision auto:")
+    )
     assert len(measured) == (speedup is not None)  # measured only where flags cannot tell
 
 
@@ -36,7 +55,9 @@ def test_auto_on_a_gpu_follows_its_bf16_support(monkeypatch):
     assert acc.resolve_mixed_precision("auto", on_cpu=False)[0] == "no"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert acc.resolve_mixed_precision("auto", on_cpu=False) == (
-        "bf16", "--mixed_precision auto: bf16 autocast (GPU with bf16)")
+        "bf16",
+        "--mixed_precision auto: bf16 autocast (GPU with bf16)",
+    )
 
 
 @pytest.mark.parametrize("value", [None, "no", "fp16", "bf16"])
@@ -63,13 +84,27 @@ def test_processes_that_measure_take_one_decision(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     script = tmp_path / "agree.py"
-    script.write_text("import os\nfrom agen_hf.engine.accelerator import slowest_of_processes\n"
-                      "rank = int(os.environ['RANK'])\n"
-                      "print(f'rank {rank}: {slowest_of_processes([2.5, 1.1][rank])}')\n")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                           "2", "--master_port", str(free_port()), str(script)],
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
-                          capture_output=True, text=True, timeout=120)
+    script.write_text(
+        "import os\nfrom agen_hf.engine.accelerator import slowest_of_processes\n"
+        "rank = int(os.environ['RANK'])\n"
+        "print(f'rank {rank}: {slowest_of_processes([2.5, 1.1][rank])}')\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(script),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank 0: 1.1" in proc.stdout and "rank 1: 1.1" in proc.stdout
     assert acc.slowest_of_processes(2.5) == 2.5  # one process: its own figure

@@ -32,8 +32,10 @@ def reference(model_dir, voc_root, ids, scales=(1.0,), flip=False):
     """Segment each val image with ``segment``, score with the Hub algorithm."""
     model = AgenModel.from_pretrained(model_dir)
     proc = AgenImageProcessor.from_pretrained(model_dir)
-    preds = [segment(model, Image.open(voc_root / "JPEGImages" / f"{i}.jpg"), proc, scales, flip)
-             for i in ids]
+    preds = [
+        segment(model, Image.open(voc_root / "JPEGImages" / f"{i}.jpg"), proc, scales, flip)
+        for i in ids
+    ]
     refs = [np.array(Image.open(voc_root / "SegmentationClass" / f"{i}.png")) for i in ids]
     return hub_mean_iou(preds, refs, 21, 255)
 
@@ -41,8 +43,20 @@ def reference(model_dir, voc_root, ids, scales=(1.0,), flip=False):
 @pytest.mark.parametrize("tta", [[], ["--scales", "0.5", "1", "1.5", "--flip"]])
 def test_eval_equals_segmenting_each_image_and_scoring_it(model_dir, voc, tmp_path, capsys, tta):
     out = tmp_path / "eval.json"
-    result = eval_voc["main"](["--model", str(model_dir), "--voc_root", str(voc), "--cpu",
-                               "--num_workers", "0", "--output", str(out), *tta])
+    result = eval_voc["main"](
+        [
+            "--model",
+            str(model_dir),
+            "--voc_root",
+            str(voc),
+            "--cpu",
+            "--num_workers",
+            "0",
+            "--output",
+            str(out),
+            *tta,
+        ]
+    )
     expected = reference(model_dir, voc, ["c", "d"], *(((0.5, 1, 1.5), True) if tta else ()))
     saved = json.loads(out.read_text())
     assert saved["num_images"] == 2 and saved["flip"] == bool(tta)
@@ -59,9 +73,24 @@ def test_eval_equals_segmenting_each_image_and_scoring_it(model_dir, voc, tmp_pa
 
 def test_eval_with_crf_and_bad_arguments(model_dir, voc, tmp_path):
     pytest.importorskip("pydensecrf.densecrf")
-    result = eval_voc["main"](["--model", str(model_dir), "--voc_root", str(voc), "--cpu",
-                               "--num_workers", "0", "--crf", "--crf_processes", "0",
-                               "--crf_iterations", "3", "--output", str(tmp_path / "e.json")])
+    result = eval_voc["main"](
+        [
+            "--model",
+            str(model_dir),
+            "--voc_root",
+            str(voc),
+            "--cpu",
+            "--num_workers",
+            "0",
+            "--crf",
+            "--crf_processes",
+            "0",
+            "--crf_iterations",
+            "3",
+            "--output",
+            str(tmp_path / "e.json"),
+        ]
+    )
     assert result["crf"] and result["crf_params"]["iterations"] == 3
     assert 0 <= result["mean_iou"] <= 1
     with pytest.raises(SystemExit):
@@ -72,10 +101,22 @@ def test_eval_with_crf_and_bad_arguments(model_dir, voc, tmp_path):
     for m in moved:
         m.rename(m.with_suffix(".bak"))
     try:
-        with pytest.raises(SystemExit, match="(?s)b.jpg: no mask .*every image of the 'test' split "
-                                             "needs one"):
-            eval_voc["main"](["--model", str(model_dir), "--voc_root", str(voc), "--cpu",
-                              "--split", "test", "--num_workers", "0"])
+        with pytest.raises(
+            SystemExit, match="(?s)b.jpg: no mask .*every image of the 'test' split needs one"
+        ):
+            eval_voc["main"](
+                [
+                    "--model",
+                    str(model_dir),
+                    "--voc_root",
+                    str(voc),
+                    "--cpu",
+                    "--split",
+                    "test",
+                    "--num_workers",
+                    "0",
+                ]
+            )
     finally:
         for m in moved:
             m.with_suffix(".bak").rename(m)
@@ -88,10 +129,25 @@ def test_two_gloo_processes_give_the_same_numbers(model_dir, voc, tmp_path):
     args = ["--model", str(model_dir), "--voc_root", str(voc), "--num_workers", "0"]
     eval_voc["main"](args + ["--cpu", "--output", str(one)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), str(ROOT / "recipes/eval_voc.py"),
-                           *args, "--output", str(two)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(ROOT / "recipes/eval_voc.py"),
+            *args,
+            "--output",
+            str(two),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["processes"] == 2 and a["processes"] == 1
@@ -99,13 +155,26 @@ def test_two_gloo_processes_give_the_same_numbers(model_dir, voc, tmp_path):
 
 
 def test_visualize_writes_both_figures(model_dir, voc, tmp_path):
-    paths = visualize["main"](["--model", str(model_dir), "--voc_root", str(voc), "--ids", "d",
-                               "c", "--cell", "40", "--out", str(tmp_path)])
+    paths = visualize["main"](
+        [
+            "--model",
+            str(model_dir),
+            "--voc_root",
+            str(voc),
+            "--ids",
+            "d",
+            "c",
+            "--cell",
+            "40",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     fig4, fig5 = (Image.open(p) for p in paths)
     assert fig4.size == (8 * 44 + 4, 16 + 2 * 44 + 4)
     assert fig5.size == (3 * 44 + 4, 16 + 2 * 44 + 4)
     # row 1 is image d: its ground truth (class 20, tv monitor) is drawn in its colour
-    gt = np.array(fig5)[16 + 4: 16 + 44, 48:88]
+    gt = np.array(fig5)[16 + 4 : 16 + 44, 48:88]
     assert (gt.reshape(-1, 3) == [0, 64, 128]).all(axis=1).any()
     with pytest.raises(SystemExit, match="zzz not in the val split"):
         visualize["main"](["--model", str(model_dir), "--voc_root", str(voc), "--ids", "zzz"])
@@ -117,21 +186,45 @@ def test_the_real_voc_sample_end_to_end(model_dir, tmp_path):
     scored = 0
     for split in ("train", "val"):  # 4 + 7: all 11 real images
         ids = (SAMPLE / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
-        result = eval_voc["main"](["--model", str(model_dir), "--voc_root", str(SAMPLE), "--cpu",
-                                   "--split", split, "--num_workers", "0", "--output",
-                                   str(tmp_path / f"{split}.json")])
+        result = eval_voc["main"](
+            [
+                "--model",
+                str(model_dir),
+                "--voc_root",
+                str(SAMPLE),
+                "--cpu",
+                "--split",
+                split,
+                "--num_workers",
+                "0",
+                "--output",
+                str(tmp_path / f"{split}.json"),
+            ]
+        )
         assert result["num_images"] == len(ids)
         expected = reference(model_dir, SAMPLE, ids)
         assert result["mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-12)
         scored += len(ids)
     assert scored == 11
-    report = predict["main"](["--model", str(model_dir), "--images", str(SAMPLE / "JPEGImages"),
-                              "--out", str(tmp_path / "pred"), "--num_workers", "0", "--cpu"])
+    report = predict["main"](
+        [
+            "--model",
+            str(model_dir),
+            "--images",
+            str(SAMPLE / "JPEGImages"),
+            "--out",
+            str(tmp_path / "pred"),
+            "--num_workers",
+            "0",
+            "--cpu",
+        ]
+    )
     jpegs = sorted((SAMPLE / "JPEGImages").glob("*.jpg"))
     assert report == {"written": len(jpegs), "failed": {}}
     for jpg in jpegs:
         mask = Image.open(tmp_path / "pred" / "masks" / f"{jpg.stem}.png")
         assert mask.mode == "P" and mask.size == Image.open(jpg).size
-    visualize["main"](["--model", str(model_dir), "--voc_root", str(SAMPLE), "--out",
-                       str(tmp_path / "figs")])
+    visualize["main"](
+        ["--model", str(model_dir), "--voc_root", str(SAMPLE), "--out", str(tmp_path / "figs")]
+    )
     assert (tmp_path / "figs" / "fig5_segmentation.png").is_file()

@@ -23,8 +23,13 @@ from agen_hf.engine.checkpointing import checkpoint_problem, safetensors_problem
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("hf-cache")
-    return {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "HF_DATASETS_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -37,12 +42,18 @@ def start(args, env, patch=""):
     script = textwrap.dedent(f"""
         import runpy, sys
         sys.path.insert(0, {str(ROOT)!r})
-        {textwrap.indent(textwrap.dedent(patch), '        ').strip()}
+        {textwrap.indent(textwrap.dedent(patch), "        ").strip()}
         sys.argv = [{str(RECIPE)!r}] + {list(map(str, args))!r}
         runpy.run_path({str(RECIPE)!r}, run_name="__main__")
     """)
-    return subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_steps(out: Path, steps: int, proc, timeout: float = 300) -> None:
@@ -52,21 +63,24 @@ def wait_for_steps(out: Path, steps: int, proc, timeout: float = 300) -> None:
         if path.is_file() and len(path.read_text().splitlines()) >= steps:
             return
         if proc.poll() is not None:
-            raise AssertionError(f"exited {proc.returncode} before step {steps}:\n"
-                                 f"{proc.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"exited {proc.returncode} before step {steps}:\n{proc.stderr.read()[-3000:]}"
+            )
         time.sleep(0.02)
     raise AssertionError(f"no step {steps} within {timeout} s")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_preempted_run_checkpoints_exits_75_and_the_same_command_resumes_it_exactly(
-        tmp_path, env, sig):
+    tmp_path, env, sig
+):
     """21.1 and 21.8: a signal at a random step (epoch-end checkpoints only, 4 steps an
     epoch): the step in progress finishes, is checkpointed, the exit status is 75; rerunning
     the very same command (--resume_from_checkpoint auto) ends bit-identical to an unbroken
     run, with each step logged once. ``auto`` starts the first run fresh."""
-    args = lambda out: base_args(out, steps=12, extra=["--resume_from_checkpoint", "auto",
-                                                       "--eval_every_epochs", "0"])
+    args = lambda out: base_args(
+        out, steps=12, extra=["--resume_from_checkpoint", "auto", "--eval_every_epochs", "0"]
+    )
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     run(args(straight), env)
     at = random.Random(sig).randint(2, 7)
@@ -112,34 +126,58 @@ def test_a_run_owns_its_folder(tmp_path, env):
     from an older checkpoint are refused, naming what; --overwrite_output_dir and
     --allow_schedule_change say what they did."""
     out = tmp_path / "run"
-    run(base_args(out, steps=8, extra=["--checkpointing_steps", "2",
-                                       "--checkpoints_total_limit", "none"]), env)
+    run(
+        base_args(
+            out, steps=8, extra=["--checkpointing_steps", "2", "--checkpoints_total_limit", "none"]
+        ),
+        env,
+    )
     assert len(list(out.glob("checkpoint-*"))) == 4  # none: every checkpoint kept
     proc = run(base_args(out, steps=8), env, check=False)
     assert proc.returncode == 1
-    assert "holds checkpoints checkpoint-2, checkpoint-4, checkpoint-6, checkpoint-8" \
-        in proc.stderr and "--overwrite_output_dir" in proc.stderr
-    proc = run(base_args(out, steps=8, batch=2) + ["--resume_from_checkpoint", "auto"], env,
-               check=False)
+    assert (
+        "holds checkpoints checkpoint-2, checkpoint-4, checkpoint-6, checkpoint-8" in proc.stderr
+        and "--overwrite_output_dir" in proc.stderr
+    )
+    proc = run(
+        base_args(out, steps=8, batch=2) + ["--resume_from_checkpoint", "auto"], env, check=False
+    )
     assert proc.returncode == 1 and "belongs to another run" in proc.stderr
     assert "per_device_train_batch_size: checkpoint 4, now 2" in proc.stderr
     assert "steps_per_epoch: checkpoint 4, now 8" in proc.stderr
-    proc = run(base_args(out, steps=8, extra=["--seed", "7", "--resume_from_checkpoint",
-                                              "auto"]), env, check=False)
+    proc = run(
+        base_args(out, steps=8, extra=["--seed", "7", "--resume_from_checkpoint", "auto"]),
+        env,
+        check=False,
+    )
     assert proc.returncode == 1 and "seed: checkpoint 42, now 7" in proc.stderr
-    proc = run(base_args(out, steps=8, extra=["--resume_from_checkpoint",
-                                              str(out / "checkpoint-4")]), env, check=False)
-    assert proc.returncode == 1 and "holds checkpoints checkpoint-6, checkpoint-8 of a " \
-        "later run" in proc.stderr
+    proc = run(
+        base_args(out, steps=8, extra=["--resume_from_checkpoint", str(out / "checkpoint-4")]),
+        env,
+        check=False,
+    )
+    assert (
+        proc.returncode == 1
+        and "holds checkpoints checkpoint-6, checkpoint-8 of a later run" in proc.stderr
+    )
     # a longer schedule: refused, then accepted with the flag, and said so
-    proc = run(base_args(out, steps=10, extra=["--resume_from_checkpoint", "auto"]), env,
-               check=False)
-    assert "max_steps: checkpoint 8, now 10" in proc.stderr and \
-        "--allow_schedule_change accepts" in proc.stderr
-    proc = run(base_args(out, steps=10, extra=["--resume_from_checkpoint", "auto",
-                                               "--allow_schedule_change"]), env)
-    assert "with a changed schedule (--allow_schedule_change): max_steps: checkpoint 8, " \
+    proc = run(
+        base_args(out, steps=10, extra=["--resume_from_checkpoint", "auto"]), env, check=False
+    )
+    assert (
+        "max_steps: checkpoint 8, now 10" in proc.stderr
+        and "--allow_schedule_change accepts" in proc.stderr
+    )
+    proc = run(
+        base_args(
+            out, steps=10, extra=["--resume_from_checkpoint", "auto", "--allow_schedule_change"]
+        ),
+        env,
+    )
+    assert (
+        "with a changed schedule (--allow_schedule_change): max_steps: checkpoint 8, "
         "now 10" in proc.stderr
+    )
     assert [r["step"] for r in log(out)] == list(range(1, 11))
     proc = run(base_args(out, steps=3, extra=["--overwrite_output_dir"]), env)
     assert "--overwrite_output_dir: deleted checkpoint-" in proc.stderr
@@ -160,15 +198,18 @@ def test_a_second_writer_is_stopped_naming_the_first(tmp_path, env):
             return _step(*a, **k)
         loop.training_step = slow_step
     """
-    args = base_args(out, steps=8, extra=["--checkpointing_steps", "1",
-                                          "--resume_from_checkpoint", "auto"])
+    args = base_args(
+        out, steps=8, extra=["--checkpointing_steps", "1", "--resume_from_checkpoint", "auto"]
+    )
     first = start(args, env, patch=slow)
     try:
         wait_for_steps(out, 1, first)
         proc = run(args, env, check=False)
         assert proc.returncode == 1
-        assert f"is being written by another run: pid {first.pid} on host " \
-               f"{socket.gethostname()}" in proc.stderr
+        assert (
+            f"is being written by another run: pid {first.pid} on host "
+            f"{socket.gethostname()}" in proc.stderr
+        )
         assert first.poll() is None
     finally:
         first.kill()
@@ -193,13 +234,20 @@ def test_a_truncated_checkpoint_is_reported_and_skipped(tmp_path, env):
     with open(weights, "r+b") as f:
         f.truncate(size // 2)
     (out / "model.safetensors").unlink()
-    proc = run(args(out) + ["--resume_from_checkpoint", str(out / "checkpoint-8")], env,
-               check=False)
-    assert proc.returncode == 1 and f"{out / 'checkpoint-8'}: not a complete checkpoint " \
-        f"(model.safetensors has {size // 2} bytes, {size} were written)" in proc.stderr
+    proc = run(
+        args(out) + ["--resume_from_checkpoint", str(out / "checkpoint-8")], env, check=False
+    )
+    assert (
+        proc.returncode == 1
+        and f"{out / 'checkpoint-8'}: not a complete checkpoint "
+        f"(model.safetensors has {size // 2} bytes, {size} were written)"
+        in proc.stderr
+    )
     proc = run(args(out) + ["--resume_from_checkpoint", "auto"], env)
-    assert f"skipping broken checkpoint {out / 'checkpoint-8'}: model.safetensors has" \
-        in proc.stderr and f"resumed from {out / 'checkpoint-6'}" in proc.stderr
+    assert (
+        f"skipping broken checkpoint {out / 'checkpoint-8'}: model.safetensors has" in proc.stderr
+        and f"resumed from {out / 'checkpoint-6'}" in proc.stderr
+    )
     assert same_weights(straight, out)
     assert checkpoint_problem(out / "checkpoint-8") is None  # written again
 
@@ -241,8 +289,12 @@ def test_a_kill_during_the_final_save_leaves_the_previous_model_whole(tmp_path, 
         import agen_hf.engine.saving as saving
         saving.replace_files = die
     """
-    proc = run(base_args(out, steps=3, extra=["--overwrite_output_dir"]), env,
-               patch=die_in_final_save, check=False)
+    proc = run(
+        base_args(out, steps=3, extra=["--overwrite_output_dir"]),
+        env,
+        patch=die_in_final_save,
+        check=False,
+    )
     assert proc.returncode == -9
     assert (out / "model.safetensors").read_bytes() == before
     AgenModel.from_pretrained(out)
@@ -272,15 +324,17 @@ def test_a_non_finite_gradient_is_skipped_never_applied(tmp_path, env):
     weights = load_file(out / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     out = tmp_path / "all"
-    proc = run(base_args(out, steps=6, extra=["--max_nonfinite_steps", "3",
-                                              "--max_grad_norm", "1"]), env,
-               patch="BAD = set(range(100))\n" + textwrap.dedent(nan_grad_at), check=False)
+    proc = run(
+        base_args(out, steps=6, extra=["--max_nonfinite_steps", "3", "--max_grad_norm", "1"]),
+        env,
+        patch="BAD = set(range(100))\n" + textwrap.dedent(nan_grad_at),
+        check=False,
+    )
     assert proc.returncode == 1 and "3 non-finite losses in a row" in proc.stderr
     assert not list(out.glob("checkpoint-*"))  # nothing non-finite was checkpointed
 
 
-def test_a_bad_image_under_two_gloo_processes_is_replaced_the_same_way_every_time(tmp_path,
-                                                                                env):
+def test_a_bad_image_under_two_gloo_processes_is_replaced_the_same_way_every_time(tmp_path, env):
     """21.5: a truncated PNG in a user's folder, 2 gloo processes, --skip_bad_samples: every
     batch keeps its size (the bad image is replaced by a deterministic substitute), the run
     finishes, reports the replacement with exit 3, and a rerun equals it bit for bit."""
@@ -288,38 +342,61 @@ def test_a_bad_image_under_two_gloo_processes_is_replaced_the_same_way_every_tim
 
     photos = make_folder(tmp_path / "photos", n=10)
     data = (photos / "img03.png").read_bytes()
-    (photos / "img03.png").write_bytes(data[:len(data) // 2])
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(ROOT / "launch" / "cpu_ddp_2proc.yaml")]
+    (photos / "img03.png").write_bytes(data[: len(data) // 2])
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "launch" / "cpu_ddp_2proc.yaml"),
+    ]
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        args = ["--train_dir", str(photos), "--model_config", "tiny", "--max_train_steps", "6",
-                "--per_device_train_batch_size", "2", "--num_workers", "0", "--deterministic",
-                "--boundary_crf", "torch", "--skip_bad_samples", "--output_dir", str(out)]
-        proc = run(args, env, launcher=[*launcher, "--main_process_port", str(free_port())],
-                   check=False)
+        args = [
+            "--train_dir",
+            str(photos),
+            "--model_config",
+            "tiny",
+            "--max_train_steps",
+            "6",
+            "--per_device_train_batch_size",
+            "2",
+            "--num_workers",
+            "0",
+            "--deterministic",
+            "--boundary_crf",
+            "torch",
+            "--skip_bad_samples",
+            "--output_dir",
+            str(out),
+        ]
+        proc = run(
+            args, env, launcher=[*launcher, "--main_process_port", str(free_port())], check=False
+        )
         # each process exits 3 once everything is saved; the launcher (torchrun) turns that
         # into 1, names the first, and may SIGTERM the other on its way out
         assert proc.returncode == 1 and "exitcode  : 3" in proc.stderr, proc.stderr[-3000:]
-        assert "img03.png" in proc.stderr and "bad training samples were replaced" in \
-            proc.stdout
+        assert "img03.png" in proc.stderr and "bad training samples were replaced" in proc.stdout
         assert [r["step"] for r in log(out)] == list(range(1, 7))
         assert json.loads((out / "eval_results.json").read_text())["bad_samples_replaced"] >= 1
     assert same_weights(*outs)
     assert [r["loss"] for r in log(outs[0])] == [r["loss"] for r in log(outs[1])]
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--checkpoints_total_limit", "0", "must be >= 1, got 0"),
-    ("--checkpoints_total_limit", "-1", "must be >= 1, got -1"),
-    ("--max_train_steps", "0", "must be >= 1, got 0"),
-    ("--per_device_train_batch_size", "0", "must be >= 1, got 0"),
-    ("--gradient_accumulation_steps", "-2", "must be >= 1, got -2"),
-    ("--learning_rate", "-0.1", "must be >= 0.0, got -0.1"),
-    ("--momentum", "1.5", "must be >= 0.0 and < 1.0, got 1.5"),
-    ("--num_workers", "-1", "must be >= 0, got -1"),
-    ("--synthetic_image_size", "8", "must be >= 16, got 8"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--checkpoints_total_limit", "0", "must be >= 1, got 0"),
+        ("--checkpoints_total_limit", "-1", "must be >= 1, got -1"),
+        ("--max_train_steps", "0", "must be >= 1, got 0"),
+        ("--per_device_train_batch_size", "0", "must be >= 1, got 0"),
+        ("--gradient_accumulation_steps", "-2", "must be >= 1, got -2"),
+        ("--learning_rate", "-0.1", "must be >= 0.0, got -0.1"),
+        ("--momentum", "1.5", "must be >= 0.0 and < 1.0, got 1.5"),
+        ("--num_workers", "-1", "must be >= 0, got -1"),
+        ("--synthetic_image_size", "8", "must be >= 16, got 8"),
+    ],
+)
 def test_invalid_numbers_are_refused_at_start(flag, value, message, capsys, tmp_path):
     """21.7: on the command line and in a --config file alike."""
     import runpy

@@ -7,8 +7,15 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from agen_hf import (AgenConfig, AgenImageProcessor, AgenModel, AgenOutput, BatchFeature,
-                     segment, segmentation_probabilities)
+from agen_hf import (
+    AgenConfig,
+    AgenImageProcessor,
+    AgenModel,
+    AgenOutput,
+    BatchFeature,
+    segment,
+    segmentation_probabilities,
+)
 from agen_hf.image_processing import rgb_array, upsample_argmax
 
 
@@ -38,11 +45,12 @@ def test_every_image_mode_becomes_8bit_rgb():
     assert np.array_equal(rgb_array(Image.fromarray(gray)), np.stack([gray] * 3, -1))
     rgba = np.concatenate([rgb, np.zeros((7, 9, 1), np.uint8)], -1)
     assert np.array_equal(rgb_array(Image.fromarray(rgba, "RGBA")), rgb)  # alpha dropped
-    sixteen = (gray.astype(np.uint16) * 257)
+    sixteen = gray.astype(np.uint16) * 257
     assert np.array_equal(rgb_array(Image.fromarray(sixteen)), np.stack([gray] * 3, -1))
     assert Image.fromarray(sixteen).mode.startswith("I;16")
-    assert np.array_equal(rgb_array(Image.fromarray(sixteen.astype(np.int32))),
-                          np.stack([gray] * 3, -1))  # mode "I"
+    assert np.array_equal(
+        rgb_array(Image.fromarray(sixteen.astype(np.int32))), np.stack([gray] * 3, -1)
+    )  # mode "I"
     floats = Image.fromarray(gray.astype(np.float32) / 255)
     assert np.array_equal(rgb_array(floats)[..., 0], gray)
     cmyk = Image.fromarray(rgb).convert("CMYK")
@@ -84,8 +92,9 @@ def test_preprocess_pads_to_the_output_stride_and_shrinks_large_images():
     assert (out["pixel_values"][0, :, 10:, :] == 0).all()
     assert (out["pixel_values"][0, :, :, 13:] == 0).all()
     black = -torch.tensor(proc.image_mean) / torch.tensor(proc.image_std)
-    assert torch.allclose(out["pixel_values"][1, :, :64, :43],
-                          black.view(3, 1, 1).expand(3, 64, 43))
+    assert torch.allclose(
+        out["pixel_values"][1, :, :64, :43], black.view(3, 1, 1).expand(3, 64, 43)
+    )
     assert (out["pixel_values"][1, :, :, 43:] == 0).all()
     # one image is a batch of one; __call__ is preprocess
     assert torch.equal(proc(small)["pixel_values"], out["pixel_values"][:1, :, :16, :16])
@@ -129,15 +138,18 @@ def test_the_model_runs_on_the_processor_output():
     model = AgenModel(AgenConfig.tiny()).eval()
     proc = AgenImageProcessor()
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)),
-              Image.fromarray(rng.integers(0, 256, (20, 60, 3), dtype=np.uint8))]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (20, 60, 3), dtype=np.uint8)),
+    ]
     inputs = proc(images, return_tensors="pt")
     assert inputs.pixel_values.shape == (2, 3, 40, 64)
     with torch.no_grad():
         outputs = model(**inputs)
     assert outputs.logits.shape == (2, 21, 5, 8)
     labels = proc.post_process_semantic_segmentation(
-        outputs, target_sizes=[im.size[::-1] for im in images])
+        outputs, target_sizes=[im.size[::-1] for im in images]
+    )
     assert [tuple(m.shape) for m in labels] == [(37, 45), (20, 60)]
     assert all(m.dtype == torch.int64 for m in labels)
 
@@ -183,19 +195,19 @@ def slow_multi_scale(model, x, scales, flip):
     for s in scales:
         hs, ws = max(1, round(h * s)), max(1, round(w * s))
         xs = F.interpolate(x, size=(hs, ws), mode="bilinear", align_corners=False)
-        for flipped in ([False, True] if flip else [False]):
+        for flipped in [False, True] if flip else [False]:
             inp = xs.flip(-1) if flipped else xs
             hp, wp = -(-hs // 8) * 8, -(-ws // 8) * 8
             padded = torch.zeros(1, 3, hp, wp)
             padded[..., :hs, :ws] = inp
             logits = model(padded, segmentation_only=True).logits
-            logits = F.interpolate(logits, size=(hp, wp), mode="bilinear",
-                                   align_corners=False)[..., :hs, :ws]
+            logits = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=False)[
+                ..., :hs, :ws
+            ]
             if flipped:
                 logits = logits.flip(-1)
             probs = logits.softmax(1)
-            total = total + F.interpolate(probs, size=(h, w), mode="bilinear",
-                                          align_corners=False)
+            total = total + F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
             passes += 1
     return total / passes
 
@@ -216,8 +228,10 @@ def test_segment_returns_maps_at_the_original_size():
     model = PixelModel(3, symmetric=True)
     proc = AgenImageProcessor(max_size=32)
     rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-              for h, w in ((10, 10), (90, 120))]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((10, 10), (90, 120))
+    ]
     one = segment(model, images[1], proc)
     both = segment(model, images, proc)
     assert one.shape == (90, 120) and one.dtype == np.uint8
@@ -228,8 +242,9 @@ def test_segment_returns_maps_at_the_original_size():
     agen = AgenModel(AgenConfig.tiny(image_mean=(0.5, 0.5, 0.5))).eval()
     own = AgenImageProcessor(image_mean=(0.5, 0.5, 0.5), image_std=agen.config.image_std)
     assert np.array_equal(segment(agen, images[1]), segment(agen, images[1], own))
-    assert not np.array_equal(segment(agen, images[1]),
-                              segment(agen, images[1], AgenImageProcessor()))
+    assert not np.array_equal(
+        segment(agen, images[1]), segment(agen, images[1], AgenImageProcessor())
+    )
 
 
 def test_post_process_with_target_sizes_equals_segment():
@@ -237,14 +252,17 @@ def test_post_process_with_target_sizes_equals_segment():
     of a pixel-wise model, whose content logits do not depend on the batch's padding."""
     proc = AgenImageProcessor(max_size=48)
     rng = np.random.default_rng(2)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-              for h, w in ((37, 29), (90, 120), (13, 46))]  # 90 x 120 is shrunk to 36 x 48
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((37, 29), (90, 120), (13, 46))
+    ]  # 90 x 120 is shrunk to 36 x 48
     model = AgenModel(AgenConfig.tiny()).eval()
     for image in images:
         with torch.no_grad():
             outputs = model(**proc(image))
         (labels,) = proc.post_process_semantic_segmentation(
-            outputs, target_sizes=[image.size[::-1]])
+            outputs, target_sizes=[image.size[::-1]]
+        )
         assert labels.shape == image.size[::-1] and labels.dtype == torch.int64
         expected = segment(model, image, proc)
         assert len(np.unique(expected)) > 1
@@ -252,7 +270,8 @@ def test_post_process_with_target_sizes_equals_segment():
 
     pixel = PixelModel(3, symmetric=False)
     labels = proc.post_process_semantic_segmentation(
-        pixel(**proc(images)), target_sizes=[im.size[::-1] for im in images])
+        pixel(**proc(images)), target_sizes=[im.size[::-1] for im in images]
+    )
     assert pixel.seen == [(3, 3, 40, 48)]  # one batch, padded to the largest content
     for got, image in zip(labels, images):
         assert np.array_equal(got.numpy(), segment(pixel, image, proc))
@@ -261,30 +280,35 @@ def test_post_process_with_target_sizes_equals_segment():
     inputs = proc(images[1])
     probs = segmentation_probabilities(model, inputs.pixel_values, (0.5, 1.0), flip=True)
     (labels,) = proc.post_process_semantic_segmentation(probs, target_sizes=[(90, 120)])
-    assert np.array_equal(labels.numpy(),
-                          segment(model, images[1], proc, scales=(0.5, 1.0), flip=True))
+    assert np.array_equal(
+        labels.numpy(), segment(model, images[1], proc, scales=(0.5, 1.0), flip=True)
+    )
 
 
 def test_post_process_without_target_sizes_is_the_argmax_at_the_logits_resolution():
     model = AgenModel(AgenConfig.tiny()).eval()
-    inputs = AgenImageProcessor()([np.zeros((37, 45, 3), np.uint8),
-                                   np.full((20, 60, 3), 255, np.uint8)])
+    inputs = AgenImageProcessor()(
+        [np.zeros((37, 45, 3), np.uint8), np.full((20, 60, 3), 255, np.uint8)]
+    )
     with torch.no_grad():
         outputs = model(**inputs)
     proc = AgenImageProcessor()
     labels = proc.post_process_semantic_segmentation(outputs)
     assert [tuple(m.shape) for m in labels] == [(5, 8), (5, 8)]
     assert torch.equal(torch.stack(labels), outputs.logits.argmax(dim=1))
-    assert torch.equal(torch.stack(proc.post_process_semantic_segmentation(
-        outputs.logits.softmax(dim=1))), outputs.logits.argmax(dim=1))
+    assert torch.equal(
+        torch.stack(proc.post_process_semantic_segmentation(outputs.logits.softmax(dim=1))),
+        outputs.logits.argmax(dim=1),
+    )
 
 
 def test_post_process_refuses_a_wrong_number_of_target_sizes_and_bad_scores():
     proc = AgenImageProcessor()
     logits = torch.zeros(2, 21, 5, 8)
     for sizes in ([(37, 45)], [(37, 45)] * 3):
-        with pytest.raises(ValueError, match=f"target_sizes: {len(sizes)} sizes for a batch "
-                                             "of 2 images"):
+        with pytest.raises(
+            ValueError, match=f"target_sizes: {len(sizes)} sizes for a batch of 2 images"
+        ):
             proc.post_process_semantic_segmentation(AgenOutput(logits=logits), sizes)
     with pytest.raises(ValueError, match="expected scores \\(B, K, h, w\\)"):
         proc.post_process_semantic_segmentation(logits[0], [(37, 45)])
@@ -314,8 +338,13 @@ def test_processor_config_travels_with_the_model(tmp_path):
     AgenModel(AgenConfig.tiny(image_mean=(0.5, 0.5, 0.5))).save_pretrained(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "preprocessor_config.json").read_text())
     assert saved["image_processor_type"] == "AgenImageProcessor"
-    assert set(saved) == {"image_processor_type", "image_mean", "image_std", "max_size",
-                          "size_divisor"}
+    assert set(saved) == {
+        "image_processor_type",
+        "image_mean",
+        "image_std",
+        "max_size",
+        "size_divisor",
+    }
     proc = AgenImageProcessor.from_pretrained(tmp_path / "m", max_size=64)
     assert proc.image_mean == (0.5, 0.5, 0.5) and proc.max_size == 64
     (tmp_path / "m" / "preprocessor_config.json").unlink()  # falls back to config.json
@@ -330,13 +359,23 @@ def test_processor_config_travels_with_the_model(tmp_path):
 
 def test_an_older_preprocessor_config_with_scales_and_flip_still_loads(tmp_path):
     """Files written before test-time augmentation moved to agen_hf.inference."""
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "AgenImageProcessor", "image_mean": [0.5, 0.4, 0.3],
-        "image_std": [0.2, 0.25, 0.3], "max_size": 512, "size_divisor": 8,
-        "scales": [0.5, 1.0, 1.5], "flip": True}))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "AgenImageProcessor",
+                "image_mean": [0.5, 0.4, 0.3],
+                "image_std": [0.2, 0.25, 0.3],
+                "max_size": 512,
+                "size_divisor": 8,
+                "scales": [0.5, 1.0, 1.5],
+                "flip": True,
+            }
+        )
+    )
     proc = AgenImageProcessor.from_pretrained(tmp_path)
-    assert proc == AgenImageProcessor(image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.25, 0.3),
-                                      max_size=512)
+    assert proc == AgenImageProcessor(
+        image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.25, 0.3), max_size=512
+    )
     assert not hasattr(proc, "scales") and not hasattr(proc, "flip")
 
 

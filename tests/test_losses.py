@@ -9,15 +9,17 @@ from agen_hf.losses import balanced_seeding_loss, boundary_loss, multilabel_loss
 
 
 def test_multilabel_loss_by_hand():
-    assert multilabel_loss(torch.zeros(2, 3), torch.tensor([[1, 0, 1], [0, 0, 0]])).item() == \
-        pytest.approx(3 * math.log(2))
+    assert multilabel_loss(
+        torch.zeros(2, 3), torch.tensor([[1, 0, 1], [0, 0, 0]])
+    ).item() == pytest.approx(3 * math.log(2))
     loss = multilabel_loss(torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 0.0]]))
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1)))
 
 
 def test_multilabel_loss_is_stable_and_averages_over_the_batch():
-    loss = multilabel_loss(torch.tensor([[200.0, -200.0], [0.0, 0.0]]),
-                           torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    loss = multilabel_loss(
+        torch.tensor([[200.0, -200.0], [0.0, 0.0]]), torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    )
     assert loss.item() == pytest.approx((400 + 2 * math.log(2)) / 2)
     with pytest.raises(ValueError, match="shape"):
         multilabel_loss(torch.zeros(2, 3), torch.zeros(2, 4))
@@ -26,9 +28,9 @@ def test_multilabel_loss_is_stable_and_averages_over_the_batch():
 def test_balanced_seeding_loss_by_hand():
     ln2, ln3 = math.log(2), math.log(3)
     # 1 image, 3 classes (0 = background), 4 pixels in a row
-    logits = torch.tensor([[0.0, 0.0, ln3, 9.0],
-                           [0.0, ln2, 0.0, 0.0],
-                           [0.0, 0.0, 0.0, 0.0]]).view(1, 3, 1, 4)
+    logits = torch.tensor([[0.0, 0.0, ln3, 9.0], [0.0, ln2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]).view(
+        1, 3, 1, 4
+    )
     seeds = torch.tensor([[[0, 1, 2, 255]]])
     # bg: -log(1/3); fg: (-log(2/4) - log(1/5)) / 2; the ignored pixel counts for nothing
     expected = ln3 + (ln2 + math.log(5)) / 2
@@ -63,13 +65,15 @@ def slow_mean_field(image, probs, p: CrfParams):
         m = [[0.0] * n for _ in range(n)]
         for i, (yi, xi) in enumerate(pix):
             for j, (yj, xj) in enumerate(pix):
-                d = ((xi - xj) ** 2 + (yi - yj) ** 2)
+                d = (xi - xj) ** 2 + (yi - yj) ** 2
                 if bilateral:
-                    c = sum((float(image[ch, yi, xi]) - float(image[ch, yj, xj])) ** 2
-                            for ch in range(3))
-                    m[i][j] = math.exp(-d / (2 * p.bi_xy_std ** 2) - c / (2 * p.bi_rgb_std ** 2))
+                    c = sum(
+                        (float(image[ch, yi, xi]) - float(image[ch, yj, xj])) ** 2
+                        for ch in range(3)
+                    )
+                    m[i][j] = math.exp(-d / (2 * p.bi_xy_std**2) - c / (2 * p.bi_rgb_std**2))
                 else:
-                    m[i][j] = math.exp(-d / (2 * p.pos_xy_std ** 2))
+                    m[i][j] = math.exp(-d / (2 * p.pos_xy_std**2))
         norm = [1 / math.sqrt(sum(row)) for row in m]
         return [[norm[i] * m[i][j] * norm[j] for j in range(n)] for i in range(n)]
 
@@ -83,9 +87,16 @@ def slow_mean_field(image, probs, p: CrfParams):
 
     q = [normalise(u) for u in unary]
     for _ in range(p.iterations):
-        q = [normalise([unary[i][c] + sum((p.pos_w * kg[i][j] + p.bi_w * kb[i][j]) * q[j][c]
-                                          for j in range(n)) for c in range(k)])
-             for i in range(n)]
+        q = [
+            normalise(
+                [
+                    unary[i][c]
+                    + sum((p.pos_w * kg[i][j] + p.bi_w * kb[i][j]) * q[j][c] for j in range(n))
+                    for c in range(k)
+                ]
+            )
+            for i in range(n)
+        ]
     return torch.tensor([[q[i][c] for i in range(n)] for c in range(k)]).view(k, h, w)
 
 
@@ -98,23 +109,32 @@ def _toy_case(h=3, w=4, k=3):
 
 def test_torch_crf_equals_explicit_mean_field():
     image, probs = _toy_case()
-    params = CrfParams(iterations=3, pos_xy_std=1.5, pos_w=3, bi_xy_std=2.0, bi_rgb_std=40.0,
-                       bi_w=5)
-    torch.testing.assert_close(dense_crf_torch(image, probs, params),
-                               slow_mean_field(image, probs, params), atol=1e-5, rtol=1e-4)
+    params = CrfParams(
+        iterations=3, pos_xy_std=1.5, pos_w=3, bi_xy_std=2.0, bi_rgb_std=40.0, bi_w=5
+    )
+    torch.testing.assert_close(
+        dense_crf_torch(image, probs, params),
+        slow_mean_field(image, probs, params),
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 def test_crf_refine_restricts_to_present_classes():
     image, probs = _toy_case(k=4)
     present = torch.tensor([[True, False, True, False]])
     refined = crf_refine(image[None], probs[None], present, CrfParams(iterations=2), "torch")
-    assert torch.equal(refined[0, 1], torch.zeros(3, 4)) and torch.equal(refined[0, 3],
-                                                                          torch.zeros(3, 4))
+    assert torch.equal(refined[0, 1], torch.zeros(3, 4)) and torch.equal(
+        refined[0, 3], torch.zeros(3, 4)
+    )
     torch.testing.assert_close(refined.sum(dim=1), torch.ones(1, 3, 4))
     restricted = probs[[0, 2]] / probs[[0, 2]].sum(0)
-    torch.testing.assert_close(refined[0, [0, 2]],
-                               slow_mean_field(image, restricted, CrfParams(iterations=2)),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        refined[0, [0, 2]],
+        slow_mean_field(image, restricted, CrfParams(iterations=2)),
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
 
 def test_boundary_loss_against_explicit_kl_and_its_gradient():
@@ -124,8 +144,9 @@ def test_boundary_loss_against_explicit_kl_and_its_gradient():
     labels = torch.tensor([[1, 0], [1, 1]])
     params = CrfParams(iterations=2)
     loss = boundary_loss(images, logits, labels, params, backend="torch")
-    small = torch.nn.functional.interpolate(images, size=(3, 4), mode="bilinear",
-                                            align_corners=False, antialias=True)
+    small = torch.nn.functional.interpolate(
+        images, size=(3, 4), mode="bilinear", align_corners=False, antialias=True
+    )
     s = torch.softmax(logits.detach(), dim=1)
     half = params.scaled(2.0)  # the image is twice the logits' size
     r0 = torch.zeros(3, 3, 4)
@@ -154,8 +175,11 @@ def test_pydensecrf_and_torch_backends_agree_on_a_two_region_image():
     params = CrfParams(iterations=5, pos_xy_std=1.0, bi_xy_std=6.0)
     noisy_acc = (probs[0].argmax(0) == truth).float().mean()
     for backend in ("pydensecrf", "torch"):
-        acc = (crf_refine(image[None], probs, present, params, backend)[0].argmax(0) == truth
-               ).float().mean()
+        acc = (
+            (crf_refine(image[None], probs, present, params, backend)[0].argmax(0) == truth)
+            .float()
+            .mean()
+        )
         assert acc > max(0.97, noisy_acc), backend
 
 
@@ -163,8 +187,9 @@ def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(crf_module, "_dcrf", None)
     image, probs = _toy_case()
     with pytest.raises(ImportError, match=r"agen_hf\[crf\].*boundary_crf='torch'"):
-        crf_refine(image[None], probs[None], torch.ones(1, 3, dtype=torch.bool), CrfParams(),
-                   "pydensecrf")
+        crf_refine(
+            image[None], probs[None], torch.ones(1, 3, dtype=torch.bool), CrfParams(), "pydensecrf"
+        )
 
 
 def test_data_parallel_seeding_loss_pools_the_global_batch():
@@ -179,17 +204,31 @@ def test_data_parallel_seeding_loss_pools_the_global_batch():
     halves = [(logits[:2], seeds[:2]), (logits[2:], seeds[2:])]
 
     def counts(i):  # what an all-reduce sum would return on process i
-        return lambda c: sum(torch.stack([(s[1] != 255).logical_and(s[1] == 0).sum(),
-                                          (s[1] != 255).logical_and(s[1] > 0).sum()]).float()
-                             for s in halves)
-    per_process = [balanced_seeding_loss(l, s, process_group=ProcessGroup(2, counts(i)))
-                   for i, (l, s) in enumerate(halves)]
+        return lambda c: sum(
+            torch.stack(
+                [
+                    (s[1] != 255).logical_and(s[1] == 0).sum(),
+                    (s[1] != 255).logical_and(s[1] > 0).sum(),
+                ]
+            ).float()
+            for s in halves
+        )
+
+    per_process = [
+        balanced_seeding_loss(l, s, process_group=ProcessGroup(2, counts(i)))
+        for i, (l, s) in enumerate(halves)
+    ]
     assert torch.stack(per_process).mean().item() == pytest.approx(full.item(), rel=1e-6)
     masks = seeds.clone()
     total = fully_supervised_loss(logits, masks)
     valid = lambda m: (m != 255).sum().float()
-    per_process = [fully_supervised_loss(l, s, process_group=ProcessGroup(
-        2, lambda c: valid(seeds[:2]) + valid(seeds[2:]))) for l, s in halves]
+    per_process = [
+        fully_supervised_loss(
+            l, s, process_group=ProcessGroup(2, lambda c: valid(seeds[:2]) + valid(seeds[2:]))
+        )
+        for l, s in halves
+    ]
     assert torch.stack(per_process).mean().item() == pytest.approx(total.item(), rel=1e-6)
-    assert total.item() == pytest.approx(torch.nn.functional.cross_entropy(
-        logits, masks, ignore_index=255).item(), rel=1e-6)
+    assert total.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, masks, ignore_index=255).item(), rel=1e-6
+    )

@@ -5,8 +5,9 @@ import torch
 from agen_hf.metrics import MEAN_IOU, StreamingMeanIoU
 
 
-def hub_mean_iou(preds, refs, num_labels, ignore_index, nan_to_num=None, label_map=None,
-                 reduce_labels=False):
+def hub_mean_iou(
+    preds, refs, num_labels, ignore_index, nan_to_num=None, label_map=None, reduce_labels=False
+):
     """The Hub ``mean_iou`` algorithm, written out: a histogram per image."""
     totals = np.zeros((4, num_labels))
     for pred, label in zip(preds, refs):
@@ -27,9 +28,13 @@ def hub_mean_iou(preds, refs, num_labels, ignore_index, nan_to_num=None, label_m
     ai, au, ap, al = totals
     with np.errstate(divide="ignore", invalid="ignore"):
         iou, acc = ai / au, ai / al
-        out = {"mean_iou": np.nanmean(iou), "mean_accuracy": np.nanmean(acc),
-               "overall_accuracy": ai.sum() / al.sum(), "per_category_iou": iou,
-               "per_category_accuracy": acc}
+        out = {
+            "mean_iou": np.nanmean(iou),
+            "mean_accuracy": np.nanmean(acc),
+            "overall_accuracy": ai.sum() / al.sum(),
+            "per_category_iou": iou,
+            "per_category_accuracy": acc,
+        }
     if nan_to_num is not None:
         out = {k: np.nan_to_num(v, nan=nan_to_num) for k, v in out.items()}
     return out
@@ -38,21 +43,35 @@ def hub_mean_iou(preds, refs, num_labels, ignore_index, nan_to_num=None, label_m
 def assert_same(a, b):
     assert set(a) == set(b)
     for k in a:
-        np.testing.assert_allclose(np.asarray(a[k], dtype=float), np.asarray(b[k], dtype=float),
-                                   rtol=1e-12, atol=0, equal_nan=True, err_msg=k)
+        np.testing.assert_allclose(
+            np.asarray(a[k], dtype=float),
+            np.asarray(b[k], dtype=float),
+            rtol=1e-12,
+            atol=0,
+            equal_nan=True,
+            err_msg=k,
+        )
 
 
 def random_maps(seed, n=5, labels=6, shape=(9, 11)):
     rng = np.random.default_rng(seed)
     preds = [rng.integers(0, labels + 2, shape) for _ in range(n)]  # some out of range
-    refs = [np.where(rng.random(shape) < 0.2, 255, rng.integers(0, labels - 1, shape))
-            for _ in range(n)]
+    refs = [
+        np.where(rng.random(shape) < 0.2, 255, rng.integers(0, labels - 1, shape)) for _ in range(n)
+    ]
     return preds, refs
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"nan_to_num": -1.0}, {"label_map": {1: 3, 3: 0}}, {"reduce_labels": True},
-    {"label_map": {2: 4}, "reduce_labels": True, "nan_to_num": 0.0}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"nan_to_num": -1.0},
+        {"label_map": {1: 3, 3: 0}},
+        {"reduce_labels": True},
+        {"label_map": {2: 4}, "reduce_labels": True, "nan_to_num": 0.0},
+    ],
+)
 def test_equals_the_hub_algorithm(options):
     preds, refs = random_maps(0)
     metric = StreamingMeanIoU(6, 255, options.get("label_map"), options.get("reduce_labels", False))
@@ -89,8 +108,9 @@ def test_evaluate_loads_it_offline(monkeypatch, tmp_path):
     metric = evaluate.load(MEAN_IOU)
     preds, refs = random_maps(2, n=3)
     preds = [np.clip(p, 0, 5) for p in preds]
-    out = metric.compute(predictions=preds, references=refs, num_labels=6, ignore_index=255,
-                         reduce_labels=False)
+    out = metric.compute(
+        predictions=preds, references=refs, num_labels=6, ignore_index=255, reduce_labels=False
+    )
     assert_same(out, hub_mean_iou(preds, refs, 6, 255))
 
 
@@ -114,7 +134,9 @@ def test_iou_table_in_the_layout_of_table_4():
     lines = iou_table(iou, 0.7205).splitlines()
     assert [c.strip() for c in lines[0].split("|")[1:-1]][:3] == ["Method", "bkg", "plane"]
     assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["AGEN", "88.1"] + ["-"] * 19 + [
-        "56.0", "72.0"]
+        "56.0",
+        "72.0",
+    ]
     custom = iou_table([0.5, 0.25], 0.375, ["sky", "road"], row_name="run 3").splitlines()
     assert custom[0].split("|")[2].strip() == "sky" and "run 3" in custom[2]
     with pytest.raises(ValueError, match="2 IoUs for 21 classes"):

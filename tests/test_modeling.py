@@ -44,8 +44,11 @@ def test_every_table_row_trains_every_parameter(row):
     pixel_values, labels = batch()
     out = model(pixel_values, labels)
     heads = ["A"] + [f"agm{n}" for n in sorted(agm, reverse=True)]
-    expected = {f"cls_{h}" for h in heads} | {"seg_B", "boundary"} | {
-        f"seg_{h}" for h in heads if h != "A"}
+    expected = (
+        {f"cls_{h}" for h in heads}
+        | {"seg_B", "boundary"}
+        | {f"seg_{h}" for h in heads if h != "A"}
+    )
     assert set(out.loss_terms) == expected
     torch.testing.assert_close(out.loss, sum(out.loss_terms.values()))
     assert out.logits.shape == (2, 21, 8, 8)
@@ -56,8 +59,11 @@ def test_every_table_row_trains_every_parameter(row):
     assert set(out.class_maps_before_coam) == {f"agm{n}" for n in coam}
     assert out.seeds["A"].shape == (2, 64, 64)
     out.loss.backward()
-    no_grad = [n for n, p in model.named_parameters()
-               if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    no_grad = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert no_grad == []
 
 
@@ -78,9 +84,10 @@ def test_single_coam_attends_to_branch_a():
     model = AgenModel(AgenConfig.tiny(agm_stages=(4,), coam_stages=(4,)))
     torch.nn.init.constant_(model.coam["4"].weight, 0.3)
     out = model(batch()[0])
-    torch.testing.assert_close(out.class_maps["agm4"],
-                               model.coam["4"](out.class_maps_before_coam["agm4"],
-                                               out.class_maps["A"]))
+    torch.testing.assert_close(
+        out.class_maps["agm4"],
+        model.coam["4"](out.class_maps_before_coam["agm4"], out.class_maps["A"]),
+    )
 
 
 def test_losses_follow_the_config():
@@ -124,7 +131,9 @@ def test_parameter_groups_split_pretrained_from_new():
     backbone = {names[id(p)] for p in groups["backbone"]}
     new = {names[id(p)] for p in groups["new"]}
     assert backbone.isdisjoint(new) and backbone | new == set(names.values())
-    assert "stem.conv1.conv1_1.weight" in backbone and "branch_b.b4.conv_branch2a.weight" in backbone
+    assert (
+        "stem.conv1.conv1_1.weight" in backbone and "branch_b.b4.conv_branch2a.weight" in backbone
+    )
     assert "branch_a.fc6.weight" in new and "branch_b.head.0.weight" in new
     assert "coam.3.weight" in new and "agm.cls_shared.1.weight" in new
 
@@ -135,8 +144,12 @@ def test_save_and_load_round_trip(tmp_path):
     torch.nn.init.constant_(model.coam["4"].weight, 0.25)
     model.save_pretrained(tmp_path)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["README.md", "config.json", "model.safetensors",
-                     "preprocessor_config.json"]  # nothing pickled
+    assert files == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]  # nothing pickled
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["agm_stages"] == [3, 4] and saved["cam_alpha"] == 5.0
     assert set(load_file(tmp_path / "model.safetensors")) == set(model.state_dict())
@@ -169,16 +182,22 @@ def test_push_to_hub_uploads_weights_config_and_card(tmp_path, monkeypatch):
 
     def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
         uploaded["repo_id"] = repo_id
-        uploaded["files"] = {p.name: p.read_text() if p.suffix in (".md", ".json") else None
-                             for p in Path(folder_path).iterdir()}
+        uploaded["files"] = {
+            p.name: p.read_text() if p.suffix in (".md", ".json") else None
+            for p in Path(folder_path).iterdir()
+        }
         return "https://huggingface.co/commit/1"
 
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
     AgenModel(AgenConfig.tiny()).push_to_hub("someone/agen-tiny", token="hf_fake")
     assert uploaded["repo_id"] == "someone/agen-tiny"
-    assert set(uploaded["files"]) == {"README.md", "config.json", "model.safetensors",
-                                      "preprocessor_config.json"}
+    assert set(uploaded["files"]) == {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    }
     card = uploaded["files"]["README.md"]
     assert "library_name: agen_hf" in card and "weakly-supervised-segmentation" in card
     assert "## Evaluation" in card and "No evaluation results recorded yet." in card
@@ -222,8 +241,11 @@ def test_classification_only_is_eq_11_alone_and_matches_the_full_pass():
     cls.loss.backward()
     trained = {n for n, p in model.named_parameters() if p.grad is not None}
     assert not any(n.startswith(("branch_b.", "agm.seg_")) for n in trained)
-    assert {n for n, _ in model.named_parameters()
-            if n.startswith(("stem.", "branch_a.", "agm.cls_", "coam."))} <= trained
+    assert {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(("stem.", "branch_a.", "agm.cls_", "coam."))
+    } <= trained
     with pytest.raises(ValueError, match="exclude each other"):
         model(pixel_values, segmentation_only=True, classification_only=True)
 
@@ -251,14 +273,17 @@ def test_weights_saved_by_a_wrapped_training_model_load(tmp_path):
     save_file(state, tmp_path / "model.safetensors")
     loaded = AgenModel.from_pretrained(tmp_path)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
-    save_file({f"module.{k}": v for k, v in list(model.state_dict().items())[1:]},
-              tmp_path / "model.safetensors")
+    save_file(
+        {f"module.{k}": v for k, v in list(model.state_dict().items())[1:]},
+        tmp_path / "model.safetensors",
+    )
     with pytest.raises(RuntimeError, match="Missing key"):
         AgenModel.from_pretrained(tmp_path)
 
 
-def test_model_card_has_model_index_results_names_the_repo_and_is_regenerated(tmp_path,
-                                                                           monkeypatch):
+def test_model_card_has_model_index_results_names_the_repo_and_is_regenerated(
+    tmp_path, monkeypatch
+):
     """Issue 12.8: evaluation results as model-index (dataset, split, mean_iou, value), the
     loading example names the folder or the pushed repo, no dead link, a folder saved again
     gets the new card."""
@@ -272,22 +297,37 @@ def test_model_card_has_model_index_results_names_the_repo_and_is_regenerated(tm
     assert f'AgenModel.from_pretrained("{tmp_path}")' in card
     assert "REPO_ID" not in card and "github.com" not in card and "model-index" not in card
     result = mean_iou_result(0.61234567, "pascal_voc", "PASCAL VOC 2012", "val")
-    model.save_pretrained(tmp_path, model_card_kwargs={"metrics": "second",
-                                                       "eval_results": [result]})
+    model.save_pretrained(
+        tmp_path, model_card_kwargs={"metrics": "second", "eval_results": [result]}
+    )
     card = ModelCard.load(tmp_path / "README.md")
     assert "second" in card.text and "first" not in card.text
     (entry,) = card.data.eval_results
-    assert (entry.task_type, entry.dataset_type, entry.dataset_name, entry.dataset_split,
-            entry.metric_type, entry.metric_value) == (
-        "image-segmentation", "pascal_voc", "PASCAL VOC 2012", "val", "mean_iou", 0.6123)
+    assert (
+        entry.task_type,
+        entry.dataset_type,
+        entry.dataset_name,
+        entry.dataset_split,
+        entry.metric_type,
+        entry.metric_value,
+    ) == ("image-segmentation", "pascal_voc", "PASCAL VOC 2012", "val", "mean_iou", 0.6123)
     assert "model-index" in (tmp_path / "README.md").read_text()
 
     pushed = {}
-    monkeypatch.setattr(HfApi, "create_repo",
-                        lambda self, repo_id, **k: RepoUrl(f"https://huggingface.co/{repo_id}"))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *, repo_id, folder_path, **k:
-                        pushed.setdefault("card", (Path(folder_path) / "README.md").read_text()))
-    model.push_to_hub("someone/agen-tiny", token="hf_fake",
-                      model_card_kwargs={"eval_results": [result]})
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **k: RepoUrl(f"https://huggingface.co/{repo_id}"),
+    )
+    monkeypatch.setattr(
+        HfApi,
+        "upload_folder",
+        lambda self, *, repo_id, folder_path, **k: pushed.setdefault(
+            "card", (Path(folder_path) / "README.md").read_text()
+        ),
+    )
+    model.push_to_hub(
+        "someone/agen-tiny", token="hf_fake", model_card_kwargs={"eval_results": [result]}
+    )
     assert 'AgenModel.from_pretrained("someone/agen-tiny")' in pushed["card"]
     assert "name: agen-tiny" in pushed["card"]

@@ -31,8 +31,7 @@ def test_coam_equals_the_explicit_attention(channels):
         coam.weight.fill_(0.7)
     low = torch.randn(2, channels, 6, 5)
     high = torch.randn(2, channels, 3, 4)  # upsampled to low's size inside
-    torch.testing.assert_close(coam(low, high), explicit_coam(low, high, 0.7), atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(coam(low, high), explicit_coam(low, high, 0.7), atol=1e-5, rtol=1e-4)
 
 
 def test_coam_lambda_learns_from_a_loss():
@@ -48,8 +47,14 @@ def test_coam_rejects_mismatched_classes():
 
 
 def test_agm_shares_its_last_two_layers_across_stages():
-    agm = AttentionGuidedModule((3, 4, 5), {3: 8, 4: 16, 5: 16}, {3: 12, 4: 24, 5: 24},
-                                num_classes=20, cls_channels=10, seg_channels=14)
+    agm = AttentionGuidedModule(
+        (3, 4, 5),
+        {3: 8, 4: 16, 5: 16},
+        {3: 12, 4: 24, 5: 24},
+        num_classes=20,
+        cls_channels=10,
+        seg_channels=14,
+    )
     f3, f4 = torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)
     assert agm.class_maps(3, f3).shape == (2, 20, 16, 16)
     assert agm.class_maps(4, f4).shape == (2, 20, 8, 8)

@@ -29,19 +29,39 @@ def write_images(folder: Path) -> dict[str, tuple[int, int]]:
     Image.fromarray(rgb(3000, 4000)).save(folder / "huge.jpg", quality=50)
     Image.fromarray(rgb(21, 30)[..., 0]).save(folder / "gray.png")
     Image.fromarray(np.dstack([rgb(20, 31), rgb(20, 31)[..., :1]]), "RGBA").save(
-        folder / "rgba.png")
+        folder / "rgba.png"
+    )
     Image.fromarray(rgb(22, 29)).convert("CMYK").save(folder / "cmyk.jpg")
     Image.fromarray(rng.integers(0, 65535, (25, 33), dtype=np.uint16)).save(folder / "sixteen.png")
     Image.fromarray(rgb(26, 19)).convert("P").save(folder / "palette.png")
-    return {"rgb": (53, 37), "tiny": (10, 10), "huge": (4000, 3000), "gray": (30, 21),
-            "rgba": (31, 20), "cmyk": (29, 22), "sixteen": (33, 25), "palette": (19, 26)}
+    return {
+        "rgb": (53, 37),
+        "tiny": (10, 10),
+        "huge": (4000, 3000),
+        "gray": (30, 21),
+        "rgba": (31, 20),
+        "cmyk": (29, 22),
+        "sixteen": (33, 25),
+        "palette": (19, 26),
+    }
 
 
 def test_every_mode_and_size_gives_a_palette_png_of_the_input_size(model_dir, tmp_path):
     sizes = write_images(tmp_path / "in")
     assert Image.open(tmp_path / "in" / "sixteen.png").mode.startswith("I;16")
-    report = predict["main"](["--model", str(model_dir), "--images", str(tmp_path / "in"),
-                              "--out", str(tmp_path / "out"), "--num_workers", "1", "--cpu"])
+    report = predict["main"](
+        [
+            "--model",
+            str(model_dir),
+            "--images",
+            str(tmp_path / "in"),
+            "--out",
+            str(tmp_path / "out"),
+            "--num_workers",
+            "1",
+            "--cpu",
+        ]
+    )
     assert report == {"written": len(sizes), "failed": {}}
     for name, size in sizes.items():
         mask = Image.open(tmp_path / "out" / "masks" / f"{name}.png")
@@ -51,8 +71,11 @@ def test_every_mode_and_size_gives_a_palette_png_of_the_input_size(model_dir, tm
         assert Image.open(tmp_path / "out" / "overlays" / f"{name}.jpg").size == size
     # the mask is segment()'s segmentation of the file
     model = AgenModel.from_pretrained(model_dir)
-    expected = segment(model, Image.open(tmp_path / "in" / "rgba.png"),
-                       AgenImageProcessor.from_pretrained(model_dir))
+    expected = segment(
+        model,
+        Image.open(tmp_path / "in" / "rgba.png"),
+        AgenImageProcessor.from_pretrained(model_dir),
+    )
     assert np.array_equal(np.array(Image.open(tmp_path / "out" / "masks" / "rgba.png")), expected)
 
 
@@ -65,18 +88,34 @@ def test_a_bad_file_is_reported_and_the_others_go_on(model_dir, tmp_path):
     data = (folder / "good.png").read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 2])  # truncated
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "predict.py"), "--model",
-                           str(model_dir), "--images", str(folder), str(folder / "gone.jpg"),
-                           "--out", str(tmp_path / "out"), "--num_workers", "0"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "predict.py"),
+            "--model",
+            str(model_dir),
+            "--images",
+            str(folder),
+            str(folder / "gone.jpg"),
+            "--out",
+            str(tmp_path / "out"),
+            "--num_workers",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3  # INCOMPLETE_EXIT: finished, the good masks kept
     assert "finished with problems (exit 3): 3 image(s) failed" in proc.stdout
     assert f"FAILED {folder / 'broken.jpg'}" in proc.stderr
     assert f"FAILED {folder / 'gone.jpg'}: file not found" in proc.stderr
     report = json.loads((tmp_path / "out" / "predict_report.json").read_text())
     assert report["written"] == 1
-    assert sorted(report["failed"]) == sorted(str(folder / n) for n in
-                                              ("broken.jpg", "cut.png", "gone.jpg"))
+    assert sorted(report["failed"]) == sorted(
+        str(folder / n) for n in ("broken.jpg", "cut.png", "gone.jpg")
+    )
     assert (tmp_path / "out" / "masks" / "good.png").is_file()
     assert not list((tmp_path / "out").rglob("*.tmp"))
 
@@ -87,8 +126,19 @@ def test_voc_server_layout_and_resume(model_dir, tmp_path):
     for sid in ("2008_000001", "2008_000002"):
         Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(folder / f"{sid}.jpg")
     out = tmp_path / "out"
-    args = ["--model", str(model_dir), "--images", str(folder), "--out", str(out),
-            "--num_workers", "0", "--cpu", "--voc_layout", "--no_overlays"]
+    args = [
+        "--model",
+        str(model_dir),
+        "--images",
+        str(folder),
+        "--out",
+        str(out),
+        "--num_workers",
+        "0",
+        "--cpu",
+        "--voc_layout",
+        "--no_overlays",
+    ]
     predict["main"](args)
     server = out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
     assert sorted(p.name for p in server.iterdir()) == ["2008_000001.png", "2008_000002.png"]
@@ -104,8 +154,18 @@ def test_two_inputs_with_one_name_are_refused(model_dir, tmp_path):
         (tmp_path / d).mkdir()
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / d / "x.png")
     with pytest.raises(SystemExit, match="a/x.png and .*b/x.png would both be written as x.png"):
-        predict["main"](["--model", str(model_dir), "--images", str(tmp_path / "a"),
-                         str(tmp_path / "b"), "--out", str(tmp_path / "o"), "--cpu"])
+        predict["main"](
+            [
+                "--model",
+                str(model_dir),
+                "--images",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "--out",
+                str(tmp_path / "o"),
+                "--cpu",
+            ]
+        )
 
 
 def test_crf_post_processing_keeps_the_predicted_classes(model_dir, tmp_path):
@@ -133,15 +193,28 @@ def test_a_photo_taken_sideways_is_segmented_upright(model_dir, tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(stored).save(tmp_path / "in" / "phone.jpg", exif=exif, quality=95)
     Image.fromarray(stored).save(tmp_path / "in" / "plain.jpg", quality=95)
-    report = predict["main"](["--model", str(model_dir), "--images", str(tmp_path / "in"),
-                              "--out", str(tmp_path / "out"), "--num_workers", "0", "--cpu"])
+    report = predict["main"](
+        [
+            "--model",
+            str(model_dir),
+            "--images",
+            str(tmp_path / "in"),
+            "--out",
+            str(tmp_path / "out"),
+            "--num_workers",
+            "0",
+            "--cpu",
+        ]
+    )
     assert report == {"written": 2, "failed": {}}
     assert Image.open(tmp_path / "out" / "masks" / "phone.png").size == (20, 30)
     assert Image.open(tmp_path / "out" / "masks" / "plain.png").size == (30, 20)  # no EXIF
     from agen_hf.image_processing import rgb_array
 
-    with Image.open(tmp_path / "in" / "phone.jpg") as img, \
-            Image.open(tmp_path / "in" / "plain.jpg") as plain:
+    with (
+        Image.open(tmp_path / "in" / "phone.jpg") as img,
+        Image.open(tmp_path / "in" / "plain.jpg") as plain,
+    ):
         upright = rgb_array(img)
         assert upright.shape == (30, 20, 3)
         # orientation 6 displays the stored pixels turned 90 degrees clockwise

@@ -15,13 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- test-command -->\n```bash\n(.+?)\n```\n<!-- /test-command -->",
-                      readme, re.S)
+    block = re.search(
+        r"<!-- test-command -->\n```bash\n(.+?)\n```\n<!-- /test-command -->", readme, re.S
+    )
     assert block and "pytest" in block.group(1)
     extracted = subprocess.run(
-        ["bash", "-c", "sed -n '/<!-- test-command -->/,/<!-- \\/test-command -->/p' README.md"
-                       " | grep -v -e '^<!--' -e '^```'"],
-        cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        [
+            "bash",
+            "-c",
+            "sed -n '/<!-- test-command -->/,/<!-- \\/test-command -->/p' README.md"
+            " | grep -v -e '^<!--' -e '^```'",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert extracted == block.group(1)
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
 
@@ -40,8 +49,12 @@ def test_readme_model_example_runs(tmp_path, monkeypatch):
 def segmentation_blocks() -> tuple[str, str]:
     """The five-line block and the transformers-way block after it."""
     readme = (ROOT / "README.md").read_text()
-    found = re.search(r"## Segment an image in five lines\n\n```python\n(.+?)```\n\n"
-                      r"The transformers way.+?```python\n(.+?)```", readme, re.S)
+    found = re.search(
+        r"## Segment an image in five lines\n\n```python\n(.+?)```\n\n"
+        r"The transformers way.+?```python\n(.+?)```",
+        readme,
+        re.S,
+    )
     assert found, "README: the five lines, then 'The transformers way' and its block"
     return found.group(1), found.group(2)
 
@@ -51,8 +64,7 @@ def run_five_lines(tmp_path, monkeypatch) -> dict:
     torch.manual_seed(0)
     AgenModel(AgenConfig.tiny()).save_pretrained(tmp_path / "runs" / "quickstart")
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (31, 45, 3), dtype=np.uint8)).save(
-        tmp_path / "photo.jpg")
+    Image.fromarray(rng.integers(0, 256, (31, 45, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
     code, _ = segmentation_blocks()
     assert len(code.strip().splitlines()) == 5
     scope = {}

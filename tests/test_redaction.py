@@ -4,22 +4,39 @@ import argparse
 
 from agen_hf.engine.redaction import REDACTED, command_line, redact_args, redact_argv, redact_text
 
-TOKEN = "hf_" + "A1b2C3d4" * 5          # shaped like a real Hub token
+TOKEN = "hf_" + "A1b2C3d4" * 5  # shaped like a real Hub token
 ENV = {"HF_TOKEN": "env-secret-value", "PATH": "/usr/bin"}
 
 
 def test_credential_flags_are_hidden_in_both_spellings():
-    argv = ["--hub_token", "plain-secret", "--output_dir", "runs/x", "--wandb_api_key=k3y",
-            "--hub_model_id", "me/agen"]
+    argv = [
+        "--hub_token",
+        "plain-secret",
+        "--output_dir",
+        "runs/x",
+        "--wandb_api_key=k3y",
+        "--hub_model_id",
+        "me/agen",
+    ]
     assert redact_argv(argv, environ={}) == [
-        "--hub_token", REDACTED, "--output_dir", "runs/x", f"--wandb_api_key={REDACTED}",
-        "--hub_model_id", "me/agen"]
+        "--hub_token",
+        REDACTED,
+        "--output_dir",
+        "runs/x",
+        f"--wandb_api_key={REDACTED}",
+        "--hub_model_id",
+        "me/agen",
+    ]
 
 
 def test_env_tokens_and_hub_shaped_tokens_are_hidden_wherever_they_appear():
     argv = ["--note", f"pushed with {TOKEN}", "--output_dir", "runs/env-secret-value"]
-    assert redact_argv(argv, environ=ENV) == ["--note", f"pushed with {REDACTED}",
-                                              "--output_dir", f"runs/{REDACTED}"]
+    assert redact_argv(argv, environ=ENV) == [
+        "--note",
+        f"pushed with {REDACTED}",
+        "--output_dir",
+        f"runs/{REDACTED}",
+    ]
     assert redact_text("PATH is /usr/bin", environ=ENV) == "PATH is /usr/bin"  # not a secret
     # short env values are not treated as secrets (they would blank out common words)
     assert redact_text("a b c", environ={"HF_TOKEN": "a"}) == "a b c"
@@ -32,10 +49,22 @@ def test_command_line_for_the_model_card():
 
 
 def test_tracker_config_keeps_every_key_and_hides_secret_values():
-    args = argparse.Namespace(hub_token="plain-secret", seed=3, lr=0.1, flag=True,
-                              scale_range=[0.5, 1.0], note="env-secret-value and plain-secret",
-                              wandb_api_key=None)
+    args = argparse.Namespace(
+        hub_token="plain-secret",
+        seed=3,
+        lr=0.1,
+        flag=True,
+        scale_range=[0.5, 1.0],
+        note="env-secret-value and plain-secret",
+        wandb_api_key=None,
+    )
     config = redact_args(args, environ=ENV)
-    assert config == {"hub_token": REDACTED, "seed": 3, "lr": 0.1, "flag": True,
-                      "scale_range": "[0.5, 1.0]", "note": f"{REDACTED} and {REDACTED}",
-                      "wandb_api_key": "None"}
+    assert config == {
+        "hub_token": REDACTED,
+        "seed": 3,
+        "lr": 0.1,
+        "flag": True,
+        "scale_range": "[0.5, 1.0]",
+        "note": f"{REDACTED} and {REDACTED}",
+        "wandb_api_key": "None",
+    }

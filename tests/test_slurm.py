@@ -25,7 +25,10 @@ def cluster(tmp_path):
     bin_dir.mkdir()
     log = tmp_path / "calls"
     # srun runs its command as 2 tasks, as SLURM would, and returns the highest status
-    stub(bin_dir, "srun", f"""
+    stub(
+        bin_dir,
+        "srun",
+        """
 shift  # --kill-on-bad-exit=0
 worst=0
 for id in 0 1; do
@@ -33,27 +36,48 @@ for id in 0 1; do
   [ $s -gt $worst ] && worst=$s
 done
 exit $worst
-""")
-    stub(bin_dir, "scontrol", f"""
+""",
+    )
+    stub(
+        bin_dir,
+        "scontrol",
+        f"""
 if [ "$1" = show ]; then echo node-a; echo node-b; exit 0; fi
 echo "scontrol $*" >> {log}
-""")
-    stub(bin_dir, "python", f"""
+""",
+    )
+    stub(
+        bin_dir,
+        "python",
+        f"""
 printf 'python rank=%s local=%s world=%s master=%s' "$RANK" "$LOCAL_RANK" "$WORLD_SIZE" \
   "$MASTER_ADDR" >> {log}
 for a in "$@"; do printf ' [%s]' "$a" >> {log}; done
 echo >> {log}
 exit ${{TRAIN_STATUS:-0}}
-""")
+""",
+    )
 
     def submit(*args, status=0):
-        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-               "SLURM_JOB_NODELIST": "node-[a-b]", "TRAIN_STATUS": str(status)}
-        proc = subprocess.run(["bash", str(SBATCH), *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "SLURM_JOB_ID": "4242",
+            "SLURM_JOB_NODELIST": "node-[a-b]",
+            "TRAIN_STATUS": str(status),
+        }
+        proc = subprocess.run(
+            ["bash", str(SBATCH), *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         calls = log.read_text().splitlines() if log.exists() else []
         log.unlink(missing_ok=True)
         return proc, calls
+
     return submit
 
 
@@ -63,7 +87,8 @@ def test_arguments_reach_every_task_quoted_and_resume_auto(cluster):
     assert calls == [
         f"python rank={r} local={r} world=2 master=node-a [recipes/train_voc.py] "
         "[--resume_from_checkpoint] [auto] [--output_dir] [runs/my run] [--hub_model_id] [a b/c]"
-        for r in (0, 1)]
+        for r in (0, 1)
+    ]
     text = SBATCH.read_text()
     assert "#SBATCH --signal=USR1@180" in text and "#SBATCH --requeue" in text
 

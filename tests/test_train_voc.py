@@ -20,16 +20,40 @@ RECIPE = ROOT / "recipes" / "train_voc.py"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("hf-cache")
-    return {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "HF_DATASETS_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def base_args(out, steps=8, batch=4, extra=()):
-    return ["--dataset", "synthetic", "--model_config", "tiny", "--synthetic_size", "16",
-            "--synthetic_val_size", "4", "--synthetic_image_size", "64",
-            "--per_device_train_batch_size", str(batch), "--max_train_steps", str(steps),
-            "--num_workers", "0", "--deterministic", "--boundary_crf", "torch",
-            "--output_dir", str(out), *extra]
+    return [
+        "--dataset",
+        "synthetic",
+        "--model_config",
+        "tiny",
+        "--synthetic_size",
+        "16",
+        "--synthetic_val_size",
+        "4",
+        "--synthetic_image_size",
+        "64",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--max_train_steps",
+        str(steps),
+        "--num_workers",
+        "0",
+        "--deterministic",
+        "--boundary_crf",
+        "torch",
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
 
 
 def run(args, env, patch="", launcher=None, check=True):
@@ -37,16 +61,23 @@ def run(args, env, patch="", launcher=None, check=True):
     script = textwrap.dedent(f"""
         import runpy, sys
         sys.path.insert(0, {str(ROOT)!r})
-        {textwrap.indent(textwrap.dedent(patch), '        ').strip()}
+        {textwrap.indent(textwrap.dedent(patch), "        ").strip()}
         sys.argv = [{str(RECIPE)!r}] + {list(map(str, args))!r}
         runpy.run_path({str(RECIPE)!r}, run_name="__main__")
     """)
     cmd = launcher or [sys.executable]
-    proc = subprocess.run([*cmd, "-c", script] if launcher is None else [*cmd, str(RECIPE),
-                                                                          *map(str, args)],
-                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [*cmd, "-c", script] if launcher is None else [*cmd, str(RECIPE), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -56,8 +87,7 @@ def log(out):
 
 def test_a_few_steps_lower_the_loss_and_save_a_loadable_model(tmp_path, env):
     out = tmp_path / "run"
-    proc = run(base_args(out, steps=24, extra=["--synthetic_size", "8", "--cam_figure", "2"]),
-               env)
+    proc = run(base_args(out, steps=24, extra=["--synthetic_size", "8", "--cam_figure", "2"]), env)
     losses = [r["loss"] for r in log(out)]
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
@@ -74,11 +104,16 @@ def test_a_few_steps_lower_the_loss_and_save_a_loadable_model(tmp_path, env):
 
     (entry,) = ModelCard.load(out / "README.md").data.eval_results
     assert (entry.dataset_type, entry.dataset_split, entry.metric_type) == (
-        "synthetic", "val", "mean_iou")
+        "synthetic",
+        "val",
+        "mean_iou",
+    )
     assert entry.metric_value == round(results["val_mean_iou"], 4)
     assert f'from_pretrained("{out}")' in card
     record = log(out)[-1]
-    assert {"cls_A", "cls_agm3", "seg_B", "seg_agm5", "boundary", "lr", "coam3_lambda"} <= set(record)
+    assert {"cls_A", "cls_agm3", "seg_B", "seg_agm5", "boundary", "lr", "coam3_lambda"} <= set(
+        record
+    )
     # --cam_figure 2: two val images x (input, ground truth, A, AGM-5/4/3 before and after
     # CoAM, B's prediction) in 160-pixel cells
     from PIL import Image
@@ -105,7 +140,9 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, env):
     """
     proc = run(args(resumed), env, patch=kill_after_first_checkpoint, check=False)
     assert proc.returncode == -9
-    assert [p.name for p in resumed.iterdir() if p.name.startswith("checkpoint")] == ["checkpoint-3"]
+    assert [p.name for p in resumed.iterdir() if p.name.startswith("checkpoint")] == [
+        "checkpoint-3"
+    ]
     run(args(resumed) + ["--resume_from_checkpoint", "latest"], env)
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys()
@@ -118,8 +155,9 @@ def test_rerun_after_the_final_checkpoint_trains_no_extra_step(tmp_path, env):
     latest ends with exactly the unbroken run's weights, without an extra step; a rerun of a
     finished run resumes from its final checkpoint and trains nothing either."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    args = lambda out: base_args(out, steps=7, extra=["--checkpointing_steps", "3",
-                                                      "--eval_every_epochs", "0"])
+    args = lambda out: base_args(
+        out, steps=7, extra=["--checkpointing_steps", "3", "--eval_every_epochs", "0"]
+    )
     run(args(straight), env)
     assert (straight / "checkpoint-7").is_dir()  # the last step is checkpointed too
     die_in_final_evaluation = """
@@ -149,21 +187,29 @@ def test_every_checkpoint_is_a_loadable_model_folder(tmp_path, env):
     from agen_hf import AgenImageProcessor, AgenModel
 
     out = tmp_path / "run"
-    run(base_args(out, steps=6, extra=["--checkpointing_steps", "3",
-                                       "--checkpoints_total_limit", "5"]), env)
+    run(
+        base_args(
+            out, steps=6, extra=["--checkpointing_steps", "3", "--checkpoints_total_limit", "5"]
+        ),
+        env,
+    )
     final = AgenModel.from_pretrained(out)
     for step in (3, 6):
         folder = out / f"checkpoint-{step}"
-        assert {"config.json", "preprocessor_config.json", "model.safetensors"} <= \
-            {p.name for p in folder.iterdir()}
+        assert {"config.json", "preprocessor_config.json", "model.safetensors"} <= {
+            p.name for p in folder.iterdir()
+        }
         model = AgenModel.from_pretrained(folder)
         assert model.config == final.config
         assert AgenImageProcessor.from_pretrained(folder).image_mean == tuple(
-            final.config.image_mean)
+            final.config.image_mean
+        )
     weights = AgenModel.from_pretrained(out / "checkpoint-6").state_dict()
     assert all(torch.equal(v, final.state_dict()[k]) for k, v in weights.items())
-    assert not all(torch.equal(v, final.state_dict()[k]) for k, v in
-                   AgenModel.from_pretrained(out / "checkpoint-3").state_dict().items())
+    assert not all(
+        torch.equal(v, final.state_dict()[k])
+        for k, v in AgenModel.from_pretrained(out / "checkpoint-3").state_dict().items()
+    )
 
 
 def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path, env):
@@ -211,8 +257,12 @@ def test_nan_loss_is_skipped_and_logged_then_aborts_when_persistent(tmp_path, en
     assert proc.stderr.count("non-finite loss") == 2
     assert len(log(out)) == 6 and all(r["loss"] == r["loss"] for r in log(out))
     out = tmp_path / "all"
-    proc = run(base_args(out, steps=6, extra=["--max_nonfinite_steps", "3"]), env,
-               patch="BAD = set(range(100))\n" + textwrap.dedent(nan_at), check=False)
+    proc = run(
+        base_args(out, steps=6, extra=["--max_nonfinite_steps", "3"]),
+        env,
+        patch="BAD = set(range(100))\n" + textwrap.dedent(nan_at),
+        check=False,
+    )
     assert proc.returncode != 0 and "3 non-finite losses in a row" in proc.stderr
 
 
@@ -228,14 +278,21 @@ def test_two_gloo_processes_match_one_process(tmp_path, env):
 
     # no dropout, no batch statistics: per-sample computations, as equality needs (on GPUs,
     # --sync_bn would do for batch norm)
-    AgenConfig.tiny(resnet_dropout=(0.0, 0.0), freeze_batch_norm=True,
-                    vgg_batch_norm=False).to_json_file(config)
+    AgenConfig.tiny(
+        resnet_dropout=(0.0, 0.0), freeze_batch_norm=True, vgg_batch_norm=False
+    ).to_json_file(config)
     common = ["--model_config", str(config), "--max_train_steps", "4"]
     one, two = tmp_path / "one", tmp_path / "two"
     run(base_args(one, batch=8) + common, env)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(ROOT / "launch" / "cpu_ddp_2proc.yaml"), "--main_process_port",
-                str(free_port())]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "launch" / "cpu_ddp_2proc.yaml"),
+        "--main_process_port",
+        str(free_port()),
+    ]
     run(base_args(two, batch=4) + common, env, launcher=launcher)
     l1, l2 = log(one), log(two)
     assert len(l1) == len(l2) == 4
@@ -248,10 +305,28 @@ def test_full_supervision_tracking_and_a_failed_push(tmp_path, env):
     pytest.importorskip("tensorboard")
     out = tmp_path / "full"
     flag_token, env_token = "hf_" + "Fl4gT0ken" * 4, "env-only-secret-9271"
-    proc = run(base_args(out, steps=5, extra=[
-        "--full_supervision", "--preset", "baseline", "--with_tracking", "--logging_steps", "1",
-        "--push_to_hub", "--hub_model_id", "someone/agen-test", "--hub_token", flag_token,
-        "--hub_model_id=someone/agen-test"]), {**env, "HF_TOKEN": env_token}, check=False)
+    proc = run(
+        base_args(
+            out,
+            steps=5,
+            extra=[
+                "--full_supervision",
+                "--preset",
+                "baseline",
+                "--with_tracking",
+                "--logging_steps",
+                "1",
+                "--push_to_hub",
+                "--hub_model_id",
+                "someone/agen-test",
+                "--hub_token",
+                flag_token,
+                "--hub_model_id=someone/agen-test",
+            ],
+        ),
+        {**env, "HF_TOKEN": env_token},
+        check=False,
+    )
     # offline the push fails: the run says so and exits 3 (issue 21.6), with everything kept
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "finished with problems (exit 3): the push to someone/agen-test failed" in proc.stdout
@@ -286,11 +361,16 @@ def test_full_supervision_tracking_and_a_failed_push(tmp_path, env):
 
 def test_config_file_and_bad_flags(tmp_path, env):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("preset: sc\nlearning_rate: 0.002\noptimizer: adamw\nlr_scheduler: cosine\n"
-                   "warmup_steps: 2\nseeding_warmup_steps: 1\n")
+    cfg.write_text(
+        "preset: sc\nlearning_rate: 0.002\noptimizer: adamw\nlr_scheduler: cosine\n"
+        "warmup_steps: 2\nseeding_warmup_steps: 1\n"
+    )
     out = tmp_path / "cfg"
-    run(base_args(out, steps=2) + ["--config", str(cfg), "--eval_every_epochs", "0",
-                                   "--checkpointing_steps", "2"], env)
+    run(
+        base_args(out, steps=2)
+        + ["--config", str(cfg), "--eval_every_epochs", "0", "--checkpointing_steps", "2"],
+        env,
+    )
     saved = json.loads((out / "config.json").read_text())
     assert saved["agm_stages"] == [4] and saved["coam_stages"] == [4]
     first, second = log(out)
@@ -319,16 +399,19 @@ def recipe():
         sys.path.remove(str(ROOT / "recipes"))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("optimizer: SGD\n", "optimizer: invalid choice: 'SGD'"),
-    ("report_to: tensorbord\n", "report_to: invalid choice: 'tensorbord'"),
-    ("mixed_precision: bf\n", "mixed_precision: invalid choice: 'bf'"),
-    ("learning_rate: fast\n", "learning_rate: invalid float value: 'fast'"),
-    ("max_train_steps: 1.5\n", "max_train_steps: invalid int value: '1.5'"),
-    ("scale_range: [64]\n", "scale_range: expected 2 arguments"),
-    ("deterministic: 'yes'\n", "deterministic: expected true or false, got 'yes'"),
-    ("- optimizer\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("optimizer: SGD\n", "optimizer: invalid choice: 'SGD'"),
+        ("report_to: tensorbord\n", "report_to: invalid choice: 'tensorbord'"),
+        ("mixed_precision: bf\n", "mixed_precision: invalid choice: 'bf'"),
+        ("learning_rate: fast\n", "learning_rate: invalid float value: 'fast'"),
+        ("max_train_steps: 1.5\n", "max_train_steps: invalid int value: '1.5'"),
+        ("scale_range: [64]\n", "scale_range: expected 2 arguments"),
+        ("deterministic: 'yes'\n", "deterministic: expected true or false, got 'yes'"),
+        ("- optimizer\n", "expected a mapping"),
+    ],
+)
 def test_a_config_file_is_checked_like_the_command_line(recipe, tmp_path, capsys, text, message):
     """Issue 12.4: same choices, types and value counts as the flags; the error names the
     file and the key."""
@@ -342,14 +425,28 @@ def test_a_config_file_is_checked_like_the_command_line(recipe, tmp_path, capsys
 
 def test_config_file_values_are_typed_and_the_command_line_wins(recipe, tmp_path, capsys):
     cfg = tmp_path / "run.json"
-    cfg.write_text(json.dumps({"optimizer": "adamw", "learning_rate": 1, "scale_range": [64, 96],
-                               "deterministic": True, "max_train_steps": None}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "optimizer": "adamw",
+                "learning_rate": 1,
+                "scale_range": [64, 96],
+                "deterministic": True,
+                "max_train_steps": None,
+            }
+        )
+    )
     args = recipe.parse_args(["--config", str(cfg)])
-    assert (args.optimizer, args.learning_rate, args.scale_range, args.deterministic) == \
-        ("adamw", 1.0, [64, 96], True)
+    assert (args.optimizer, args.learning_rate, args.scale_range, args.deterministic) == (
+        "adamw",
+        1.0,
+        [64, 96],
+        True,
+    )
     assert isinstance(args.learning_rate, float) and args.max_train_steps is None
-    args = recipe.parse_args(["--config", str(cfg), "--optimizer", "sgd", "--scale_range", "8",
-                              "9"])
+    args = recipe.parse_args(
+        ["--config", str(cfg), "--optimizer", "sgd", "--scale_range", "8", "9"]
+    )
     assert args.optimizer == "sgd" and args.scale_range == [8, 9]
     with pytest.raises(SystemExit):
         recipe.parse_args(["--config", str(tmp_path / "missing.yaml")])
@@ -379,17 +476,36 @@ def test_fine_tuning_starts_from_a_saved_model(tmp_path, env):
     a zero learning rate the weights come out as they went in."""
     first, tuned = tmp_path / "first", tmp_path / "tuned"
     run(base_args(first, steps=2, extra=["--preset", "oa", "--eval_every_epochs", "0"]), env)
-    proc = run(base_args(tuned, steps=2, extra=[
-        "--model_name_or_path", str(first / "checkpoint-2"), "--learning_rate", "0",
-        "--use_boundary_loss", "false", "--eval_every_epochs", "0"]), env)
+    proc = run(
+        base_args(
+            tuned,
+            steps=2,
+            extra=[
+                "--model_name_or_path",
+                str(first / "checkpoint-2"),
+                "--learning_rate",
+                "0",
+                "--use_boundary_loss",
+                "false",
+                "--eval_every_epochs",
+                "0",
+            ],
+        ),
+        env,
+    )
     assert f"model {first / 'checkpoint-2'}" in proc.stderr
     a, b = load_file(first / "model.safetensors"), load_file(tuned / "model.safetensors")
     assert a.keys() == b.keys()  # AGM-4 only, as saved, not the tiny default's AGM-3/4/5
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "tracked" not in k)
     saved = json.loads((tuned / "config.json").read_text())
     assert saved["agm_stages"] == [4] and saved["use_boundary_loss"] is False
-    proc = run(base_args(tmp_path / "bad", steps=1, extra=[
-        "--model_name_or_path", str(first), "--preset", "ac"]), env, check=False)
+    proc = run(
+        base_args(
+            tmp_path / "bad", steps=1, extra=["--model_name_or_path", str(first), "--preset", "ac"]
+        ),
+        env,
+        check=False,
+    )
     assert proc.returncode != 0 and "a preset builds a fresh model" in proc.stderr
 
 
@@ -407,11 +523,35 @@ def test_a_hub_dataset_in_another_schema_trains_through_the_column_flags(tmp_pat
         datasets.load_dataset = load_dataset
     """
     out = tmp_path / "run"
-    args = ["--dataset_name", "someone/roads", "--train_split", "train", "--eval_split", "val",
-            "--image_column", "photo", "--mask_column", "seg", "--model_config", "tiny",
-            "--per_device_train_batch_size", "4", "--max_train_steps", "2", "--num_workers", "0",
-            "--boundary_crf", "torch", "--scale_range", "64", "64", "--crop_size", "64",
-            "--output_dir", str(out)]
+    args = [
+        "--dataset_name",
+        "someone/roads",
+        "--train_split",
+        "train",
+        "--eval_split",
+        "val",
+        "--image_column",
+        "photo",
+        "--mask_column",
+        "seg",
+        "--model_config",
+        "tiny",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_steps",
+        "2",
+        "--num_workers",
+        "0",
+        "--boundary_crf",
+        "torch",
+        "--scale_range",
+        "64",
+        "64",
+        "--crop_size",
+        "64",
+        "--output_dir",
+        str(out),
+    ]
     proc = run(args, env, patch=serve)
     assert "val mIoU (image-level supervision)" in proc.stdout
     proc = run(args[:6] + args[10:], env, patch=serve, check=False)
@@ -431,8 +571,10 @@ def test_full_supervision_has_no_classification_phase_and_so_no_restart(recipe):
     own = recipe.parse_args(["--config", str(ROOT / "recipes" / "quickstart_full.yaml")])
     assert own.full_supervision and (own.seeding_warmup_steps, own.lr_restart_at) == (0, 0)
     assert own.max_train_steps == 1800 and own.model_config == weak.model_config
-    assert (own.synthetic_size, own.synthetic_image_size) == (weak.synthetic_size,
-                                                              weak.synthetic_image_size)
+    assert (own.synthetic_size, own.synthetic_image_size) == (
+        weak.synthetic_size,
+        weak.synthetic_image_size,
+    )
 
 
 FORMAT_PROBE = """
@@ -457,9 +599,13 @@ def test_channels_last_trains_the_same_numbers_and_saves_a_plain_model(tmp_path,
     runs = {}
     for name, extra in (("plain", []), ("cl", ["--channels_last"])):
         out, formats = tmp_path / name, tmp_path / f"{name}.formats"
-        run(base_args(out, steps=4, extra=[*extra, "--synthetic_size", "8",
-                                           "--seeding_warmup_steps", "2"]),
-            {**env, "FORMAT_LOG": str(formats)}, patch=FORMAT_PROBE)
+        run(
+            base_args(
+                out, steps=4, extra=[*extra, "--synthetic_size", "8", "--seeding_warmup_steps", "2"]
+            ),
+            {**env, "FORMAT_LOG": str(formats)},
+            patch=FORMAT_PROBE,
+        )
         seen = {tuple(json.loads(line)) for line in formats.read_text().splitlines()}
         runs[name] = out, seen
     assert runs["plain"][1] == {(False, False)} and runs["cl"][1] == {(True, True)}
@@ -483,17 +629,20 @@ def test_table_2_and_3_rows_are_one_flag_away(recipe, tmp_path):
     config refuses is an error naming the flags; none given means no AGM."""
     id2label = {0: "background", 1: "a", 2: "b"}
     tiny = ["--model_config", "tiny"]
-    model = recipe.build_model(recipe.parse_args(tiny + ["--agm_stages", "4", "5",
-                                                         "--coam_stages", "5"]), id2label)
+    model = recipe.build_model(
+        recipe.parse_args(tiny + ["--agm_stages", "4", "5", "--coam_stages", "5"]), id2label
+    )
     assert (model.config.agm_stages, model.config.coam_stages) == ((4, 5), (5,))
     assert sorted(model.coam) == ["5"] and model.heads == ["A", "agm5", "agm4"]
-    model = recipe.build_model(recipe.parse_args(tiny + ["--preset", "ac", "--coam_stages"]),
-                               id2label)
+    model = recipe.build_model(
+        recipe.parse_args(tiny + ["--preset", "ac", "--coam_stages"]), id2label
+    )
     assert (model.config.agm_stages, model.config.coam_stages) == ((3, 4, 5), ())
     cfg = tmp_path / "row.yaml"
     cfg.write_text("agm_stages: [3]\ncoam_stages: []\n")
     model = recipe.build_model(recipe.parse_args(tiny + ["--config", str(cfg)]), id2label)
     assert (model.config.agm_stages, model.config.coam_stages) == ((3,), ())
     with pytest.raises(SystemExit, match="--agm_stages / --coam_stages: coam_stages: CoAM-3"):
-        recipe.build_model(recipe.parse_args(tiny + ["--agm_stages", "4", "--coam_stages",
-                                                     "3"]), id2label)
+        recipe.build_model(
+            recipe.parse_args(tiny + ["--agm_stages", "4", "--coam_stages", "3"]), id2label
+        )

@@ -32,9 +32,15 @@ def test_outputs_index_like_a_model_output(model):
 
 
 def test_deeplab_outputs_too():
-    model = DeepLabModel(DeepLabConfig(backbone="vgg16", head="largefov", fc_channels=16,
-                                       vgg_channels=[8, 8, 16, 16, 16],
-                                       vgg_depths=[1, 1, 1, 1, 1])).eval()
+    model = DeepLabModel(
+        DeepLabConfig(
+            backbone="vgg16",
+            head="largefov",
+            fc_channels=16,
+            vgg_channels=[8, 8, 16, 16, 16],
+            vgg_depths=[1, 1, 1, 1, 1],
+        )
+    ).eval()
     out = model(torch.randn(1, 3, 40, 40))
     assert out[0] is out.logits and out.to_tuple() == (out.logits,)
 
@@ -53,10 +59,12 @@ def test_from_pretrained_overrides_the_classes(model, tmp_path):
     assert five.config.num_labels == 5 and five.config.id2label[4] == "LABEL_4"
     assert five.branch_b.head[-1].out_channels == 5
     kept = dict(model.state_dict())
-    assert torch.equal(five.state_dict()["stem.conv1.conv1_1.weight"],
-                       kept["stem.conv1.conv1_1.weight"])  # everything else is kept
-    named = AgenModel.from_pretrained(tmp_path / "m", id2label={"0": "background", "1": "cat"},
-                                      ignore_mismatched_sizes=True)
+    assert torch.equal(
+        five.state_dict()["stem.conv1.conv1_1.weight"], kept["stem.conv1.conv1_1.weight"]
+    )  # everything else is kept
+    named = AgenModel.from_pretrained(
+        tmp_path / "m", id2label={"0": "background", "1": "cat"}, ignore_mismatched_sizes=True
+    )
     assert named.config.id2label == {0: "background", 1: "cat"}
     same = AgenModel.from_pretrained(tmp_path / "m", id2label=model.config.id2label)
     assert all(torch.equal(v, kept[k]) for k, v in same.state_dict().items())
@@ -68,8 +76,11 @@ def test_from_pretrained_errors_name_the_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "other").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"runs/missing: no such model folder "
-                                                r"\(runs/ holds \['other'\]\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"runs/missing: no such model folder "
+        r"\(runs/ holds \['other'\]\)",
+    ):
         AgenModel.from_pretrained("runs/missing")
     with pytest.raises(FileNotFoundError, match="runs/other/config.json: missing"):
         AgenModel.from_pretrained("runs/other")
@@ -101,11 +112,115 @@ def test_configs_share_one_base_and_save_their_model_type(tmp_path):
     # every saved model folder names its type; loading picks the class by it
     AgenModel(config).save_pretrained(tmp_path / "model")
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert saved["model_type"] == "agen" and type(
-        load_segmentation_model(tmp_path / "model")) is AgenModel
+    assert (
+        saved["model_type"] == "agen"
+        and type(load_segmentation_model(tmp_path / "model")) is AgenModel
+    )
     assert model_type_of({"backbone": "vgg16"}) == "deeplab"  # folders saved before types
     assert model_type_of({"num_labels": 21}) == "agen"
     saved["model_type"] = "segformer"
     (tmp_path / "model" / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="model_type 'segformer' is not one of"):
         load_segmentation_model(tmp_path / "model")
+
+
+# --- one flag vocabulary across the recipes ------------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+INFERENCE_RECIPES = {
+    "eval_voc": ["--dataset", "synthetic"],
+    "predict": ["--images", "a.jpg", "--out", "o"],
+    "make_pseudo_labels": ["--train_dir", "photos", "--out", "o"],
+    "visualize": ["--images", "a.jpg"],
+}
+
+
+def recipe_module(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(INFERENCE_RECIPES))
+def test_inference_recipes_share_the_training_vocabulary(name):
+    parser = recipe_module(name).build_parser()
+    rest = INFERENCE_RECIPES[name]
+    old = parser.parse_args(["--model", "runs/m", *rest])
+    new = parser.parse_args(["--model_name_or_path", "runs/m", *rest])
+    assert old.model_name_or_path == new.model_name_or_path == "runs/m"
+    assert vars(old) == vars(new)
+    if "--out" in rest:  # the old name is an alias of --output_dir
+        renamed = [a if a != "--out" else "--output_dir" for a in rest]
+        assert parser.parse_args(["--model", "m", *renamed]).output_dir == old.output_dir == "o"
+    assert old.scales == [1.0] and old.flip is False
+    with pytest.raises(SystemExit):  # one validation of --scales for every recipe
+        parser.parse_args(["--model", "m", *rest, "--scales", "1", "0"])
+    assert "(default: [1.0])" in parser.format_help()
+
+
+@pytest.mark.parametrize(
+    "name", ["eval_voc", "predict", "make_pseudo_labels", "train_voc", "train_deeplab", "visualize"]
+)
+def test_every_recipe_shows_its_defaults_in_help(name):
+    text = recipe_module(name).build_parser().format_help()
+    assert "(default:" in text
+
+
+def test_checkpointing_steps_epoch_and_report_to_none():
+    train_voc = recipe_module("train_voc")
+    args = train_voc.parse_args(
+        ["--checkpointing_steps", "epoch", "--with_tracking", "--report_to", "none"]
+    )
+    assert args.checkpointing_steps == 0 and args.with_tracking is False
+    assert train_voc.parse_args(["--checkpointing_steps", "25"]).checkpointing_steps == 25
+    with pytest.raises(SystemExit):
+        train_voc.parse_args(["--checkpointing_steps", "epochs"])
+
+
+def test_loop_options_take_each_flag_by_name():
+    from agen_hf.engine.loop import LoopOptions
+
+    args = recipe_module("train_voc").parse_args(
+        [
+            "--max_train_steps",
+            "7",
+            "--checkpointing_steps",
+            "3",
+            "--checkpoints_total_limit",
+            "2",
+            "--eval_every_epochs",
+            "4",
+            "--logging_steps",
+            "5",
+            "--max_nonfinite_steps",
+            "6",
+            "--max_grad_norm",
+            "1.5",
+            "--channels_last",
+            "--output_dir",
+            "runs/x",
+        ]
+    )
+    o = LoopOptions.from_args(args, steps_per_epoch=3)
+    assert (
+        o.max_steps,
+        o.steps_per_epoch,
+        o.checkpointing_steps,
+        o.checkpoints_total_limit,
+        o.eval_every_epochs,
+        o.logging_steps,
+        o.max_nonfinite_steps,
+        o.max_grad_norm,
+        o.channels_last,
+        o.with_tracking,
+        str(o.output_dir),
+    ) == (7, 3, 3, 2, 4, 5, 6, 1.5, True, False, "runs/x")
+
+
+def test_pixel_maps_passed_as_labels_point_to_masks(model):
+    x = torch.randn(2, 3, 48, 48)
+    with pytest.raises(ValueError, match=r"pixel label maps go in masks="):
+        model.train()(x, torch.zeros(2, 48, 48, dtype=torch.long))

@@ -10,14 +10,23 @@ def test_interpolation_matrix_by_hand():
     expected = torch.tensor([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]])
     torch.testing.assert_close(interpolation_matrix(4, 2), expected)
     # 4 -> 2: sources 0.5 and 2.5
-    torch.testing.assert_close(interpolation_matrix(2, 4),
-                               torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]))
+    torch.testing.assert_close(
+        interpolation_matrix(2, 4), torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])
+    )
     assert torch.equal(interpolation_matrix(5, 5), torch.eye(5))
 
 
-@pytest.mark.parametrize("shape,size", [((8, 8), (64, 64)), ((7, 5), (50, 37)),
-                                        ((16, 16), (8, 8)), ((10, 3), (3, 10)),
-                                        ((1, 1), (5, 4)), ((63, 47), (500, 375))])
+@pytest.mark.parametrize(
+    "shape,size",
+    [
+        ((8, 8), (64, 64)),
+        ((7, 5), (50, 37)),
+        ((16, 16), (8, 8)),
+        ((10, 3), (3, 10)),
+        ((1, 1), (5, 4)),
+        ((63, 47), (500, 375)),
+    ],
+)
 def test_equals_torch_bilinear_values_and_gradient(shape, size):
     x = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
     ours = upsample_bilinear(x, size)

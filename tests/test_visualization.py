@@ -4,8 +4,15 @@ from PIL import Image
 
 from agen_hf import AgenConfig, AgenModel
 from agen_hf.data import voc_palette
-from agen_hf.visualization import (cam_figure, grid, heatmap, label_colors, label_image, overlay,
-                                   segmentation_figure)
+from agen_hf.visualization import (
+    cam_figure,
+    grid,
+    heatmap,
+    label_colors,
+    label_image,
+    overlay,
+    segmentation_figure,
+)
 
 
 def test_label_image_is_a_voc_palette_png_that_round_trips(tmp_path):
@@ -23,8 +30,11 @@ def test_overlay_blends_foreground_only_and_heatmap_runs_blue_to_red():
     labels = np.array([[0, 1], [0, 0]])
     out = overlay(rgb, labels, alpha=0.5)
     assert (out[0, 0] == 100).all() and out[0, 1].tolist() == [114, 50, 50]  # (100+128)/2
-    assert heatmap(np.array([[0.0, 0.5, 1.0]]))[0].tolist() == [[0, 0, 128], [128, 255, 128],
-                                                                 [128, 0, 0]]
+    assert heatmap(np.array([[0.0, 0.5, 1.0]]))[0].tolist() == [
+        [0, 0, 128],
+        [128, 255, 128],
+        [128, 0, 0],
+    ]
 
 
 def test_grid_layout():
@@ -54,11 +64,11 @@ def test_figures_have_one_column_per_head_and_one_row_per_image():
 def test_cam_figure_with_ground_truth_and_branch_b_prediction():
     model = AgenModel(AgenConfig.tiny()).eval()
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
-              for _ in range(3)]
+    images = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)) for _ in range(3)]
     masks = [label_image(np.full((40, 56), 1, np.uint8)), np.zeros((40, 56), np.uint8), None]
-    fig = cam_figure(model, images, labels=[[0], [3], [4]], cell=(32, 32), masks=masks,
-                     prediction=True)
+    fig = cam_figure(
+        model, images, labels=[[0], [3], [4]], cell=(32, 32), masks=masks, prediction=True
+    )
     # input, ground truth, A, AGM-5/4/3 each before and after CoAM, B's prediction
     assert fig.size == (10 * 36 + 4, 16 + 3 * 36 + 4)
     gt = (4 + 36 + 10, 16 + 4 + 10)  # inside the first row's ground-truth cell
@@ -67,16 +77,19 @@ def test_cam_figure_with_ground_truth_and_branch_b_prediction():
     # branch B's prediction: the VOC colour of the argmax of its logits (a fresh model's
     # logits start near 0, so check against the model's own argmax)
     from agen_hf import AgenImageProcessor
+
     processor = AgenImageProcessor()
     pv = processor.pad(processor.normalize(np.array(images[0])))
     with torch.no_grad():
         logits = model(pv, segmentation_only=True).logits
-    upsampled = torch.nn.functional.interpolate(logits, size=pv.shape[-2:], mode="bilinear",
-                                                align_corners=False)[0, :, :40, :56]
+    upsampled = torch.nn.functional.interpolate(
+        logits, size=pv.shape[-2:], mode="bilinear", align_corners=False
+    )[0, :, :40, :56]
     pred = upsampled.argmax(dim=0).numpy()
-    cell = np.asarray(fig)[16 + 4:16 + 4 + 32, 4 + 9 * 36:4 + 9 * 36 + 32]
-    expected = np.asarray(Image.fromarray(label_colors(pred)).resize((32, 32),
-                                                                     Image.Resampling.BILINEAR))
+    cell = np.asarray(fig)[16 + 4 : 16 + 4 + 32, 4 + 9 * 36 : 4 + 9 * 36 + 32]
+    expected = np.asarray(
+        Image.fromarray(label_colors(pred)).resize((32, 32), Image.Resampling.BILINEAR)
+    )
     assert np.array_equal(cell, expected)
 
 

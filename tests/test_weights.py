@@ -7,7 +7,7 @@ from torchvision.models import resnet101, vgg16, vgg16_bn
 
 from agen_hf import AgenConfig, AgenModel
 from agen_hf.deeplab import DeepLabConfig, DeepLabModel
-from agen_hf.weights import (load_resnet38, load_resnet101, load_vgg16, read_state_dict)
+from agen_hf.weights import load_resnet38, load_resnet101, load_vgg16, read_state_dict
 
 
 def psa_resnet38_state_dict() -> dict[str, torch.Tensor]:
@@ -38,8 +38,12 @@ def psa_resnet38_state_dict() -> dict[str, torch.Tensor]:
         state[f"{name}.conv_branch2b2.weight"] = (cout, cout // 2, 1, 1)
         state[f"{name}.conv_branch1.weight"] = (cout, cin, 1, 1)
 
-    for stage, cin, mid, cout, n in ((2, 64, 128, 128, 3), (3, 128, 256, 256, 3),
-                                     (4, 256, 512, 512, 6), (5, 512, 512, 1024, 3)):
+    for stage, cin, mid, cout, n in (
+        (2, 64, 128, 128, 3),
+        (3, 128, 256, 256, 3),
+        (4, 256, 512, 512, 6),
+        (5, 512, 512, 1024, 3),
+    ):
         for i in range(n):
             name = f"b{stage}" if i == 0 else f"b{stage}_{i}"
             block(name, cin if i == 0 else cout, mid, cout, projection=i == 0)
@@ -75,30 +79,45 @@ def test_psa_resnet38_fills_branch_b(paper_model, tmp_path):
     assert report.missing == []  # every unit of b3 ... b7 and bn7
     # conv1a and b2 are replaced by the shared VGG stem (section III.1)
     assert sorted(report.unexpected) == sorted(
-        k for k in state if k.startswith(("conv1a.", "b2.", "b2_")))
+        k for k in state if k.startswith(("conv1a.", "b2.", "b2_"))
+    )
     sd = paper_model.state_dict()
-    for key in ("b4_5.conv_branch2b1.weight", "b7.conv_branch2b2.weight", "bn7.running_var",
-                "b5.conv_branch1.weight"):
+    for key in (
+        "b4_5.conv_branch2b1.weight",
+        "b7.conv_branch2b2.weight",
+        "bn7.running_var",
+        "b5.conv_branch1.weight",
+    ):
         assert torch.equal(sd[f"branch_b.{key}"], state[key])
 
 
 def test_vgg16_bn_and_resnet101_into_their_models():
-    model = AgenModel(AgenConfig(vgg_batch_norm=True, resnet_widths=(16, 32, 32, 64, 64),
-                                 resnet_depths=(1, 1, 1), seg_head_channels=8,
-                                 agm_cls_channels=8, agm_seg_channels=8, fc_channels=8))
+    model = AgenModel(
+        AgenConfig(
+            vgg_batch_norm=True,
+            resnet_widths=(16, 32, 32, 64, 64),
+            resnet_depths=(1, 1, 1),
+            seg_head_channels=8,
+            agm_cls_channels=8,
+            agm_seg_channels=8,
+            fc_channels=8,
+        )
+    )
     state = vgg16_bn().state_dict()
     report = load_vgg16(model, {"state_dict": {f"module.{k}": v for k, v in state.items()}})
     assert len(report.loaded) == 13 * 2 + 13 * 5 and report.missing == []
-    assert torch.equal(model.state_dict()["branch_a.conv4.bn4_2.running_mean"],
-                       state["features.28.running_mean"])  # conv4_2 is features.27
+    assert torch.equal(
+        model.state_dict()["branch_a.conv4.bn4_2.running_mean"], state["features.28.running_mean"]
+    )  # conv4_2 is features.27
     with pytest.raises(ValueError, match="a VGG16-BN file for a VGG16 model"):
         load_vgg16(AgenModel(AgenConfig(resnet_widths=(16, 32, 32, 64, 64))), state)
     deeplab = DeepLabModel(DeepLabConfig())
     state = resnet101().state_dict()
     report = load_resnet101(deeplab, state)
     assert report.missing == [] and sorted(report.unexpected) == ["fc.bias", "fc.weight"]
-    assert torch.equal(deeplab.state_dict()["net.backbone.layer3.22.conv2.weight"],
-                       state["layer3.22.conv2.weight"])
+    assert torch.equal(
+        deeplab.state_dict()["net.backbone.layer3.22.conv2.weight"], state["layer3.22.conv2.weight"]
+    )
     vgg_deeplab = DeepLabModel(DeepLabConfig(backbone="vgg16"))
     report = load_vgg16(vgg_deeplab, vgg16().state_dict())
     assert len(report.loaded) == 26 and report.missing == []
@@ -106,8 +125,11 @@ def test_vgg16_bn_and_resnet101_into_their_models():
 
 def test_bad_weight_files_are_clear_errors(tmp_path):
     small = AgenModel(AgenConfig.tiny(vgg_depths=(2, 2, 3, 3, 3), vgg_batch_norm=False))
-    with pytest.raises(ValueError, match=r"features.0.weight has shape \(64, 3, 3, 3\) but "
-                                         r"stem.conv1.conv1_1.weight needs \(8, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"features.0.weight has shape \(64, 3, 3, 3\) but "
+        r"stem.conv1.conv1_1.weight needs \(8, 3, 3, 3\)",
+    ):
         load_vgg16(small, vgg16().state_dict())
     with pytest.raises(ValueError, match="vgg_depths"):
         load_vgg16(AgenModel(AgenConfig.tiny()), vgg16().state_dict())

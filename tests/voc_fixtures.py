@@ -24,7 +24,7 @@ def good_pair(seed: int, size=(48, 40), classes=(1,)):
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     mask = np.zeros((h, w), dtype=np.uint8)
     for k, c in enumerate(classes):
-        mask[4 + 8 * k: 12 + 8 * k, 5:20] = c
+        mask[4 + 8 * k : 12 + 8 * k, 5:20] = c
     mask[3, 5:20] = 255
     return image, mask
 
@@ -52,18 +52,27 @@ def make_voc(root: Path, bad: str | None = None) -> Path:
 def write_bomb(path: Path, side: int = 20_000) -> None:
     """A 70-byte PNG whose header declares ``side`` x ``side`` RGB pixels (400 M by default,
     over twice PIL's MAX_IMAGE_PIXELS): PIL refuses it on open as a decompression bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def break_sample(root: Path, sid: str, bad: str) -> None:
     jpg = root / "JPEGImages" / f"{sid}.jpg"
-    masks = [root / "SegmentationClass" / f"{sid}.png", root / "SegmentationClassAug" / f"{sid}.png"]
+    masks = [
+        root / "SegmentationClass" / f"{sid}.png",
+        root / "SegmentationClassAug" / f"{sid}.png",
+    ]
     image, mask = good_pair(1, classes=(2, 15))
     if bad == "truncated":
         data = jpg.read_bytes()

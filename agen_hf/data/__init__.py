@@ -7,13 +7,30 @@ from .coco import COCO_CLASS_NAMES, load_coco
 from .conform import conform
 from .folder import load_folder
 from .samples import DataError, VocDataError, voc_palette
-from .schema import (BACKGROUND, IGNORE_INDEX, class_names, features, id2label_for,
-                     multi_hot)
+from .schema import BACKGROUND, IGNORE_INDEX, class_names, features, id2label_for, multi_hot
 from .synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic, render_sample
 from .voc import FEATURES, NUM_CLASSES, VOC_CLASS_NAMES, VOC_CLASSES, load_voc
 
-__all__ = ["BACKGROUND", "COCO_CLASS_NAMES", "DataError", "FEATURES", "IGNORE_INDEX",
-           "NUM_CLASSES", "SYNTHETIC_CLASS_NAMES", "VOC_CLASSES", "VOC_CLASS_NAMES",
-           "VocDataError", "class_names", "conform", "features", "id2label_for", "load_coco",
-           "load_folder", "load_voc", "make_synthetic", "multi_hot", "render_sample",
-           "voc_palette"]
+__all__ = [
+    "BACKGROUND",
+    "COCO_CLASS_NAMES",
+    "DataError",
+    "FEATURES",
+    "IGNORE_INDEX",
+    "NUM_CLASSES",
+    "SYNTHETIC_CLASS_NAMES",
+    "VOC_CLASSES",
+    "VOC_CLASS_NAMES",
+    "VocDataError",
+    "class_names",
+    "conform",
+    "features",
+    "id2label_for",
+    "load_coco",
+    "load_folder",
+    "load_voc",
+    "make_synthetic",
+    "multi_hot",
+    "render_sample",
+    "voc_palette",
+]

@@ -54,16 +54,86 @@ from .schema import IGNORE_INDEX, features, label_ids_from_mask
 logger = logging.getLogger(__name__)
 
 COCO_CLASS_NAMES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
-    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
-    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
-    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )  # the 80 categories of instances_{train,val}2014.json, in ascending category id
 SPLITS = ("train2014", "val2014")
 _CACHE_VERSION = "1"
@@ -86,9 +156,11 @@ def _mask_api():
     try:
         from pycocotools import mask
     except ImportError:
-        raise ImportError("rendering COCO masks from instances_*.json needs pycocotools: pip "
-                          "install agen_hf[coco] (or pycocotools), or use pre-converted PNG "
-                          "masks in <root>/SegmentationClass/<split>/") from None
+        raise ImportError(
+            "rendering COCO masks from instances_*.json needs pycocotools: pip "
+            "install agen_hf[coco] (or pycocotools), or use pre-converted PNG "
+            "masks in <root>/SegmentationClass/<split>/"
+        ) from None
     return mask
 
 
@@ -101,7 +173,7 @@ def _to_rle(mask_api, segmentation, height: int, width: int):
     return segmentation  # compressed RLE
 
 
-_MAX_COORD = 2.0 ** 24  # beyond, (int)(5 * x + .5) overflows or loses the sub-pixel: full frame
+_MAX_COORD = 2.0**24  # beyond, (int)(5 * x + .5) overflows or loses the sub-pixel: full frame
 
 
 def _rounds_alike(start: int, end: int, length: int, shift: int) -> bool:
@@ -113,8 +185,10 @@ def _rounds_alike(start: int, end: int, length: int, shift: int) -> bool:
     if den % 2 or not den & (den - 1):  # odd or a power of two: no rounding tie
         return True
     s, moved = extent / length, start - shift  # C: s = (double)(ye - ys) / dx
-    return all(int(start + s * t + .5) - start == int(moved + s * t + .5) - moved
-               for t in range(den // 2, length + 1, den))  # s * t a half-integer
+    return all(
+        int(start + s * t + 0.5) - start == int(moved + s * t + 0.5) - moved
+        for t in range(den // 2, length + 1, den)
+    )  # s * t a half-integer
 
 
 def _polygon_box(segmentation, height: int, width: int):
@@ -156,9 +230,12 @@ def _polygon_box(segmentation, height: int, width: int):
     if not isinstance(segmentation, list) or not segmentation:
         return None
     try:
-        parts = [[float(c) for c in part] for part in segmentation
-                 if isinstance(part, list) and len(part) >= 6 and not len(part) % 2]
-        lattice = [[int(5.0 * c + .5) for c in part] for part in parts]  # step (1)
+        parts = [
+            [float(c) for c in part]
+            for part in segmentation
+            if isinstance(part, list) and len(part) >= 6 and not len(part) % 2
+        ]
+        lattice = [[int(5.0 * c + 0.5) for c in part] for part in parts]  # step (1)
     except (TypeError, ValueError, OverflowError):  # not numbers, NaN, infinite
         return None
     if len(parts) < len(segmentation):
@@ -176,11 +253,19 @@ def _polygon_box(segmentation, height: int, width: int):
         for xa, ya, xb, yb in zip(xs, ys, xs[1:] + xs[:1], ys[1:] + ys[:1]):
             dx, dy = abs(xb - xa), abs(yb - ya)
             if dx >= dy:  # walked along x from its left end, y rounded
-                if y0 and dx and not (_rounds_alike(ya, yb, dx, 5 * y0) if xa <= xb
-                                      else _rounds_alike(yb, ya, dx, 5 * y0)):
+                if (
+                    y0
+                    and dx
+                    and not (
+                        _rounds_alike(ya, yb, dx, 5 * y0)
+                        if xa <= xb
+                        else _rounds_alike(yb, ya, dx, 5 * y0)
+                    )
+                ):
                     y0 = 0
-            elif x0 and not (_rounds_alike(xa, xb, dy, 5 * x0) if ya <= yb
-                             else _rounds_alike(xb, xa, dy, 5 * x0)):
+            elif x0 and not (
+                _rounds_alike(xa, xb, dy, 5 * x0) if ya <= yb else _rounds_alike(xb, xa, dy, 5 * x0)
+            ):
                 x0 = 0
     for part, lat in zip(parts, lattice):
         if x0:
@@ -211,13 +296,17 @@ def render_mask(instances: list[tuple[object, int]], height: int, width: int) ->
         rles = mask_api.frPyObjects(parts, box_h, box_w)
         pieces.append((rles[0] if len(rles) == 1 else mask_api.merge(rles), y0, x0))
     areas = mask_api.area([rle for rle, _, _ in pieces])
-    order = sorted(range(len(pieces)),
-                   key=lambda i: (instances[i][1] == IGNORE_INDEX, -int(areas[i])))
+    order = sorted(
+        range(len(pieces)), key=lambda i: (instances[i][1] == IGNORE_INDEX, -int(areas[i]))
+    )
     for i in order:
         rle, y0, x0 = pieces[i]
         bits = mask_api.decode(rle)  # (h, w) 0/1 of the box, column-major
-        np.copyto(out[y0:y0 + bits.shape[0], x0:x0 + bits.shape[1]], instances[i][1],
-                  where=bits.view(bool))
+        np.copyto(
+            out[y0 : y0 + bits.shape[0], x0 : x0 + bits.shape[1]],
+            instances[i][1],
+            where=bits.view(bool),
+        )
     return out
 
 
@@ -228,8 +317,9 @@ def _render_chunk(jobs: list[tuple[str, int, int, list]]) -> int:
         try:
             mask = render_mask(instances, height, width)
         except (TypeError, ValueError, KeyError, IndexError) as e:
-            raise ValueError(f"cannot render the annotations of {Path(path).stem} "
-                             f"({type(e).__name__}: {e})") from None
+            raise ValueError(
+                f"cannot render the annotations of {Path(path).stem} ({type(e).__name__}: {e})"
+            ) from None
         img = Image.fromarray(mask)
         img.putpalette(_PALETTE)
         img.save(path, compress_level=1)
@@ -237,7 +327,7 @@ def _render_chunk(jobs: list[tuple[str, int, int, list]]) -> int:
 
 
 def _render_all(jobs: list, num_workers: int, ann_file: Path, split: str) -> None:
-    chunks = [jobs[i:i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
+    chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
     with progress(desc=f"rendering COCO {split} masks", total=len(jobs)) as bar:
         try:
             if num_workers <= 1 or len(chunks) <= 1:
@@ -274,8 +364,9 @@ def _keep_or_raise(rows: list, skip: bool, what: str) -> list:
     bad = [r for r in rows if isinstance(r, DataError)]
     if bad and not skip:
         more = f" (and {len(bad) - 1} more bad samples)" if len(bad) > 1 else ""
-        raise DataError(bad[0].path, f"{bad[0].problem}{more}; pass skip_bad_samples=True to "
-                                     "skip them")
+        raise DataError(
+            bad[0].path, f"{bad[0].problem}{more}; pass skip_bad_samples=True to skip them"
+        )
     for e in bad:
         logger.warning("skipped bad sample %s", e)
     if bad:
@@ -283,16 +374,24 @@ def _keep_or_raise(rows: list, skip: bool, what: str) -> list:
     return [r for r in rows if not isinstance(r, DataError)]
 
 
-def _dataset(rows: list[dict], names, split: str, description: str,
-             skipped: int) -> datasets.Dataset:
+def _dataset(
+    rows: list[dict], names, split: str, description: str, skipped: int
+) -> datasets.Dataset:
     feats = features(names)
-    ds = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in feats}, features=feats,
-                                    split=split)
+    ds = datasets.Dataset.from_dict(
+        {k: [r[k] for r in rows] for k in feats}, features=feats, split=split
+    )
     return describe(ds, description, skipped)
 
 
-def _build_from_instances(split_dir: Path, ann_file: Path, split: str, mask_dir: Path | None,
-                          skip_bad_samples: bool, num_workers: int) -> datasets.Dataset:
+def _build_from_instances(
+    split_dir: Path,
+    ann_file: Path,
+    split: str,
+    mask_dir: Path | None,
+    skip_bad_samples: bool,
+    num_workers: int,
+) -> datasets.Dataset:
     if mask_dir is not None:
         _mask_api()  # fail before parsing the JSON when pycocotools is missing
     data = _read_instances(ann_file)
@@ -304,34 +403,47 @@ def _build_from_instances(split_dir: Path, ann_file: Path, split: str, mask_dir:
     images = {img["id"]: img for img in data["images"]}
     unknown = set(by_image) - set(images)
     if unknown:
-        raise DataError(str(ann_file), f"annotations of {len(unknown)} image ids not in "
-                                       f"'images', e.g. {sorted(unknown)[:3]}")
+        raise DataError(
+            str(ann_file),
+            f"annotations of {len(unknown)} image ids not in 'images', e.g. {sorted(unknown)[:3]}",
+        )
     present = set(os.listdir(split_dir))
     kept = sorted((images[i] for i in by_image), key=lambda img: img["file_name"])
     rows, jobs = [], []
     for img in kept:
         name, height, width = img["file_name"], img["height"], img["width"]
         if name not in present:
-            rows.append(DataError(str(split_dir / name), f"listed in {ann_file.name} but the "
-                                                         "image is missing"))
+            rows.append(
+                DataError(
+                    str(split_dir / name), f"listed in {ann_file.name} but the image is missing"
+                )
+            )
             continue
         stem = Path(name).stem
         anns = by_image[img["id"]]
         try:
             values = [value[a["category_id"]] for a in anns]
         except KeyError as e:
-            raise DataError(str(ann_file), f"image {name}: category id {e} not in "
-                                           "'categories'") from None
-        row = {"id": stem, "image": {"path": str(split_dir / name), "bytes": None},
-               "labels": sorted({v - 1 for v in values}), "mask": None}
+            raise DataError(
+                str(ann_file), f"image {name}: category id {e} not in 'categories'"
+            ) from None
+        row = {
+            "id": stem,
+            "image": {"path": str(split_dir / name), "bytes": None},
+            "labels": sorted({v - 1 for v in values}),
+            "mask": None,
+        }
         if mask_dir is not None:
             instances = []
             for a, v in zip(anns, values):
                 seg = a["segmentation"]
                 if isinstance(seg, dict) and list(seg.get("size", ())) != [height, width]:
-                    raise DataError(str(ann_file), f"annotation {a.get('id')}: RLE size "
-                                                   f"{seg.get('size')} is not the image's "
-                                                   f"{[height, width]}")
+                    raise DataError(
+                        str(ann_file),
+                        f"annotation {a.get('id')}: RLE size "
+                        f"{seg.get('size')} is not the image's "
+                        f"{[height, width]}",
+                    )
                 instances.append((seg, IGNORE_INDEX if a.get("iscrowd") else v))
             row["mask"] = {"path": str(mask_dir / f"{stem}.png"), "bytes": None}
             jobs.append((row["mask"]["path"], height, width, instances))
@@ -344,38 +456,65 @@ def _build_from_instances(split_dir: Path, ann_file: Path, split: str, mask_dir:
     if jobs:
         mask_dir.mkdir(parents=True, exist_ok=True)
         _render_all(jobs, num_workers, ann_file, split)
-    return _dataset(rows, [c["name"] for c in categories], split,
-                    f"MS COCO {split} from {ann_file}; without annotations: {left_out}",
-                    listed - len(rows))
+    return _dataset(
+        rows,
+        [c["name"] for c in categories],
+        split,
+        f"MS COCO {split} from {ann_file}; without annotations: {left_out}",
+        listed - len(rows),
+    )
 
 
-def _build_from_pngs(split_dir: Path, png_dir: Path, split: str, masks: bool,
-                     skip_bad_samples: bool, num_workers: int) -> datasets.Dataset:
+def _build_from_pngs(
+    split_dir: Path,
+    png_dir: Path,
+    split: str,
+    masks: bool,
+    skip_bad_samples: bool,
+    num_workers: int,
+) -> datasets.Dataset:
     images = {Path(n).stem: n for n in os.listdir(split_dir)}
-    stems = sorted(Path(n).stem for n in os.listdir(png_dir)
-                   if n.endswith(".png") and Path(n).stem in images)
+    stems = sorted(
+        Path(n).stem for n in os.listdir(png_dir) if n.endswith(".png") and Path(n).stem in images
+    )
     num_classes = len(COCO_CLASS_NAMES)
 
     def labels_of(stem: str):
         try:
-            return stem, label_ids_from_mask(decode_mask(str(png_dir / f"{stem}.png"),
-                                                         num_classes), num_classes)
+            return stem, label_ids_from_mask(
+                decode_mask(str(png_dir / f"{stem}.png"), num_classes), num_classes
+            )
         except DataError as e:
             return e
 
     with ThreadPoolExecutor(num_workers) as pool:
-        results = list(progress(pool.map(labels_of, stems),
-                                desc=f"indexing COCO {split} masks", total=len(stems)))
+        results = list(
+            progress(
+                pool.map(labels_of, stems), desc=f"indexing COCO {split} masks", total=len(stems)
+            )
+        )
     what = f"load_coco({split_dir.parent}, {split!r})"
     good = _keep_or_raise(results, skip_bad_samples, what)
-    rows = [{"id": s, "image": {"path": str(split_dir / images[s]), "bytes": None},
-             "labels": lab,
-             "mask": {"path": str(png_dir / f"{s}.png"), "bytes": None} if masks else None}
-            for s, lab in good if lab]
-    logger.info("%s: %d images, %d without a mask and %d without foreground left out", what,
-                len(rows), len(images) - len(stems), len(good) - len(rows))
-    return _dataset(rows, COCO_CLASS_NAMES, split, f"MS COCO {split} from {png_dir}",
-                    len(results) - len(good))
+    rows = [
+        {
+            "id": s,
+            "image": {"path": str(split_dir / images[s]), "bytes": None},
+            "labels": lab,
+            "mask": {"path": str(png_dir / f"{s}.png"), "bytes": None} if masks else None,
+        }
+        for s, lab in good
+        if lab
+    ]
+    logger.info(
+        "%s: %d images, %d without a mask and %d without foreground left out",
+        what,
+        len(rows),
+        len(images) - len(stems),
+        len(good) - len(rows),
+    )
+    return _dataset(
+        rows, COCO_CLASS_NAMES, split, f"MS COCO {split} from {png_dir}", len(results) - len(good)
+    )
 
 
 def _fingerprint(*parts) -> str:
@@ -391,9 +530,15 @@ def _stamp(path: Path) -> str:
     return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def load_coco(root: str | os.PathLike, split: str = "train2014", *,
-              cache_dir: str | os.PathLike | None = None, skip_bad_samples: bool = False,
-              num_workers: int | None = None, masks: bool = True) -> datasets.Dataset:
+def load_coco(
+    root: str | os.PathLike,
+    split: str = "train2014",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    skip_bad_samples: bool = False,
+    num_workers: int | None = None,
+    masks: bool = True,
+) -> datasets.Dataset:
     """MS COCO 2014 ``split`` as a ``datasets.Dataset`` in the schema (module docstring).
 
     root: holds ``train2014/``, ``val2014/`` (``COCO_<split>_<12-digit id>.jpg``) and
@@ -421,13 +566,21 @@ def load_coco(root: str | os.PathLike, split: str = "train2014", *,
     common = (root.resolve(), split, skip_bad_samples, masks, _stamp(split_dir))
     if png_dir.is_dir():
         name = f"coco-{split}-{_fingerprint('png', *common, _stamp(png_dir))}"
-        return cached_arrow(cache, name, lambda: _build_from_pngs(
-            split_dir, png_dir, split, masks, skip_bad_samples, workers))
+        return cached_arrow(
+            cache,
+            name,
+            lambda: _build_from_pngs(split_dir, png_dir, split, masks, skip_bad_samples, workers),
+        )
     if not ann_file.is_file():
         raise FileNotFoundError(DOWNLOAD_HELP.format(missing=ann_file))
     name = f"coco-{split}-{_fingerprint('instances', *common, _stamp(ann_file))}"
     mask_dir = cache / name / "SegmentationClass" / split if masks else None
     if mask_dir is not None and not mask_dir.is_dir():  # rendered masks deleted
         (cache / f"{name}.arrow").unlink(missing_ok=True)
-    return cached_arrow(cache, name, lambda: _build_from_instances(
-        split_dir, ann_file, split, mask_dir, skip_bad_samples, workers))
+    return cached_arrow(
+        cache,
+        name,
+        lambda: _build_from_instances(
+            split_dir, ann_file, split, mask_dir, skip_bad_samples, workers
+        ),
+    )

@@ -23,9 +23,14 @@ import datasets
 from .conform import conform
 
 
-def load_folder(directory: str | os.PathLike, *, labels_column: str | None = None,
-                class_names: Sequence[str] | None = None, require_foreground: bool = True,
-                cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
+def load_folder(
+    directory: str | os.PathLike,
+    *,
+    labels_column: str | None = None,
+    class_names: Sequence[str] | None = None,
+    require_foreground: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> datasets.Dataset:
     """The images of ``directory`` (see above) in the schema; ``id`` is each image's path
     relative to the folder, without its suffix.
 
@@ -35,19 +40,27 @@ def load_folder(directory: str | os.PathLike, *, labels_column: str | None = Non
     """
     root = Path(directory)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder; expected images with a "
-                                "metadata.jsonl or metadata.csv naming each image's classes "
-                                "(the datasets imagefolder convention)")
+        raise FileNotFoundError(
+            f"{root}: no such folder; expected images with a "
+            "metadata.jsonl or metadata.csv naming each image's classes "
+            "(the datasets imagefolder convention)"
+        )
     try:
-        ds = datasets.load_dataset("imagefolder", data_dir=str(root), split="train",
-                                   cache_dir=None if cache_dir is None else str(cache_dir))
+        ds = datasets.load_dataset(
+            "imagefolder",
+            data_dir=str(root),
+            split="train",
+            cache_dir=None if cache_dir is None else str(cache_dir),
+        )
     except (ValueError, FileNotFoundError) as e:
         raise ValueError(f"{root}: cannot be read as an image folder ({e})") from e
     paths = ds.cast_column("image", datasets.Image(decode=False))["image"]
-    ids = [str(Path(p["path"]).resolve().relative_to(root.resolve()).with_suffix(""))
-           for p in paths]
+    ids = [
+        str(Path(p["path"]).resolve().relative_to(root.resolve()).with_suffix("")) for p in paths
+    ]
     if "id" not in ds.column_names:  # the metadata may name its own ids
         ds = ds.add_column("id", ids)
     mapping = {labels_column: "labels"} if labels_column and labels_column != "labels" else None
-    return conform(ds, mapping, class_names=class_names, name=str(root),
-                   require_foreground=require_foreground)
+    return conform(
+        ds, mapping, class_names=class_names, name=str(root), require_foreground=require_foreground
+    )

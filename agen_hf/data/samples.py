@@ -61,9 +61,17 @@ def open_image(source: dict | str, role: str) -> tuple[Image.Image, str]:
 
 def check_image_header(img: Image.Image, path: str) -> None:
     if img.mode != "RGB":
-        kind = {"I;16": "16-bit", "I": "32-bit integer", "I;16B": "16-bit", "CMYK": "CMYK",
-                "L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA", "P": "palette",
-                "1": "1-bit"}.get(img.mode, img.mode)
+        kind = {
+            "I;16": "16-bit",
+            "I": "32-bit integer",
+            "I;16B": "16-bit",
+            "CMYK": "CMYK",
+            "L": "grayscale",
+            "LA": "grayscale+alpha",
+            "RGBA": "RGBA",
+            "P": "palette",
+            "1": "1-bit",
+        }.get(img.mode, img.mode)
         raise DataError(path, f"{kind} image (mode {img.mode!r}); expected 8-bit RGB")
 
 
@@ -74,8 +82,9 @@ def mask_values(mask: np.ndarray, path: str, num_classes: int | None = None) -> 
     values = np.unique(mask)
     bad = values[(values > num_classes) & (values != IGNORE_INDEX)]
     if bad.size:
-        raise DataError(path, f"mask values {bad.tolist()} outside 0..{num_classes} and "
-                                 f"{IGNORE_INDEX}")
+        raise DataError(
+            path, f"mask values {bad.tolist()} outside 0..{num_classes} and {IGNORE_INDEX}"
+        )
     return values
 
 
@@ -83,8 +92,10 @@ def decode_mask(source: dict | str, num_classes: int | None = None) -> np.ndarra
     """Decode a class-index mask (palette ``P`` or grayscale ``L`` PNG) to (H, W) uint8."""
     img, path = open_image(source, "mask")
     if img.mode not in ("P", "L"):
-        raise DataError(path, f"mask mode {img.mode!r}; expected a palette (P) or 8-bit (L) "
-                                 "PNG of class indices")
+        raise DataError(
+            path,
+            f"mask mode {img.mode!r}; expected a palette (P) or 8-bit (L) PNG of class indices",
+        )
     try:
         mask = np.array(img, dtype=np.uint8)
     except OSError as e:
@@ -104,23 +115,28 @@ def decode_image(source: dict | str) -> Image.Image:
     return img
 
 
-def decode_sample(image: dict | str, mask: dict | str | None,
-                  num_classes: int | None = None) -> tuple[Image.Image, np.ndarray | None]:
+def decode_sample(
+    image: dict | str, mask: dict | str | None, num_classes: int | None = None
+) -> tuple[Image.Image, np.ndarray | None]:
     """Decode an image and its mask (if any), checking that their sizes agree."""
     img = decode_image(image)
     if mask is None:
         return img, None
     m = decode_mask(mask, num_classes)
-    check_mask_size(m, img.size, mask if isinstance(mask, str) else
-                    mask.get("path") or "<mask bytes>")
+    check_mask_size(
+        m, img.size, mask if isinstance(mask, str) else mask.get("path") or "<mask bytes>"
+    )
     return img, m
 
 
 def check_mask_size(mask: np.ndarray, image_size: tuple[int, int], path: str) -> None:
     """A mask (H, W) must match its image's (width, height)."""
     if (mask.shape[1], mask.shape[0]) != tuple(image_size):
-        raise DataError(path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
-                                 f"size {image_size[0]}x{image_size[1]}")
+        raise DataError(
+            path,
+            f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+            f"size {image_size[0]}x{image_size[1]}",
+        )
 
 
 def voc_palette() -> list[int]:

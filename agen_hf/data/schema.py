@@ -36,23 +36,30 @@ def check_class_names(names: Sequence[str], source: str = "class_names") -> tupl
     if dup:
         raise ValueError(f"{source}: duplicated class names {dup}")
     if BACKGROUND in names:
-        raise ValueError(f"{source}: {BACKGROUND!r} is index 0 of every mask, not a class of "
-                         "the labels; list the foreground classes only")
+        raise ValueError(
+            f"{source}: {BACKGROUND!r} is index 0 of every mask, not a class of "
+            "the labels; list the foreground classes only"
+        )
     if len(names) > MAX_CLASSES:
-        raise ValueError(f"{source}: {len(names)} classes; masks are 8-bit with 255 = ignore, "
-                         f"so at most {MAX_CLASSES}")
+        raise ValueError(
+            f"{source}: {len(names)} classes; masks are 8-bit with 255 = ignore, "
+            f"so at most {MAX_CLASSES}"
+        )
     return names
 
 
 def features(class_names: Sequence[str]) -> datasets.Features:
     """The schema above for a dataset of these foreground classes."""
-    return datasets.Features({
-        "id": datasets.Value("string"),
-        "image": datasets.Image(),
-        "labels": datasets.Sequence(datasets.ClassLabel(names=list(check_class_names(
-            class_names)))),
-        "mask": datasets.Image(),
-    })
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "labels": datasets.Sequence(
+                datasets.ClassLabel(names=list(check_class_names(class_names)))
+            ),
+            "mask": datasets.Image(),
+        }
+    )
 
 
 def class_names(source: datasets.Dataset | datasets.Features) -> tuple[str, ...]:
@@ -63,9 +70,11 @@ def class_names(source: datasets.Dataset | datasets.Features) -> tuple[str, ...]
     if isinstance(feature, list) and feature:  # datasets' List(...) spelling of a sequence
         inner = feature[0]
     if not isinstance(inner, datasets.ClassLabel):
-        raise ValueError(f"the dataset's 'labels' feature is {feature!r}, not a sequence of "
-                         "ClassLabel: load it with agen_hf.data (load_voc, load_coco, "
-                         "load_folder, conform) so that it names its classes")
+        raise ValueError(
+            f"the dataset's 'labels' feature is {feature!r}, not a sequence of "
+            "ClassLabel: load it with agen_hf.data (load_voc, load_coco, "
+            "load_folder, conform) so that it names its classes"
+        )
     return tuple(inner.names)
 
 
@@ -88,15 +97,22 @@ def multi_hot(label_ids: Sequence[int], num_classes: int) -> np.ndarray:
     return out
 
 
-FINE_TUNE_HINT = ("pass --ignore_mismatched_sizes to re-initialise the class layers for the "
-                  "dataset's classes")
+FINE_TUNE_HINT = (
+    "pass --ignore_mismatched_sizes to re-initialise the class layers for the dataset's classes"
+)
 
 
-def same_classes_or_raise(model_names: Sequence[str], data_names: Sequence[str],
-                          model: str, data: str, hint: str = FINE_TUNE_HINT) -> None:
+def same_classes_or_raise(
+    model_names: Sequence[str],
+    data_names: Sequence[str],
+    model: str,
+    data: str,
+    hint: str = FINE_TUNE_HINT,
+) -> None:
     """A ValueError naming both lists (and what to do, ``hint``) when a model's foreground
     classes are not the dataset's, in order."""
     if tuple(model_names) != tuple(data_names):
         raise ValueError(
             f"{model} knows {len(model_names)} classes {list(model_names)}, but {data} has "
-            f"{len(data_names)} classes {list(data_names)}; {hint}")
+            f"{len(data_names)} classes {list(data_names)}; {hint}"
+        )

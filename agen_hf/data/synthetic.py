@@ -5,10 +5,10 @@ VOC.
 20 object classes (:data:`SYNTHETIC_CLASS_NAMES`, "<shape>-<emblem>") come in ten twin pairs.
 Twins share a shape family (ellipse, box, triangle, diamond, cross, ring, star, crescent,
 hexagon, L) and a body texture (stripes, checks, dots, waves, speckle; the twins' frequencies
-differ slightly); the body colour is drawn from a palette shared by all classes. What tells twins apart is a small emblem near one end of the
-object: a disk or a square in the class's own colour. The emblem is the most discriminative
-part, so a classifier's CAMs peak there and cover the body only partly: the problem AGEN
-addresses.
+differ slightly); the body colour is drawn from a palette shared by all classes. What tells
+twins apart is a small emblem near one end of the object: a disk or a square in the class's own
+colour. The emblem is the most discriminative part, so a classifier's CAMs peak there and cover
+the body only partly: the problem AGEN addresses.
 
 Per instance: scale, aspect, rotation, colour jitter, emblem position jitter; 1 to 3 classes per
 image, 1 or 2 instances each; textured backgrounds with body-coloured distractor blobs and lines,
@@ -32,20 +32,53 @@ from .samples import voc_palette
 from .schema import IGNORE_INDEX, features
 
 _VERSION = "4"  # 4: labels as class indices (the images and masks are those of 3)
-_FAMILIES = ("ellipse", "box", "triangle", "diamond", "cross", "ring", "star", "crescent",
-             "hexagon", "ell")
+_FAMILIES = (
+    "ellipse",
+    "box",
+    "triangle",
+    "diamond",
+    "cross",
+    "ring",
+    "star",
+    "crescent",
+    "hexagon",
+    "ell",
+)
 # class 2f + t: shape family f with a disk (t = 0) or a square (t = 1) emblem
-SYNTHETIC_CLASS_NAMES = tuple(f"{family}-{emblem}" for family in _FAMILIES
-                              for emblem in ("disk", "square"))
+SYNTHETIC_CLASS_NAMES = tuple(
+    f"{family}-{emblem}" for family in _FAMILIES for emblem in ("disk", "square")
+)
 NUM_CLASSES = len(SYNTHETIC_CLASS_NAMES)
 FEATURES = features(SYNTHETIC_CLASS_NAMES)
-_BODY_PALETTE = np.array([[200, 60, 50], [60, 140, 200], [90, 170, 70], [210, 170, 60],
-                          [150, 90, 170], [120, 120, 120]], dtype=np.float32)
-_EMBLEM_COLOURS = np.array([  # one per class; twins (2f, 2f+1) get far-apart colours
-    [255, 255, 255], [20, 20, 20], [255, 230, 0], [0, 0, 160], [0, 230, 230], [150, 0, 0],
-    [255, 0, 200], [0, 110, 0], [255, 140, 0], [110, 0, 160], [0, 90, 255], [255, 180, 180],
-    [0, 200, 80], [120, 70, 20], [180, 0, 0], [150, 255, 150], [255, 255, 140], [0, 130, 130],
-    [200, 120, 255], [90, 90, 0]], dtype=np.float32)
+_BODY_PALETTE = np.array(
+    [[200, 60, 50], [60, 140, 200], [90, 170, 70], [210, 170, 60], [150, 90, 170], [120, 120, 120]],
+    dtype=np.float32,
+)
+_EMBLEM_COLOURS = np.array(
+    [  # one per class; twins (2f, 2f+1) get far-apart colours
+        [255, 255, 255],
+        [20, 20, 20],
+        [255, 230, 0],
+        [0, 0, 160],
+        [0, 230, 230],
+        [150, 0, 0],
+        [255, 0, 200],
+        [0, 110, 0],
+        [255, 140, 0],
+        [110, 0, 160],
+        [0, 90, 255],
+        [255, 180, 180],
+        [0, 200, 80],
+        [120, 70, 20],
+        [180, 0, 0],
+        [150, 255, 150],
+        [255, 255, 140],
+        [0, 130, 130],
+        [200, 120, 255],
+        [90, 90, 0],
+    ],
+    dtype=np.float32,
+)
 
 
 def _shape(family: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -73,8 +106,18 @@ def _shape(family: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 # where each family's emblem sits, in local coordinates (inside the body)
-_EMBLEM_AT = [(0, -0.5), (-0.55, 0), (0, 0.35), (0, -0.5), (0, -0.6), (0, -0.77), (0, 0),
-              (-0.55, 0), (0.4, 0.2), (-0.67, -0.4)]
+_EMBLEM_AT = [
+    (0, -0.5),
+    (-0.55, 0),
+    (0, 0.35),
+    (0, -0.5),
+    (0, -0.6),
+    (0, -0.77),
+    (0, 0),
+    (-0.55, 0),
+    (0.4, 0.2),
+    (-0.67, -0.4),
+]
 
 
 def _texture(kind: int, freq: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -105,8 +148,9 @@ def _background(rng: np.random.Generator, xs, ys, size: int) -> np.ndarray:
         wave = np.sin(k * (xs * np.cos(a) + ys * np.sin(a)) + rng.uniform(0, 6.3))
         img += wave[..., None] * rng.uniform(-30, 30, 3).astype(np.float32)
     if rng.random() < 0.5:  # a fine background texture
-        img += _texture(int(rng.integers(5)), rng.uniform(0.05, 0.2), xs, ys)[..., None] * \
-            rng.uniform(-25, 25, 3).astype(np.float32)
+        img += _texture(int(rng.integers(5)), rng.uniform(0.05, 0.2), xs, ys)[
+            ..., None
+        ] * rng.uniform(-25, 25, 3).astype(np.float32)
     return img
 
 
@@ -120,8 +164,9 @@ def _distractor(rng: np.random.Generator, xs, ys, size: int):
     return inside, colour
 
 
-def render_sample(index: int, seed: int = 0, image_size: int = 128, min_classes: int = 1,
-                  max_classes: int = 3) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def render_sample(
+    index: int, seed: int = 0, image_size: int = 128, min_classes: int = 1, max_classes: int = 3
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Image (S, S, 3) uint8, mask (S, S) uint8 (0 background, class k as k + 1, 255) and the
     visible classes k (sorted indices into :data:`SYNTHETIC_CLASS_NAMES`)."""
     rng = np.random.default_rng([seed, index])
@@ -133,8 +178,9 @@ def render_sample(index: int, seed: int = 0, image_size: int = 128, min_classes:
         inside, colour = _distractor(rng, xs, ys, size)
         img[inside] = colour
 
-    classes = rng.choice(NUM_CLASSES, size=int(rng.integers(min_classes, max_classes + 1)),
-                         replace=False)
+    classes = rng.choice(
+        NUM_CLASSES, size=int(rng.integers(min_classes, max_classes + 1)), replace=False
+    )
     instances = [c for c in classes for _ in range(1 + int(rng.random() < 0.3))]
     rng.shuffle(instances)
     for c in instances:
@@ -144,8 +190,9 @@ def render_sample(index: int, seed: int = 0, image_size: int = 128, min_classes:
         aspect, angle = rng.uniform(0.75, 1.33), rng.uniform(0, 2 * np.pi)
         u, v = _local(xs, ys, cx, cy, scale, aspect, angle)
         body = _shape(family, u, v)
-        colour = _BODY_PALETTE[rng.integers(len(_BODY_PALETTE))] * rng.uniform(0.8, 1.2) + \
-            rng.normal(0, 10, 3)
+        colour = _BODY_PALETTE[rng.integers(len(_BODY_PALETTE))] * rng.uniform(
+            0.8, 1.2
+        ) + rng.normal(0, 10, 3)
         pattern = _texture(family % 5, 2.0 + 1.5 * twin + rng.uniform(-0.3, 0.3), u, v)
         shade = 0.65 + 0.35 * pattern[..., None]
         img[body] = (colour * shade)[body]
@@ -153,8 +200,11 @@ def render_sample(index: int, seed: int = 0, image_size: int = 128, min_classes:
         eu, ev = eu + rng.uniform(-0.08, 0.08), ev + rng.uniform(-0.08, 0.08)
         radius = 0.36 * rng.uniform(0.85, 1.15)
         du, dv = u - eu, v - ev
-        emblem = (du * du + dv * dv < radius ** 2) if twin == 0 else \
-            (np.abs(du) < radius * 0.9) & (np.abs(dv) < radius * 0.9)
+        emblem = (
+            (du * du + dv * dv < radius**2)
+            if twin == 0
+            else (np.abs(du) < radius * 0.9) & (np.abs(dv) < radius * 0.9)
+        )
         emblem &= body
         img[emblem] = _EMBLEM_COLOURS[c] * rng.uniform(0.85, 1.0)
         label[body] = c + 1
@@ -169,7 +219,7 @@ def render_sample(index: int, seed: int = 0, image_size: int = 128, min_classes:
     edge = np.zeros_like(label, dtype=bool)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            edge |= padded[dy:dy + size, dx:dx + size] != label
+            edge |= padded[dy : dy + size, dx : dx + size] != label
     mask[edge] = IGNORE_INDEX
     labels = (np.unique(label[label > 0]).astype(np.int64) - 1).tolist()  # an instance
     return np.clip(img, 0, 255).astype(np.uint8), mask, labels  # hidden by clutter is no label
@@ -184,28 +234,40 @@ def _png(array: np.ndarray, palette: bool) -> bytes:
     return buf.getvalue()
 
 
-def make_synthetic(num_images: int = 1000, seed: int = 0, image_size: int = 128, *,
-                   min_classes: int = 1, max_classes: int = 3,
-                   cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
-    """``num_images`` synthetic samples in the schema, classes :data:`SYNTHETIC_CLASS_NAMES` (ids ``synthetic-<seed>-<i>``),
-    deterministic per ``(seed, i)``, cached as Arrow under ``cache_dir`` (default: the datasets
-    cache). Images without a visible foreground class are redrawn (index + k * num_images)."""
+def make_synthetic(
+    num_images: int = 1000,
+    seed: int = 0,
+    image_size: int = 128,
+    *,
+    min_classes: int = 1,
+    max_classes: int = 3,
+    cache_dir: str | os.PathLike | None = None,
+) -> datasets.Dataset:
+    """``num_images`` synthetic samples in the schema, classes :data:`SYNTHETIC_CLASS_NAMES`
+    (ids ``synthetic-<seed>-<i>``), deterministic per ``(seed, i)``, cached as Arrow under
+    ``cache_dir`` (default: the datasets cache). Images without a visible foreground class are
+    redrawn (index + k * num_images)."""
     if num_images < 1:
         raise ValueError(f"num_images: must be >= 1, got {num_images}")
     if image_size < 32:
         raise ValueError(f"image_size: must be >= 32, got {image_size}")
     if not 1 <= min_classes <= max_classes <= NUM_CLASSES:
-        raise ValueError(f"min_classes/max_classes: need 1 <= {min_classes} <= {max_classes} "
-                         f"<= {NUM_CLASSES}")
-    key = hashlib.sha1(repr((_VERSION, num_images, seed, image_size, min_classes,
-                             max_classes)).encode()).hexdigest()[:16]
+        raise ValueError(
+            f"min_classes/max_classes: need 1 <= {min_classes} <= {max_classes} <= {NUM_CLASSES}"
+        )
+    key = hashlib.sha1(
+        repr((_VERSION, num_images, seed, image_size, min_classes, max_classes)).encode()
+    ).hexdigest()[:16]
     return cached_arrow(
-        Path(cache_dir) if cache_dir is not None else default_cache_dir(), f"synthetic-{key}",
-        lambda: _build(num_images, seed, image_size, min_classes, max_classes))
+        Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        f"synthetic-{key}",
+        lambda: _build(num_images, seed, image_size, min_classes, max_classes),
+    )
 
 
-def _build(num_images: int, seed: int, image_size: int, min_classes: int,
-           max_classes: int) -> datasets.Dataset:
+def _build(
+    num_images: int, seed: int, image_size: int, min_classes: int, max_classes: int
+) -> datasets.Dataset:
     rows = {"id": [], "image": [], "labels": [], "mask": []}
     for i in range(num_images):
         draw = i

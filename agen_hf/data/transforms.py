@@ -26,6 +26,7 @@ from .schema import IGNORE_INDEX, class_names, multi_hot
 
 logger = logging.getLogger(__name__)
 
+
 class RandomLongSideResize(v2.Transform):
     """Resize so that the long side is a uniform random integer in [min_size, max_size]."""
 
@@ -39,29 +40,38 @@ class RandomLongSideResize(v2.Transform):
         return {"long_side": int(torch.randint(self.min_size, self.max_size + 1, ()))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(TF.resize, inpt, size=None, max_size=params["long_side"],
-                                 antialias=True)
+        return self._call_kernel(
+            TF.resize, inpt, size=None, max_size=params["long_side"], antialias=True
+        )
 
 
-def train_transform(crop_size: int = 321, scale_range: tuple[int, int] = (321, 481),
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+def train_transform(
+    crop_size: int = 321,
+    scale_range: tuple[int, int] = (321, 481),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> v2.Compose:
     """The paper's training augmentation (section IV.1), joint on image and mask."""
     fill = {tv_tensors.Image: tuple(round(255 * m) for m in mean), tv_tensors.Mask: IGNORE_INDEX}
-    return v2.Compose([
-        RandomLongSideResize(*scale_range),
-        v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    return v2.Compose(
+        [
+            RandomLongSideResize(*scale_range),
+            v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
 
 
 def eval_transform(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
     """Normalisation only: evaluation sees every image at its original size."""
-    return v2.Compose([
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    return v2.Compose(
+        [
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
 
 
 class SampleTransform:
@@ -73,8 +83,9 @@ class SampleTransform:
     or with ``skip_bad_samples`` is logged, counted in ``self.skipped`` and returned as None
     (the collate drops it)."""
 
-    def __init__(self, transform: v2.Transform, num_classes: int,
-                 skip_bad_samples: bool = False) -> None:
+    def __init__(
+        self, transform: v2.Transform, num_classes: int, skip_bad_samples: bool = False
+    ) -> None:
         self.transform = transform
         self.num_classes = num_classes
         self.skip_bad_samples = skip_bad_samples
@@ -90,32 +101,34 @@ class SampleTransform:
                 if not self.skip_bad_samples:
                     raise
                 self.skipped += 1
-                logger.warning("skipped bad sample %s (%s); %d skipped so far", sample_id, e,
-                               self.skipped)
+                logger.warning(
+                    "skipped bad sample %s (%s); %d skipped so far", sample_id, e, self.skipped
+                )
                 pixel_values = mask_t = None
             else:
                 image = tv_tensors.Image(TF.pil_to_tensor(img.convert("RGB")))
                 if mask is None:
                     mask = np.full((img.height, img.width), IGNORE_INDEX, dtype=np.uint8)
-                pixel_values, mask_t = self.transform(image, tv_tensors.Mask(torch.from_numpy(
-                    np.ascontiguousarray(mask))))
+                pixel_values, mask_t = self.transform(
+                    image, tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+                )
                 pixel_values = pixel_values.as_subclass(torch.Tensor)
                 mask_t = mask_t.as_subclass(torch.Tensor).long()
             out["id"].append(sample_id)
             out["pixel_values"].append(pixel_values)
             out["mask"].append(mask_t)
-            out["labels"].append(torch.from_numpy(multi_hot(batch["labels"][i],
-                                                            self.num_classes)))
+            out["labels"].append(torch.from_numpy(multi_hot(batch["labels"][i], self.num_classes)))
         return out
 
 
-def with_transforms(ds: datasets.Dataset, transform: v2.Transform,
-                    skip_bad_samples: bool = False) -> datasets.Dataset:
+def with_transforms(
+    ds: datasets.Dataset, transform: v2.Transform, skip_bad_samples: bool = False
+) -> datasets.Dataset:
     """``ds`` (the schema) decoded and transformed lazily, sample by sample, on access."""
     raw = ds.cast_column("image", datasets.Image(decode=False)).cast_column(
-        "mask", datasets.Image(decode=False))
-    return raw.with_transform(SampleTransform(transform, len(class_names(ds)),
-                                              skip_bad_samples))
+        "mask", datasets.Image(decode=False)
+    )
+    return raw.with_transform(SampleTransform(transform, len(class_names(ds)), skip_bad_samples))
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -135,9 +148,14 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
         pixel_values.append(F.pad(s["pixel_values"], (0, pw, 0, ph)))
         masks.append(F.pad(s["mask"], (0, pw, 0, ph), value=IGNORE_INDEX))
         v = torch.zeros(h, w, dtype=torch.bool)
-        v[:h - ph, :w - pw] = True
+        v[: h - ph, : w - pw] = True
         valid.append(v)
-    return {"pixel_values": torch.stack(pixel_values), "labels": torch.stack(
-        [s["labels"] for s in samples]), "mask": torch.stack(masks), "valid": torch.stack(valid),
-        "sizes": sizes, "ids": [s["id"] for s in samples],
-        "replaced": [s["replaced"] for s in samples if s.get("replaced") is not None]}
+    return {
+        "pixel_values": torch.stack(pixel_values),
+        "labels": torch.stack([s["labels"] for s in samples]),
+        "mask": torch.stack(masks),
+        "valid": torch.stack(valid),
+        "sizes": sizes,
+        "ids": [s["id"] for s in samples],
+        "replaced": [s["replaced"] for s in samples if s.get("replaced") is not None],
+    }

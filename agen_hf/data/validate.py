@@ -49,7 +49,8 @@ def check_dataset(ds: datasets.Dataset, name: str, out) -> int:
     returns the number of problems."""
     num_classes = len(class_names(ds))
     raw = ds.cast_column("image", datasets.Image(decode=False)).cast_column(
-        "mask", datasets.Image(decode=False))
+        "mask", datasets.Image(decode=False)
+    )
 
     def check(i: int) -> str | None:
         row = raw[i]
@@ -60,8 +61,13 @@ def check_dataset(ds: datasets.Dataset, name: str, out) -> int:
         return None
 
     with ThreadPoolExecutor(8) as pool:
-        bad = [p for p in progress(pool.map(check, range(len(raw))), desc=f"checking {name}",
-                                   total=len(raw)) if p]
+        bad = [
+            p
+            for p in progress(
+                pool.map(check, range(len(raw))), desc=f"checking {name}", total=len(raw)
+            )
+            if p
+        ]
     for p in bad:
         print(f"[{name}] {p}", file=out)
     print(f"{name}: {len(raw)} samples, {num_classes} classes, {len(bad)} problems", file=out)
@@ -98,36 +104,52 @@ def validate(root: str | Path, splits: tuple[str, ...] = SPLITS, out=None) -> in
                 continue
             problems += check_dataset(ds, name, out)
             checked += len(ds)
-        print(f"checked {checked} samples in {root}: "
-              f"{'no problems' if not problems else f'{problems} problems'}", file=out)
+        print(
+            f"checked {checked} samples in {root}: "
+            f"{'no problems' if not problems else f'{problems} problems'}",
+            file=out,
+        )
         return problems
     problems = checked = 0
     for split in splits:
         listed = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if not listed.is_file() and not (split == "train_aug" and
-                                         (root / "SegmentationClassAug").is_dir()):
+        if not listed.is_file() and not (
+            split == "train_aug" and (root / "SegmentationClassAug").is_dir()
+        ):
             continue
         ids, list_name = _split_ids(root, split)
         mask_dirs = _mask_dirs(root, split)
         with ThreadPoolExecutor(8) as pool:
-            results = list(progress(pool.map(lambda i: check_sample(root, i, mask_dirs), ids),
-                                    desc=f"checking {split}", total=len(ids)))
+            results = list(
+                progress(
+                    pool.map(lambda i: check_sample(root, i, mask_dirs), ids),
+                    desc=f"checking {split}",
+                    total=len(ids),
+                )
+            )
         bad = [p for r in results for p in r]
         for p in bad:
             print(f"[{split}] {p}", file=out)
         print(f"{split}: {len(ids)} samples from {list_name}, {len(bad)} problems", file=out)
         problems += len(bad)
         checked += len(ids)
-    print(f"checked {checked} samples in {root}: "
-          f"{'no problems' if not problems else f'{problems} problems'}", file=out)
+    print(
+        f"checked {checked} samples in {root}: "
+        f"{'no problems' if not problems else f'{problems} problems'}",
+        file=out,
+    )
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agen_hf.data.validate",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="VOCdevkit/VOC2012 (or a folder holding it), a COCO 2014 "
-                                     "root, or a folder of tagged images")
+    parser = argparse.ArgumentParser(
+        prog="python -m agen_hf.data.validate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "root",
+        help="VOCdevkit/VOC2012 (or a folder holding it), a COCO 2014 "
+        "root, or a folder of tagged images",
+    )
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     args = parser.parse_args(argv)
     try:

@@ -22,16 +22,39 @@ import datasets
 from ..progress import progress
 from .cache import cached_arrow, default_cache_dir
 from .conform import conform
-from .samples import (DataError, check_image_header, check_mask_size, decode_mask, describe,
-                      open_image)
+from .samples import (
+    DataError,
+    check_image_header,
+    check_mask_size,
+    decode_mask,
+    describe,
+    open_image,
+)
 from .schema import BACKGROUND, features, label_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
 VOC_CLASS_NAMES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 VOC_CLASSES = (BACKGROUND, *VOC_CLASS_NAMES)  # the 21 labels of a VOC model's id2label
 NUM_CLASSES = len(VOC_CLASS_NAMES)
@@ -69,20 +92,26 @@ def _split_ids(root: Path, split: str) -> tuple[list[str], str]:
         return listed.read_text().split(), str(listed)
     if split == "train_aug":
         return packaged_train_aug_ids(), "the packaged train_aug list"
-    raise FileNotFoundError(f"{listed}: split list missing; VOC splits are train, val, trainval "
-                            "and train_aug (ImageSets/Segmentation/<split>.txt)")
+    raise FileNotFoundError(
+        f"{listed}: split list missing; VOC splits are train, val, trainval "
+        "and train_aug (ImageSets/Segmentation/<split>.txt)"
+    )
 
 
 def _mask_dirs(root: Path, split: str) -> list[Path]:
-    order = ["SegmentationClassAug", "SegmentationClass"] if split == "train_aug" else [
-        "SegmentationClass", "SegmentationClassAug"]
+    order = (
+        ["SegmentationClassAug", "SegmentationClass"]
+        if split == "train_aug"
+        else ["SegmentationClass", "SegmentationClassAug"]
+    )
     return [root / d for d in order if (root / d).is_dir()]
 
 
 def find_mask(mask_dirs: list[Path], sample_id: str) -> Path | None:
     """The first ``<dir>/<id>.png`` that exists, in the order of ``mask_dirs``."""
-    return next((d / f"{sample_id}.png" for d in mask_dirs if (d / f"{sample_id}.png").is_file()),
-                None)
+    return next(
+        (d / f"{sample_id}.png" for d in mask_dirs if (d / f"{sample_id}.png").is_file()), None
+    )
 
 
 def _read_labels_file(path: str | os.PathLike) -> dict[str, list[int]]:
@@ -95,18 +124,26 @@ def _read_labels_file(path: str | os.PathLike) -> dict[str, list[int]]:
     for key, classes in raw.items():
         ids = set()
         for c in classes:
-            index = VOC_CLASS_NAMES.index(c) if isinstance(c, str) and c in VOC_CLASS_NAMES \
-                else c
-            if isinstance(index, bool) or not isinstance(index, int) or \
-                    not 0 <= index < NUM_CLASSES:
+            index = VOC_CLASS_NAMES.index(c) if isinstance(c, str) and c in VOC_CLASS_NAMES else c
+            if (
+                isinstance(index, bool)
+                or not isinstance(index, int)
+                or not 0 <= index < NUM_CLASSES
+            ):
                 raise DataError(str(path), f"id {key}: unknown class {c!r}")
             ids.add(index)
         out[key] = sorted(ids)
     return out
 
 
-def _index_one(root: Path, sample_id: str, list_name: str, mask_dirs: list[Path],
-               labels: dict[str, list[int]] | None, require_foreground: bool = True) -> dict:
+def _index_one(
+    root: Path,
+    sample_id: str,
+    list_name: str,
+    mask_dirs: list[Path],
+    labels: dict[str, list[int]] | None,
+    require_foreground: bool = True,
+) -> dict:
     image_path = root / "JPEGImages" / f"{sample_id}.jpg"
     if not image_path.is_file():
         raise DataError(str(image_path), f"listed in {list_name} but the image is missing")
@@ -122,20 +159,34 @@ def _index_one(root: Path, sample_id: str, list_name: str, mask_dirs: list[Path]
     elif labels is not None and sample_id in labels:
         hot = labels[sample_id]
     else:
-        raise DataError(str(image_path), "no mask and no image-level label for this id "
-                                            "(give labels_file=...)")
+        raise DataError(
+            str(image_path), "no mask and no image-level label for this id (give labels_file=...)"
+        )
     if require_foreground and not hot:
-        raise DataError(str(mask_path or image_path), "no foreground class in this sample; "
-                                                         "weak supervision needs at least one")
-    return {"id": sample_id, "image": {"path": str(image_path), "bytes": None}, "labels": hot,
-            "mask": None if mask_path is None else {"path": str(mask_path), "bytes": None}}
+        raise DataError(
+            str(mask_path or image_path),
+            "no foreground class in this sample; weak supervision needs at least one",
+        )
+    return {
+        "id": sample_id,
+        "image": {"path": str(image_path), "bytes": None},
+        "labels": hot,
+        "mask": None if mask_path is None else {"path": str(mask_path), "bytes": None},
+    }
 
 
-def _fingerprint(root: Path, split: str, ids: list[str], labels_file, skip: bool,
-                 require_foreground: bool) -> str:
+def _fingerprint(
+    root: Path, split: str, ids: list[str], labels_file, skip: bool, require_foreground: bool
+) -> str:
     h = hashlib.sha1()
-    parts = [_CACHE_VERSION, str(root.resolve()), split, str(skip), str(require_foreground),
-             "\n".join(ids)]
+    parts = [
+        _CACHE_VERSION,
+        str(root.resolve()),
+        split,
+        str(skip),
+        str(require_foreground),
+        "\n".join(ids),
+    ]
     for d in ["JPEGImages", "SegmentationClass", "SegmentationClassAug"]:
         p = root / d
         parts.append(f"{d}:{p.stat().st_mtime_ns if p.is_dir() else '-'}")
@@ -147,10 +198,15 @@ def _fingerprint(root: Path, split: str, ids: list[str], labels_file, skip: bool
     return h.hexdigest()[:20]
 
 
-def build_voc_index(root: str | os.PathLike, split: str, *, skip_bad_samples: bool = False,
-                    labels_file: str | os.PathLike | None = None,
-                    require_foreground: bool = True,
-                    num_threads: int | None = None) -> datasets.Dataset:
+def build_voc_index(
+    root: str | os.PathLike,
+    split: str,
+    *,
+    skip_bad_samples: bool = False,
+    labels_file: str | os.PathLike | None = None,
+    require_foreground: bool = True,
+    num_threads: int | None = None,
+) -> datasets.Dataset:
     """Index a local VOC root without the cache (see :func:`load_voc`)."""
     root = _resolve_root(Path(root))
     ids, list_name = _split_ids(root, split)
@@ -159,36 +215,43 @@ def build_voc_index(root: str | os.PathLike, split: str, *, skip_bad_samples: bo
 
     def index(sample_id: str):
         try:
-            return _index_one(root, sample_id, list_name, mask_dirs, labels,
-                              require_foreground)
+            return _index_one(root, sample_id, list_name, mask_dirs, labels, require_foreground)
         except DataError as e:
             return e
 
     with ThreadPoolExecutor(num_threads or min(8, (os.cpu_count() or 1) * 2)) as pool:
-        rows = list(progress(pool.map(index, ids), desc=f"indexing VOC {split}",
-                             total=len(ids)))
+        rows = list(progress(pool.map(index, ids), desc=f"indexing VOC {split}", total=len(ids)))
     bad = [r for r in rows if isinstance(r, DataError)]
     if bad and not skip_bad_samples:
         more = f" (and {len(bad) - 1} more bad samples)" if len(bad) > 1 else ""
-        raise DataError(bad[0].path, f"{bad[0].problem}{more}; run `python -m "
-                           f"agen_hf.data.validate {root}` for a full report, or pass "
-                           "skip_bad_samples=True to skip them") from None
+        raise DataError(
+            bad[0].path,
+            f"{bad[0].problem}{more}; run `python -m "
+            f"agen_hf.data.validate {root}` for a full report, or pass "
+            "skip_bad_samples=True to skip them",
+        ) from None
     for e in bad:
         logger.warning("skipped bad sample %s", e)
     if bad:
-        logger.warning("load_voc(%s, %r): skipped %d of %d samples", root, split, len(bad),
-                       len(rows))
+        logger.warning(
+            "load_voc(%s, %r): skipped %d of %d samples", root, split, len(bad), len(rows)
+        )
     good = [r for r in rows if not isinstance(r, DataError)]
     columns = {k: [r[k] for r in good] for k in FEATURES}
     ds = datasets.Dataset.from_dict(columns, features=FEATURES, split=split)
     return describe(ds, f"PASCAL VOC 2012 {split} from {root}", len(bad))
 
 
-def load_voc(source: str | os.PathLike | datasets.Dataset, split: str = "train_aug", *,
-             skip_bad_samples: bool = False, labels_file: str | os.PathLike | None = None,
-             cache_dir: str | os.PathLike | None = None,
-             column_mapping: dict[str, str] | None = None,
-             require_foreground: bool = True) -> datasets.Dataset:
+def load_voc(
+    source: str | os.PathLike | datasets.Dataset,
+    split: str = "train_aug",
+    *,
+    skip_bad_samples: bool = False,
+    labels_file: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    column_mapping: dict[str, str] | None = None,
+    require_foreground: bool = True,
+) -> datasets.Dataset:
     """VOC 2012 split as a ``datasets.Dataset`` with the schema above.
 
     source: a local VOC root (``VOCdevkit/VOC2012`` or a folder holding it), a Hub dataset id,
@@ -209,8 +272,13 @@ def load_voc(source: str | os.PathLike | datasets.Dataset, split: str = "train_a
         names unless the dataset names its own).
     """
     if isinstance(source, datasets.Dataset):
-        return conform(source, column_mapping, default_class_names=VOC_CLASS_NAMES,
-                       name="the given Dataset", require_foreground=require_foreground)
+        return conform(
+            source,
+            column_mapping,
+            default_class_names=VOC_CLASS_NAMES,
+            name="the given Dataset",
+            require_foreground=require_foreground,
+        )
     path = Path(source)
     if not path.exists() and not _looks_like_hub_id(str(source)):
         raise FileNotFoundError(DOWNLOAD_HELP.format(root=str(source)))
@@ -218,10 +286,16 @@ def load_voc(source: str | os.PathLike | datasets.Dataset, split: str = "train_a
         try:
             hub = datasets.load_dataset(str(source), split=split)
         except Exception as e:  # offline, missing, private: one clear message
-            raise FileNotFoundError(DOWNLOAD_HELP.format(root=str(source)) +
-                                    f"\nLoading it from the Hub failed: {e}") from e
-        return conform(hub, column_mapping, default_class_names=VOC_CLASS_NAMES,
-                       name=str(source), require_foreground=require_foreground)
+            raise FileNotFoundError(
+                DOWNLOAD_HELP.format(root=str(source)) + f"\nLoading it from the Hub failed: {e}"
+            ) from e
+        return conform(
+            hub,
+            column_mapping,
+            default_class_names=VOC_CLASS_NAMES,
+            name=str(source),
+            require_foreground=require_foreground,
+        )
 
     root = _resolve_root(path)
     ids, _ = _split_ids(root, split)
@@ -229,9 +303,14 @@ def load_voc(source: str | os.PathLike | datasets.Dataset, split: str = "train_a
     return cached_arrow(
         Path(cache_dir) if cache_dir is not None else default_cache_dir(),
         f"voc-{split}-{key}",
-        lambda: build_voc_index(root, split, skip_bad_samples=skip_bad_samples,
-                                labels_file=labels_file,
-                                require_foreground=require_foreground))
+        lambda: build_voc_index(
+            root,
+            split,
+            skip_bad_samples=skip_bad_samples,
+            labels_file=labels_file,
+            require_foreground=require_foreground,
+        ),
+    )
 
 
 def _looks_like_hub_id(text: str) -> bool:

@@ -2,12 +2,28 @@
 distributed evaluation, the learning-rate schedule."""
 
 from .accelerator import cpus_per_process, make_accelerator
-from .checkpointing import (list_checkpoints, load_checkpoint, remove_partial_checkpoints,
-                            resolve_checkpoint, save_checkpoint)
+from .checkpointing import (
+    list_checkpoints,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .evaluation import evaluate_segmentation, shard_loader
 from .sampling import EpochSampler, SeededSamples
 from .schedule import step_decay
 
-__all__ = ["EpochSampler", "SeededSamples", "cpus_per_process", "evaluate_segmentation", "list_checkpoints",
-           "load_checkpoint", "make_accelerator", "remove_partial_checkpoints", "resolve_checkpoint",
-           "save_checkpoint", "shard_loader", "step_decay"]
+__all__ = [
+    "EpochSampler",
+    "SeededSamples",
+    "cpus_per_process",
+    "evaluate_segmentation",
+    "list_checkpoints",
+    "load_checkpoint",
+    "make_accelerator",
+    "remove_partial_checkpoints",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "shard_loader",
+    "step_decay",
+]

@@ -1,4 +1,6 @@
-"""The Accelerator every recipe runs under."""
+"""The Accelerator every recipe runs under (``--mixed_precision auto`` resolved for the device)
+and what prepares a model for training under it: sync-BN, the optimizer of section IV.1,
+channels-last, ``torch.compile``, ``accelerator.prepare``, and the way back to the bare model."""
 
 from __future__ import annotations
 
@@ -8,8 +10,6 @@ import time
 
 import torch
 from accelerate import Accelerator
-
-from .optimizer import build_optimizer
 
 PRECISIONS = ("no", "fp16", "bf16", "auto")  # --mixed_precision's choices in every recipe
 
@@ -57,18 +57,25 @@ def native_bf16(on_cpu: bool) -> tuple[str | None, str]:
     multi-process launch) and bf16 taken from :data:`BF16_MIN_SPEEDUP`; a CPU with neither
     would emulate bf16."""
     if not on_cpu:
-        return ("CUDA", "GPU with bf16") if torch.cuda.is_bf16_supported() else (
-            None, "this GPU has no bf16")
+        return (
+            ("CUDA", "GPU with bf16")
+            if torch.cuda.is_bf16_supported()
+            else (None, "this GPU has no bf16")
+        )
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     if amx:
         return "AMX", "CPU with AMX"
     if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
         speedup = slowest_of_processes(bf16_gemm_speedup())
         if speedup >= BF16_MIN_SPEEDUP:
-            return "AVX512-BF16", (f"CPU with AVX512-BF16, no AMX: bf16 matrix products "
-                                   f"measured {speedup:.2f}x fp32 here")
-        return None, (f"this CPU has AVX512-BF16 but no AMX, and bf16 matrix products measured "
-                      f"{speedup:.2f}x fp32 here (below {BF16_MIN_SPEEDUP}x)")
+            return "AVX512-BF16", (
+                f"CPU with AVX512-BF16, no AMX: bf16 matrix products "
+                f"measured {speedup:.2f}x fp32 here"
+            )
+        return None, (
+            f"this CPU has AVX512-BF16 but no AMX, and bf16 matrix products measured "
+            f"{speedup:.2f}x fp32 here (below {BF16_MIN_SPEEDUP}x)"
+        )
     return None, "this CPU has no native bf16"
 
 
@@ -85,8 +92,9 @@ def resolve_mixed_precision(value: str | None, on_cpu: bool) -> tuple[str | None
     return "bf16", f"--mixed_precision auto: bf16 autocast ({why})"
 
 
-def make_accelerator(cpu: bool = False, mixed_precision: str | None = None,
-                     **kwargs) -> Accelerator:
+def make_accelerator(
+    cpu: bool = False, mixed_precision: str | None = None, **kwargs
+) -> Accelerator:
     """An ``Accelerator`` that also understands torchrun-style multi-process launches on a
     machine without GPUs (Accelerate only turns to gloo data parallelism when it is told the
     processes are CPU ones), with ``mixed_precision="auto"`` resolved for the device
@@ -94,16 +102,39 @@ def make_accelerator(cpu: bool = False, mixed_precision: str | None = None,
     :func:`agen_hf.engine.arguments.configure_logging`, as ``accelerator.precision_choice``)."""
     on_cpu = cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     precision, choice = resolve_mixed_precision(
-        mixed_precision, on_cpu or not torch.cuda.is_available())
+        mixed_precision, on_cpu or not torch.cuda.is_available()
+    )
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision, **kwargs)
     accelerator.precision_choice = choice
     return accelerator
 
 
-def prepare_training(accelerator: Accelerator, args: argparse.Namespace, model: torch.nn.Module,
-                     train_loader) -> tuple:
+def build_optimizer(
+    model: torch.nn.Module, args: argparse.Namespace
+) -> tuple[torch.optim.Optimizer, list[float]]:
+    """SGD (or AdamW) over ``model.parameter_groups()``: the ImageNet-initialised backbone at
+    ``--learning_rate``, the new layers at ``--head_lr_multiplier`` times it. AdamW runs
+    torch's fused kernel (the same update up to float rounding; at the quickstart's 94
+    tensors its step takes 3.4 ms on a CPU against 11.2 ms for the per-tensor loop)."""
+    groups = model.parameter_groups()
+    base_lrs = [args.learning_rate, args.learning_rate * args.head_lr_multiplier]
+    param_groups = [
+        {"params": [q for q in groups["backbone"] if q.requires_grad], "lr": base_lrs[0]},
+        {"params": [q for q in groups["new"] if q.requires_grad], "lr": base_lrs[1]},
+    ]
+    optimizer = (
+        torch.optim.SGD(param_groups, momentum=args.momentum, weight_decay=args.weight_decay)
+        if args.optimizer == "sgd"
+        else torch.optim.AdamW(param_groups, weight_decay=args.weight_decay, fused=True)
+    )
+    return optimizer, base_lrs
+
+
+def prepare_training(
+    accelerator: Accelerator, args: argparse.Namespace, model: torch.nn.Module, train_loader
+) -> tuple:
     """What every recipe does between building the model and training it, from the shared
-    flags: ``--sync_bn``, the optimizer (:func:`~agen_hf.engine.optimizer.build_optimizer`),
+    flags: ``--sync_bn``, the optimizer (:func:`build_optimizer`),
     ``--channels_last``, ``--compile``, then ``accelerator.prepare``. Returns the prepared
     ``(model, optimizer, base_lrs, train_loader)``."""
     if args.sync_bn:

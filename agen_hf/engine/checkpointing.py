@@ -48,6 +48,7 @@ class CheckpointError(RuntimeError):
 
 # -- files -------------------------------------------------------------------------------------
 
+
 def fsync_tree(folder: Path) -> None:
     """Flush every file under ``folder`` and the folders themselves to disk."""
     for dirpath, _, files in os.walk(folder):
@@ -78,8 +79,11 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def file_sizes(folder: Path) -> dict[str, int]:
     """Every file under ``folder`` (relative posix path -> bytes), the state file excepted."""
-    return {p.relative_to(folder).as_posix(): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != STATE_FILE}
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != STATE_FILE
+    }
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -97,8 +101,7 @@ def safetensors_problem(path: Path) -> str | None:
             header = json.loads(f.read(n))
     except (OSError, ValueError) as e:
         return f"{path.name} cannot be read ({e})"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
-              default=0)
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
         return f"{path.name} is truncated ({size} bytes, its header promises {8 + n + end})"
     return None
@@ -130,14 +133,18 @@ def checkpoint_problem(path: Path) -> str | None:
 
 # -- checkpoints -------------------------------------------------------------------------------
 
+
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Checkpoint folders that finished saving (renamed, with a state file), oldest first;
     some may still be broken (:func:`checkpoint_problem`)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -159,21 +166,29 @@ def resolve_checkpoint(output_dir: str | os.PathLike, which: str) -> Path | None
     if which in ("latest", "auto"):
         found = newest_complete(output_dir)
         if found is None and which == "latest":
-            raise FileNotFoundError(f"--resume_from_checkpoint latest: no complete checkpoint "
-                                    f"in {output_dir} (use auto to start fresh when there is "
-                                    "none)")
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: no complete checkpoint "
+                f"in {output_dir} (use auto to start fresh when there is "
+                "none)"
+            )
         return found
     path = Path(which)
     problem = checkpoint_problem(path)
     if problem:
-        raise CheckpointError(f"--resume_from_checkpoint {which}: not a complete checkpoint "
-                              f"({problem})")
+        raise CheckpointError(
+            f"--resume_from_checkpoint {which}: not a complete checkpoint ({problem})"
+        )
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int,
-                    state: dict, keep_last: int | None = None,
-                    model_files: Callable[[Path], None] | None = None) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    state: dict,
+    keep_last: int | None = None,
+    model_files: Callable[[Path], None] | None = None,
+) -> Path:
     """Save model, optimizer, RNG states and ``state`` as ``checkpoint-<step>``, atomically
     and durably (fsynced before the rename); keep only the newest ``keep_last`` checkpoints.
     ``model_files(folder)`` (main process) writes what makes the folder a loadable model beside
@@ -189,8 +204,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
     if accelerator.is_main_process:
         if model_files is not None:
             model_files(tmp)
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "files": file_sizes(tmp)},
-                                                 indent=2))
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "files": file_sizes(tmp)}, indent=2))
         fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -235,10 +249,12 @@ def replace_files(tmp: Path, folder: Path) -> None:
 
 # -- the run that owns a folder -----------------------------------------------------------------
 
+
 def fingerprint(fields: dict) -> dict:
     """What defines a run, as recorded in its checkpoints: ``fields`` with every value made
     JSON-plain (tuples as lists); a long list (the sample ids) is stored as its count and
     sha256."""
+
     def plain(value):
         if isinstance(value, dict):
             return {str(k): plain(v) for k, v in value.items()}
@@ -250,6 +266,7 @@ def fingerprint(fields: dict) -> dict:
         if isinstance(value, Path):
             return str(value)
         return value
+
     return plain(dict(fields))
 
 
@@ -265,8 +282,9 @@ def fingerprint_differences(saved: dict, current: dict, prefix: str = "") -> lis
     return out
 
 
-def check_resume(saved: dict | None, current: dict | None, path: Path,
-                 allow_schedule_change: bool = False) -> None:
+def check_resume(
+    saved: dict | None, current: dict | None, path: Path, allow_schedule_change: bool = False
+) -> None:
     """Refuse to resume ``path`` with a fingerprint other than its own, naming the fields;
     ``allow_schedule_change`` accepts a change of the schedule's length alone (logged)."""
     if saved is None or current is None:  # a checkpoint of agen_hf <= 0.2, or no fingerprint
@@ -274,15 +292,19 @@ def check_resume(saved: dict | None, current: dict | None, path: Path,
     differences = fingerprint_differences(saved, current)
     schedule = [d for d in differences if d.split(":")[0] in SCHEDULE_FIELDS]
     if allow_schedule_change and schedule:
-        logger.warning("resuming %s with a changed schedule (--allow_schedule_change): %s",
-                       path, "; ".join(schedule))
+        logger.warning(
+            "resuming %s with a changed schedule (--allow_schedule_change): %s",
+            path,
+            "; ".join(schedule),
+        )
         differences = [d for d in differences if d not in schedule]
     if differences:
         hint = " (--allow_schedule_change accepts a new max_steps)" if schedule else ""
         raise CheckpointError(
             f"--resume_from_checkpoint: {path} belongs to another run; what differs: "
             f"{'; '.join(differences)}. Resume with the flags it was trained with, or start a "
-            f"new run in another --output_dir{hint}")
+            f"new run in another --output_dir{hint}"
+        )
 
 
 def take_lock(root: Path) -> Path:
@@ -291,9 +313,12 @@ def take_lock(root: Path) -> Path:
     by an earlier attempt of the same SLURM job (a requeue), is taken over; any other is an
     error naming its holder."""
     lock = root / LOCK_FILE
-    me = {"host": socket.gethostname(), "pid": os.getpid(),
-          "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -306,10 +331,17 @@ def take_lock(root: Path) -> Path:
                 raise CheckpointError(
                     f"{root} is being written by another run: pid {holder.get('pid')} on host "
                     f"{holder.get('host')} since {holder.get('started')} ({lock}). Use another "
-                    "--output_dir, or delete the lock file if that run is dead") from None
-            logger.warning("taking over %s from pid %s on %s (%s)", lock, holder.get("pid"),
-                           holder.get("host"), "the same SLURM job" if holder.get(
-                               "slurm_job_id") == me["slurm_job_id"] else "no longer running")
+                    "--output_dir, or delete the lock file if that run is dead"
+                ) from None
+            logger.warning(
+                "taking over %s from pid %s on %s (%s)",
+                lock,
+                holder.get("pid"),
+                holder.get("host"),
+                "the same SLURM job"
+                if holder.get("slurm_job_id") == me["slurm_job_id"]
+                else "no longer running",
+            )
             lock.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
@@ -363,9 +395,14 @@ def _step_of(line: str) -> float:
         return math.inf  # a line cut by a kill: dropped
 
 
-def start_output_dir(accelerator: Accelerator, output_dir: str | os.PathLike,
-                     resume_from: str | None = None, run: dict | None = None,
-                     overwrite: bool = False, allow_schedule_change: bool = False) -> dict:
+def start_output_dir(
+    accelerator: Accelerator,
+    output_dir: str | os.PathLike,
+    resume_from: str | None = None,
+    run: dict | None = None,
+    overwrite: bool = False,
+    allow_schedule_change: bool = False,
+) -> dict:
     """Take ``output_dir`` for this run and, with ``resume_from`` (``"latest"``, ``"auto"``
     or a checkpoint folder), restore model, optimizer and RNG states from it.
 
@@ -390,28 +427,42 @@ def start_output_dir(accelerator: Accelerator, output_dir: str | os.PathLike,
         return {}
     path = Path(decision[0])
     state = load_checkpoint(accelerator, path)
-    logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, state["global_step"],
-                state["epoch"], state["batches_in_epoch"])
+    logger.info(
+        "resumed from %s at step %d (epoch %d, batch %d)",
+        path,
+        state["global_step"],
+        state["epoch"],
+        state["batches_in_epoch"],
+    )
     return {k: v for k, v in state.items() if k not in ("files", "run")}
 
 
-def _take_folder(root: Path, resume_from: str | None, run: dict | None, overwrite: bool,
-                 allow_schedule_change: bool) -> str | None:
+def _take_folder(
+    root: Path,
+    resume_from: str | None,
+    run: dict | None,
+    overwrite: bool,
+    allow_schedule_change: bool,
+) -> str | None:
     """The main process's part of :func:`start_output_dir`; the checkpoint to resume."""
     root.mkdir(parents=True, exist_ok=True)
     take_lock(root)
     for stale in remove_partial_checkpoints(root):
         logger.warning("removed %s, left by an interrupted save", stale)
     path = resolve_checkpoint(root, resume_from) if resume_from else None
-    later = [p for p in list_checkpoints(root) if path is None or (
-        _step(p) > _step(path) and checkpoint_problem(p) is None)]
+    later = [
+        p
+        for p in list_checkpoints(root)
+        if path is None or (_step(p) > _step(path) and checkpoint_problem(p) is None)
+    ]
     if later and not overwrite:
         what = "a fresh run" if path is None else f"resuming from {path}"
         raise CheckpointError(
             f"{root} holds checkpoints {', '.join(p.name for p in later)} of "
             f"{'another' if path is None else 'a later'} run; {what} would mix with them. "
             "Continue it with --resume_from_checkpoint auto, use another --output_dir, or "
-            "pass --overwrite_output_dir to delete them")
+            "pass --overwrite_output_dir to delete them"
+        )
     if later:
         for p in later:
             shutil.rmtree(p)

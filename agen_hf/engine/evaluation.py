@@ -4,7 +4,6 @@ val set and the matrices are summed, so no prediction is ever gathered."""
 from __future__ import annotations
 
 import logging
-
 from typing import Callable
 
 import torch
@@ -21,21 +20,31 @@ from .accelerator import base_model
 logger = logging.getLogger("agen_hf.train")
 
 
-def shard_loader(dataset, accelerator: Accelerator, batch_size: int,
-                 num_workers: int = 0) -> DataLoader:
+def shard_loader(
+    dataset, accelerator: Accelerator, batch_size: int, num_workers: int = 0
+) -> DataLoader:
     """This process's share ``rank::world`` of ``dataset``: each sample scored exactly once
     (Accelerate's even-batches padding would count some twice)."""
     indices = range(accelerator.process_index, len(dataset), accelerator.num_processes)
-    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False,
-                      collate_fn=collate, num_workers=num_workers)
+    return DataLoader(
+        Subset(dataset, list(indices)),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        num_workers=num_workers,
+    )
 
 
 @torch.no_grad()
-def evaluate_segmentation(accelerator: Accelerator, predict: Callable[[torch.Tensor], torch.Tensor],
-                          loader: DataLoader, num_labels: int, ignore_index: int = 255,
-                          crf: CrfPool | None = None,
-                          unnormalize: Callable[[torch.Tensor], torch.Tensor] | None = None
-                          ) -> dict:
+def evaluate_segmentation(
+    accelerator: Accelerator,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    loader: DataLoader,
+    num_labels: int,
+    ignore_index: int = 255,
+    crf: CrfPool | None = None,
+    unnormalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
     """Mean IoU of ``predict`` over this process's ``loader``, summed over processes.
 
     ``predict(pixel_values)`` returns class scores (B, num_labels, h, w) whose softmax is the
@@ -56,20 +65,21 @@ def evaluate_segmentation(accelerator: Accelerator, predict: Callable[[torch.Ten
         pixel_values = batch["pixel_values"].to(accelerator.device)
         scores = predict(pixel_values).float()
         if scores.shape[-2:] != pixel_values.shape[-2:]:
-            scores = F.interpolate(scores, size=pixel_values.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+            scores = F.interpolate(
+                scores, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
+            )
         labels = scores.argmax(1).cpu()
         for i, (h, w) in enumerate(batch["sizes"].tolist()):
             mask = batch["mask"][i, :h, :w]
             if crf is None:
                 metric.update(labels[i, :h, :w], mask)
                 continue
-            rgb = unnormalize(pixel_values[i:i + 1, :, :h, :w])[0]
+            rgb = unnormalize(pixel_values[i : i + 1, :, :h, :w])[0]
             rgb = rgb.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             probs = scores[i, :, :h, :w].softmax(dim=0)
-            for ref, refined in crf.refine(rgb, labels[i, :h, :w],
-                                           lambda classes: probs[torch.as_tensor(classes)],
-                                           tag=mask):
+            for ref, refined in crf.refine(
+                rgb, labels[i, :h, :w], lambda classes: probs[torch.as_tensor(classes)], tag=mask
+            ):
                 metric.update(refined, ref)
     for ref, refined in crf.finish() if crf is not None else []:
         metric.update(refined, ref)
@@ -79,19 +89,31 @@ def evaluate_segmentation(accelerator: Accelerator, predict: Callable[[torch.Ten
     return {**metric.compute(), "skipped": int(accelerator.reduce(skipped, "sum").item())}
 
 
-def validate(accelerator: Accelerator, model, val_loader: DataLoader, step: int,
-             epoch: int, with_tracking: bool = False) -> dict:
+def validate(
+    accelerator: Accelerator,
+    model,
+    val_loader: DataLoader,
+    step: int,
+    epoch: int,
+    with_tracking: bool = False,
+) -> dict:
     """The mean IoU of ``model``'s segmentation (``model(x, segmentation_only=True).logits``:
     branch B for AGEN) on ``val_loader``, logged (and tracked per class at ``step``)."""
     config = base_model(accelerator, model).config
     model.eval()
     metrics = evaluate_segmentation(
-        accelerator, lambda x: model(x, segmentation_only=True).logits, val_loader,
-        config.num_labels, config.ignore_index)
+        accelerator,
+        lambda x: model(x, segmentation_only=True).logits,
+        val_loader,
+        config.num_labels,
+        config.ignore_index,
+    )
     model.train()
     logger.info("epoch %d: val mIoU %.2f%%", epoch, 100 * metrics["mean_iou"])
     if with_tracking:
-        per_class = {f"val/iou_{config.id2label[i]}": float(v)
-                     for i, v in enumerate(metrics["per_category_iou"])}
+        per_class = {
+            f"val/iou_{config.id2label[i]}": float(v)
+            for i, v in enumerate(metrics["per_category_iou"])
+        }
         accelerator.log({"val/mean_iou": metrics["mean_iou"], **per_class}, step=step)
     return metrics

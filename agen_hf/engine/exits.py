@@ -20,12 +20,16 @@ REQUEUE_EXIT = 75
 logger = logging.getLogger("agen_hf")
 
 
-def skipped_problems(count: int, what: str, consequence: str,
-                     named_by: str = "the warnings name their files") -> list[str]:
+def skipped_problems(
+    count: int, what: str, consequence: str, named_by: str = "the warnings name their files"
+) -> list[str]:
     """The problem line for ``count`` bad inputs that ``--skip_bad_samples`` left out (none
     when ``count`` is 0), as :func:`exit_if_incomplete` takes it."""
-    return [f"{count} {what} were skipped {consequence} (--skip_bad_samples; {named_by})"
-            ] if count else []
+    return (
+        [f"{count} {what} were skipped {consequence} (--skip_bad_samples; {named_by})"]
+        if count
+        else []
+    )
 
 
 def exit_if_incomplete(problems: list[str]) -> None:

@@ -32,15 +32,34 @@ from .schedule import lr_factor
 
 logger = logging.getLogger("agen_hf.train")
 
-RUN_FLAGS = ("seed", "per_device_train_batch_size", "gradient_accumulation_steps", "optimizer",
-             "learning_rate", "head_lr_multiplier", "momentum", "weight_decay", "lr_scheduler",
-             "lr_decay_epochs", "warmup_steps", "lr_restart_at", "max_grad_norm",
-             "seeding_warmup_steps", "full_supervision", "crop_size", "scale_range",
-             "deterministic", "dataset", "train_split")
+RUN_FLAGS = (
+    "seed",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "optimizer",
+    "learning_rate",
+    "head_lr_multiplier",
+    "momentum",
+    "weight_decay",
+    "lr_scheduler",
+    "lr_decay_epochs",
+    "warmup_steps",
+    "lr_restart_at",
+    "max_grad_norm",
+    "seeding_warmup_steps",
+    "full_supervision",
+    "crop_size",
+    "scale_range",
+    "deterministic",
+    "dataset",
+    "train_split",
+)
 """The flags that define a run, recorded in its checkpoints' fingerprint (those a recipe has)."""
 
-LossFn = Callable[[torch.nn.Module, dict, "ProcessGroup | None", int],
-                  tuple[torch.Tensor, dict[str, torch.Tensor]]]
+LossFn = Callable[
+    [torch.nn.Module, dict, "ProcessGroup | None", int],
+    tuple[torch.Tensor, dict[str, torch.Tensor]],
+]
 """``compute_loss(model, batch, process_group, step) -> (loss, terms by name)``; ``step``: the
 optimizer steps done so far."""
 
@@ -77,60 +96,99 @@ class LoopOptions:
     def from_args(cls, args: argparse.Namespace, steps_per_epoch: int) -> "LoopOptions":
         """From the flags of :func:`agen_hf.engine.arguments.add_training_arguments`."""
         max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-        schedule = partial(lr_factor, args.lr_scheduler, max_steps=max_steps,
-                           steps_per_epoch=steps_per_epoch, decay_epochs=args.lr_decay_epochs,
-                           warmup_steps=args.warmup_steps, restart_at=args.lr_restart_at)
-        return cls(Path(args.output_dir), max_steps, steps_per_epoch, schedule,
-                   args.max_grad_norm, args.max_nonfinite_steps, args.checkpointing_steps,
-                   args.checkpoints_total_limit, args.eval_every_epochs, args.logging_steps,
-                   args.with_tracking, args.channels_last)
+        schedule = partial(
+            lr_factor,
+            args.lr_scheduler,
+            max_steps=max_steps,
+            steps_per_epoch=steps_per_epoch,
+            decay_epochs=args.lr_decay_epochs,
+            warmup_steps=args.warmup_steps,
+            restart_at=args.lr_restart_at,
+        )
+        flags = (
+            "max_grad_norm",
+            "max_nonfinite_steps",
+            "checkpointing_steps",
+            "checkpoints_total_limit",
+            "eval_every_epochs",
+            "logging_steps",
+            "with_tracking",
+            "channels_last",
+        )  # fields named as their flags
+        return cls(
+            output_dir=Path(args.output_dir),
+            max_steps=max_steps,
+            steps_per_epoch=steps_per_epoch,
+            lr_factor=schedule,
+            **{name: getattr(args, name) for name in flags},
+        )
 
 
-def begin(accelerator: Accelerator, args: argparse.Namespace, model, train_loader, train_ds,
-          project: str) -> tuple[LoopOptions, TrainState]:
+def begin(
+    accelerator: Accelerator, args: argparse.Namespace, model, train_loader, train_ds, project: str
+) -> tuple[LoopOptions, TrainState]:
     """After ``accelerator.prepare``: the loop's options from the flags, the output folder
     (taken for this run, resumed from ``--resume_from_checkpoint`` if it is this run's: see
     :func:`run_fingerprint`), and the trackers (``--with_tracking``, the flags as their
     config, secrets redacted)."""
-    options = LoopOptions.from_args(args, count_steps_per_epoch(
-        accelerator, train_loader, args.gradient_accumulation_steps))
+    options = LoopOptions.from_args(
+        args, count_steps_per_epoch(accelerator, train_loader, args.gradient_accumulation_steps)
+    )
     options.run = run_fingerprint(accelerator, args, model, train_ds, options)
     try:
-        state = TrainState(**start_output_dir(
-            accelerator, args.output_dir, args.resume_from_checkpoint, options.run,
-            overwrite=args.overwrite_output_dir,
-            allow_schedule_change=args.allow_schedule_change))
+        state = TrainState(
+            **start_output_dir(
+                accelerator,
+                args.output_dir,
+                args.resume_from_checkpoint,
+                options.run,
+                overwrite=args.overwrite_output_dir,
+                allow_schedule_change=args.allow_schedule_change,
+            )
+        )
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
     if args.with_tracking:
         accelerator.init_trackers(project, config=redact_args(args))
-    logger.info("%d samples, %d processes, %d steps/epoch, %d steps",
-                len(train_loader.dataset), accelerator.num_processes, options.steps_per_epoch,
-                options.max_steps)
+    logger.info(
+        "%d samples, %d processes, %d steps/epoch, %d steps",
+        len(train_loader.dataset),
+        accelerator.num_processes,
+        options.steps_per_epoch,
+        options.max_steps,
+    )
     return options, state
 
 
-def run_fingerprint(accelerator: Accelerator, args: argparse.Namespace, model, train_ds,
-                    options: LoopOptions) -> dict:
+def run_fingerprint(
+    accelerator: Accelerator, args: argparse.Namespace, model, train_ds, options: LoopOptions
+) -> dict:
     """What defines the run: the model's config, the data (classes, sample ids), the
     ``RUN_FLAGS``, the precision, world size x batch x accumulation and the schedule's
     length. A checkpoint resumes only into a run with the same fingerprint."""
     ids = list(train_ds["id"]) if "id" in train_ds.column_names else len(train_ds)
-    return fingerprint({
-        "model": base_model(accelerator, model).config.to_dict(),
-        "data": {"samples": len(train_ds), "ids": ids},
-        **{k: getattr(args, k) for k in RUN_FLAGS if hasattr(args, k)},
-        "mixed_precision": accelerator.mixed_precision, "world_size": accelerator.num_processes,
-        "max_steps": options.max_steps, "steps_per_epoch": options.steps_per_epoch})
+    return fingerprint(
+        {
+            "model": base_model(accelerator, model).config.to_dict(),
+            "data": {"samples": len(train_ds), "ids": ids},
+            **{k: getattr(args, k) for k in RUN_FLAGS if hasattr(args, k)},
+            "mixed_precision": accelerator.mixed_precision,
+            "world_size": accelerator.num_processes,
+            "max_steps": options.max_steps,
+            "steps_per_epoch": options.steps_per_epoch,
+        }
+    )
 
 
 def count_steps_per_epoch(accelerator: Accelerator, train_loader, accumulation: int) -> int:
     """Optimizer steps per epoch of the prepared ``train_loader``; an error if it has none."""
     steps = math.ceil(len(train_loader) / accumulation)
     if steps == 0:
-        raise ValueError(f"the training set ({len(train_loader.dataset)} samples) is smaller "
-                         f"than one global batch ({train_loader.total_batch_size} samples over "
-                         f"{accelerator.num_processes} processes)")
+        raise ValueError(
+            f"the training set ({len(train_loader.dataset)} samples) is smaller "
+            f"than one global batch ({train_loader.total_batch_size} samples over "
+            f"{accelerator.num_processes} processes)"
+        )
     return steps
 
 
@@ -141,9 +199,18 @@ def process_group(accelerator: Accelerator) -> ProcessGroup | None:
     return ProcessGroup(accelerator.num_processes, lambda t: accelerator.reduce(t, "sum"))
 
 
-def training_step(accelerator: Accelerator, model, optimizer, base_lrs: list[float], batch,
-                  compute_loss: LossFn, group: ProcessGroup | None, step: int,
-                  options: LoopOptions, stop_requested: bool = False) -> "StepResult":
+def training_step(
+    accelerator: Accelerator,
+    model,
+    optimizer,
+    base_lrs: list[float],
+    batch,
+    compute_loss: LossFn,
+    group: ProcessGroup | None,
+    step: int,
+    options: LoopOptions,
+    stop_requested: bool = False,
+) -> "StepResult":
     """Forward, backward and (at an accumulation boundary) the optimizer step at the
     learning rate ``base * lr_factor(step)``. Returns the loss terms, or None when the loss
     was not finite on some process (then every process skips the batch together, or DDP would
@@ -155,8 +222,14 @@ def training_step(accelerator: Accelerator, model, optimizer, base_lrs: list[flo
         batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
     with accelerator.accumulate(model):
         loss, terms = compute_loss(model, batch, group, step)
-        flags = torch.cat([(~torch.isfinite(loss.detach())).float().reshape(1), torch.tensor(
-            [float(stop_requested), len(batch.get("replaced", ()))], device=loss.device)])
+        flags = torch.cat(
+            [
+                (~torch.isfinite(loss.detach())).float().reshape(1),
+                torch.tensor(
+                    [float(stop_requested), len(batch.get("replaced", ()))], device=loss.device
+                ),
+            ]
+        )
         nonfinite, stop, replaced = accelerator.reduce(flags, "sum").tolist()
         if nonfinite:
             logger.warning("step %d: non-finite loss (%s), step skipped", step, loss.item())
@@ -166,8 +239,7 @@ def training_step(accelerator: Accelerator, model, optimizer, base_lrs: list[flo
         if accelerator.sync_gradients:
             norm = gradient_norm(accelerator, model, options.max_grad_norm)
             if norm is not None and not math.isfinite(norm):
-                logger.warning("step %d: non-finite gradient (norm %s), step skipped", step,
-                               norm)
+                logger.warning("step %d: non-finite gradient (norm %s), step skipped", step, norm)
                 optimizer.zero_grad()
                 return StepResult(None, stop > 0, int(replaced))
             factor = options.lr_factor(step)
@@ -225,33 +297,50 @@ def check_nonfinite(in_a_row: int, limit: int, step: int) -> int:
     """``in_a_row`` non-finite losses so far; too many is divergence, an error that says what
     to try."""
     if in_a_row >= limit:
-        raise RuntimeError(f"{in_a_row} non-finite losses in a row (a loss or its gradient) "
-                           f"at step {step}: training diverged. Lower --learning_rate, try "
-                           "--mixed_precision no, or check the data with "
-                           "`python -m agen_hf.data.validate`")
+        raise RuntimeError(
+            f"{in_a_row} non-finite losses in a row (a loss or its gradient) "
+            f"at step {step}: training diverged. Lower --learning_rate, try "
+            "--mixed_precision no, or check the data with "
+            "`python -m agen_hf.data.validate`"
+        )
     return in_a_row
 
 
-def log_step(accelerator: Accelerator, state: TrainState, terms: dict[str, torch.Tensor],
-             lr: float, extras: dict, options: LoopOptions) -> dict:
+def log_step(
+    accelerator: Accelerator,
+    state: TrainState,
+    terms: dict[str, torch.Tensor],
+    lr: float,
+    extras: dict,
+    options: LoopOptions,
+) -> dict:
     """The step's record (every term averaged over processes, their total, the learning rate,
     ``extras``): a line of ``train_log.jsonl`` always, the tracker every ``logging_steps``."""
     # float64 so that the logged total is as exact as its terms
-    values = accelerator.reduce(torch.stack([t.detach().double() for t in terms.values()]),
-                                "mean").tolist()
-    record = {"step": state.global_step, "epoch": state.epoch, "loss": sum(values),
-              **dict(zip(terms, values)), "lr": lr, **extras}
+    values = accelerator.reduce(
+        torch.stack([t.detach().double() for t in terms.values()]), "mean"
+    ).tolist()
+    record = {
+        "step": state.global_step,
+        "epoch": state.epoch,
+        "loss": sum(values),
+        **dict(zip(terms, values)),
+        "lr": lr,
+        **extras,
+    }
     if accelerator.is_main_process:
         with open(options.output_dir / "train_log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
     if options.with_tracking and state.global_step % options.logging_steps == 0:
-        accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"},
-                        step=state.global_step)
+        accelerator.log(
+            {f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.global_step
+        )
     return record
 
 
-def epoch_batches(accelerator: Accelerator, train_loader, state: TrainState,
-                  epoch: int) -> Iterator:
+def epoch_batches(
+    accelerator: Accelerator, train_loader, state: TrainState, epoch: int
+) -> Iterator:
     """Epoch ``epoch``'s batches, without those a resumed run already trained on."""
     skip = state.batches_in_epoch if epoch == state.epoch else 0
     loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
@@ -260,9 +349,19 @@ def epoch_batches(accelerator: Accelerator, train_loader, state: TrainState,
     return iter(loader)
 
 
-def train(accelerator: Accelerator, model, optimizer, base_lrs: list[float], train_loader,
-          compute_loss: LossFn, options: LoopOptions, state: TrainState, *,
-          val_loader=None, log_extras: Callable[[], dict] | None = None) -> TrainState:
+def train(
+    accelerator: Accelerator,
+    model,
+    optimizer,
+    base_lrs: list[float],
+    train_loader,
+    compute_loss: LossFn,
+    options: LoopOptions,
+    state: TrainState,
+    *,
+    val_loader=None,
+    log_extras: Callable[[], dict] | None = None,
+) -> TrainState:
     """Train from ``state`` to ``options.max_steps``: a checkpoint every
     ``checkpointing_steps``, at every epoch end and at the last step, each a loadable model
     folder; :func:`~agen_hf.engine.evaluation.validate` on ``val_loader`` every
@@ -273,38 +372,65 @@ def train(accelerator: Accelerator, model, optimizer, base_lrs: list[float], tra
     saved_at = [state.global_step]  # a fresh run: step 0 needs no checkpoint
 
     def checkpoint() -> None:
-        save_checkpoint(accelerator, options.output_dir, state.global_step,
-                        {**asdict(state), "run": options.run},
-                        options.checkpoints_total_limit, model_files=model_files)
+        save_checkpoint(
+            accelerator,
+            options.output_dir,
+            state.global_step,
+            {**asdict(state), "run": options.run},
+            options.checkpoints_total_limit,
+            model_files=model_files,
+        )
         saved_at[0] = state.global_step
 
     num_epochs = math.ceil(options.max_steps / options.steps_per_epoch)
-    bar = progress(desc="train", total=options.max_steps, initial=state.global_step,
-                   main_process=accelerator.is_main_process)
+    bar = progress(
+        desc="train",
+        total=options.max_steps,
+        initial=state.global_step,
+        main_process=accelerator.is_main_process,
+    )
     model.train()
     nonfinite, stopping = 0, False
     with Preemption() as preemption:
-        for epoch in range(state.epoch,
-                           num_epochs if state.global_step < options.max_steps else 0):
+        for epoch in range(state.epoch, num_epochs if state.global_step < options.max_steps else 0):
             for batch in epoch_batches(accelerator, train_loader, state, epoch):
                 state.batches_in_epoch += 1
                 terms, stop, replaced = training_step(
-                    accelerator, model, optimizer, base_lrs, batch, compute_loss, group,
-                    state.global_step, options, preemption.received is not None)
+                    accelerator,
+                    model,
+                    optimizer,
+                    base_lrs,
+                    batch,
+                    compute_loss,
+                    group,
+                    state.global_step,
+                    options,
+                    preemption.received is not None,
+                )
                 stopping, state.bad_samples = stopping or stop, state.bad_samples + replaced
-                nonfinite = check_nonfinite(nonfinite + 1 if terms is None else 0,
-                                            options.max_nonfinite_steps, state.global_step)
+                nonfinite = check_nonfinite(
+                    nonfinite + 1 if terms is None else 0,
+                    options.max_nonfinite_steps,
+                    state.global_step,
+                )
                 if not accelerator.sync_gradients:
                     continue
                 if terms is not None:
                     state.global_step += 1
-                    record = log_step(accelerator, state, terms,
-                                      optimizer.param_groups[0]["lr"],
-                                      log_extras() if log_extras else {}, options)
+                    record = log_step(
+                        accelerator,
+                        state,
+                        terms,
+                        optimizer.param_groups[0]["lr"],
+                        log_extras() if log_extras else {},
+                        options,
+                    )
                     bar.update(1)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
-                    if options.checkpointing_steps and \
-                            state.global_step % options.checkpointing_steps == 0:
+                    if (
+                        options.checkpointing_steps
+                        and state.global_step % options.checkpointing_steps == 0
+                    ):
                         checkpoint()
                 if stopping:
                     bar.close()
@@ -317,11 +443,20 @@ def train(accelerator: Accelerator, model, optimizer, base_lrs: list[float], tra
                 state.epoch, state.batches_in_epoch = epoch + 1, 0
                 if saved_at[0] != state.global_step:
                     checkpoint()
-                if val_loader is not None and options.eval_every_epochs and \
-                        (epoch + 1) % options.eval_every_epochs == 0 and \
-                        state.global_step < options.max_steps:
-                    validate(accelerator, model, val_loader, state.global_step, epoch,
-                             options.with_tracking)
+                if (
+                    val_loader is not None
+                    and options.eval_every_epochs
+                    and (epoch + 1) % options.eval_every_epochs == 0
+                    and state.global_step < options.max_steps
+                ):
+                    validate(
+                        accelerator,
+                        model,
+                        val_loader,
+                        state.global_step,
+                        epoch,
+                        options.with_tracking,
+                    )
             if state.global_step >= options.max_steps:
                 break
     bar.close()
@@ -330,14 +465,17 @@ def train(accelerator: Accelerator, model, optimizer, base_lrs: list[float], tra
     return state
 
 
-def stop_for_requeue(accelerator: Accelerator, received: str | None, state: TrainState,
-                     options: LoopOptions) -> None:
+def stop_for_requeue(
+    accelerator: Accelerator, received: str | None, state: TrainState, options: LoopOptions
+) -> None:
     """After the checkpoint of a preempted run: say so and exit with :data:`REQUEUE_EXIT`."""
     accelerator.wait_for_everyone()
     signal_name = received or "a preemption signal on another process"
-    message = (f"stopped by {signal_name} after step {state.global_step}: "
-               f"checkpoint-{state.global_step} written in {options.output_dir}; run the same "
-               f"command with --resume_from_checkpoint auto to continue (exit {REQUEUE_EXIT}: "
-               "requeue)")
+    message = (
+        f"stopped by {signal_name} after step {state.global_step}: "
+        f"checkpoint-{state.global_step} written in {options.output_dir}; run the same "
+        f"command with --resume_from_checkpoint auto to continue (exit {REQUEUE_EXIT}: "
+        "requeue)"
+    )
     logger.warning("%s", message)
     raise SystemExit(REQUEUE_EXIT)

@@ -31,8 +31,9 @@ def _env_secrets(environ: Mapping[str, str] | None) -> list[str]:
     return [v for k in SECRET_ENV_VARS if len(v := environ.get(k, "")) >= 4]
 
 
-def redact_text(text: str, secrets: list[str] = (), environ: Mapping[str, str] | None = None
-                ) -> str:
+def redact_text(
+    text: str, secrets: list[str] = (), environ: Mapping[str, str] | None = None
+) -> str:
     """``text`` with every known secret and every ``hf_...`` token replaced by REDACTED."""
     for secret in sorted({*secrets, *_env_secrets(environ)}, key=len, reverse=True):
         if secret:
@@ -62,8 +63,9 @@ def command_line(script: str, argv: list[str], environ: Mapping[str, str] | None
     return f"accelerate launch {script} " + shlex.join(redact_argv(argv, environ))
 
 
-def redact_args(args: argparse.Namespace | Mapping, environ: Mapping[str, str] | None = None
-                ) -> dict:
+def redact_args(
+    args: argparse.Namespace | Mapping, environ: Mapping[str, str] | None = None
+) -> dict:
     """A tracker config: every argument as an int/float/str/bool, secrets redacted (a
     credential flag that was not given stays None-as-string, so the key is still visible)."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)

@@ -26,7 +26,7 @@ _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: decorrelates nearby seeds
 def _seed(*parts: int) -> int:
     h = 0
     for p in parts:
-        h = (h * _MIX + p + 1) % (2 ** 63 - 1)
+        h = (h * _MIX + p + 1) % (2**63 - 1)
     return h
 
 

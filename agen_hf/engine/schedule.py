@@ -10,15 +10,23 @@ import math
 SCHEDULES = ("step", "poly", "cosine")
 
 
-def step_decay(step: int, steps_per_epoch: int, decay_epochs: int = 10,
-               factor: float = 0.1) -> float:
+def step_decay(
+    step: int, steps_per_epoch: int, decay_epochs: int = 10, factor: float = 0.1
+) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
     return factor ** ((step // max(steps_per_epoch, 1)) // decay_epochs)
 
 
-def lr_factor(schedule: str, step: int, max_steps: int, steps_per_epoch: int,
-              decay_epochs: int = 10, warmup_steps: int = 0, power: float = 0.9,
-              restart_at: int = 0) -> float:
+def lr_factor(
+    schedule: str,
+    step: int,
+    max_steps: int,
+    steps_per_epoch: int,
+    decay_epochs: int = 10,
+    warmup_steps: int = 0,
+    power: float = 0.9,
+    restart_at: int = 0,
+) -> float:
     """Multiplier of the base learning rate at step ``step`` (0-based) of ``max_steps``.
 
     ``"step"``: :func:`step_decay`. ``"poly"``: ``(1 - t) ** power`` (DeepLab's). ``"cosine"``:

@@ -10,13 +10,37 @@ import numpy as np
 from ..data.voc import VOC_CLASSES
 
 # Table 4's column names for VOC's classes, in label order
-TABLE4_COLUMNS = ("bkg", "plane", "bike", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-                  "cow", "table", "dog", "horse", "motor", "person", "plant", "sheep", "sofa",
-                  "train", "tv")
+TABLE4_COLUMNS = (
+    "bkg",
+    "plane",
+    "bike",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "table",
+    "dog",
+    "horse",
+    "motor",
+    "person",
+    "plant",
+    "sheep",
+    "sofa",
+    "train",
+    "tv",
+)
 
 
-def iou_table(per_category_iou: Sequence[float], mean_iou: float,
-              class_names: Sequence[str] = VOC_CLASSES, row_name: str = "AGEN") -> str:
+def iou_table(
+    per_category_iou: Sequence[float],
+    mean_iou: float,
+    class_names: Sequence[str] = VOC_CLASSES,
+    row_name: str = "AGEN",
+) -> str:
     """A Markdown table in Table 4's layout: one column per class then mIoU, values in %.
     VOC's class names get the paper's short column names. Beyond ``WIDE_TABLE_MAX`` classes a
     row of columns is unreadable: :func:`iou_columns` instead."""
@@ -41,12 +65,18 @@ def iou_table(per_category_iou: Sequence[float], mean_iou: float,
 WIDE_TABLE_MAX = 30
 
 
-def iou_columns(per_category_iou: Sequence[float], mean_iou: float, class_names: Sequence[str],
-                row_name: str = "AGEN", pairs: int = 4) -> str:
+def iou_columns(
+    per_category_iou: Sequence[float],
+    mean_iou: float,
+    class_names: Sequence[str],
+    row_name: str = "AGEN",
+    pairs: int = 4,
+) -> str:
     """A Markdown table of ``pairs`` (class, IoU %) column pairs per row, in label order,
     read down each pair of columns, then ``row_name``'s mIoU: 81 classes in 21 lines."""
-    cells = [(n, "-" if np.isnan(v) else f"{100 * v:.1f}")
-             for n, v in zip(class_names, per_category_iou)]
+    cells = [
+        (n, "-" if np.isnan(v) else f"{100 * v:.1f}") for n, v in zip(class_names, per_category_iou)
+    ]
     rows = -(-len(cells) // pairs)
     cells += [("", "")] * (rows * pairs - len(cells))
     width = max(len(n) for n, _ in cells)
@@ -55,13 +85,13 @@ def iou_columns(per_category_iou: Sequence[float], mean_iou: float, class_names:
     lines = [head, rule]
     for r in range(rows):
         row = [cells[c * rows + r] for c in range(pairs)]
-        lines.append("| " + " | ".join(f"{n.ljust(width)} | {v.rjust(4)}" for n, v in row)
-                     + " |")
+        lines.append("| " + " | ".join(f"{n.ljust(width)} | {v.rjust(4)}" for n, v in row) + " |")
     return "\n".join(lines + ["", f"{row_name} mIoU: {100 * mean_iou:.1f}"])
 
 
-def class_iou_markdown(per_category_iou: Sequence[float], mean_iou: float,
-                       class_names: Sequence[str]) -> str:
+def class_iou_markdown(
+    per_category_iou: Sequence[float], mean_iou: float, class_names: Sequence[str]
+) -> str:
     """A vertical Markdown table (class, IoU %) ending in the mIoU: for model cards."""
     rows = "\n".join(f"| {n} | {100 * v:.1f} |" for n, v in zip(class_names, per_category_iou))
     return f"| class | IoU (%) |\n| --- | --- |\n{rows}\n| **mIoU** | **{100 * mean_iou:.1f}** |"

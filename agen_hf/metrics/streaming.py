@@ -25,14 +25,14 @@ def _as_bytes(values: np.ndarray) -> np.ndarray | None:
     that they take the byte-pair path of :meth:`StreamingMeanIoU.update`; else None."""
     if values.dtype == np.uint8:
         return values
-    if values.dtype.kind not in "iub" or (values.size and (values.min() < 0 or
-                                                             values.max() > 255)):
+    if values.dtype.kind not in "iub" or (values.size and (values.min() < 0 or values.max() > 255)):
         return None
     return values.astype(np.uint8)
 
 
-def remap_references(references: np.ndarray, label_map: dict | None,
-                     reduce_labels: bool) -> np.ndarray:
+def remap_references(
+    references: np.ndarray, label_map: dict | None, reduce_labels: bool
+) -> np.ndarray:
     """The Hub metric's reference preprocessing: ``label_map`` applied entry by entry, in
     order; then ``reduce_labels`` (0 -> 255, every other label minus 1, 254 -> 255)."""
     if label_map:
@@ -53,8 +53,13 @@ class StreamingMeanIoU:
     is ``ignore_index`` are left out. ``compute()`` returns the keys and numbers of the Hub
     ``mean_iou`` metric."""
 
-    def __init__(self, num_labels: int, ignore_index: int = 255, label_map: dict | None = None,
-                 reduce_labels: bool = False) -> None:
+    def __init__(
+        self,
+        num_labels: int,
+        ignore_index: int = 255,
+        label_map: dict | None = None,
+        reduce_labels: bool = False,
+    ) -> None:
         if num_labels < 2:
             raise ValueError(f"num_labels: must be >= 2, got {num_labels}")
         self.num_labels = num_labels
@@ -98,11 +103,12 @@ class StreamingMeanIoU:
         """predictions, references: integer maps of equal shape, one (H, W) or a batch
         (B, H, W), as tensors or arrays."""
         pred = _as_array(predictions).ravel()
-        ref = remap_references(_as_array(references), self.label_map,
-                               self.reduce_labels).ravel()
+        ref = remap_references(_as_array(references), self.label_map, self.reduce_labels).ravel()
         if pred.shape != ref.shape:
-            raise ValueError(f"predictions ({pred.size} pixels) and references "
-                             f"({ref.size} pixels) differ in size")
+            raise ValueError(
+                f"predictions ({pred.size} pixels) and references "
+                f"({ref.size} pixels) differ in size"
+            )
         pred8, ref8 = _as_bytes(pred), _as_bytes(ref)
         if pred8 is not None and ref8 is not None:
             pred, ref = pred8, ref8
@@ -144,10 +150,13 @@ class StreamingMeanIoU:
             iou = intersect / union
             acc = intersect / area_label
             overall = intersect.sum() / area_label.sum()
-        metrics = {"mean_iou": np.nanmean(iou) if not np.isnan(iou).all() else np.nan,
-                   "mean_accuracy": np.nanmean(acc) if not np.isnan(acc).all() else np.nan,
-                   "overall_accuracy": overall, "per_category_iou": iou,
-                   "per_category_accuracy": acc}
+        metrics = {
+            "mean_iou": np.nanmean(iou) if not np.isnan(iou).all() else np.nan,
+            "mean_accuracy": np.nanmean(acc) if not np.isnan(acc).all() else np.nan,
+            "overall_accuracy": overall,
+            "per_category_iou": iou,
+            "per_category_accuracy": acc,
+        }
         if nan_to_num is not None:
             metrics = {k: np.nan_to_num(v, nan=nan_to_num) for k, v in metrics.items()}
         return metrics

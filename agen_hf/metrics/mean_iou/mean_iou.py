@@ -33,8 +33,10 @@ def _as_map(value, name: str):
     if isinstance(value, Image.Image):
         array = np.array(value)
         if array.ndim != 2:
-            raise ValueError(f"{name}: a class-index map has one channel (PIL mode P, L, I;16 "
-                             f"or I), got mode {value.mode}")
+            raise ValueError(
+                f"{name}: a class-index map has one channel (PIL mode P, L, I;16 "
+                f"or I), got mode {value.mode}"
+            )
         return array
     return value
 
@@ -52,30 +54,49 @@ class MeanIoU(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("uint16"))),
-                "references": datasets.Sequence(datasets.Sequence(datasets.Value("uint16"))),
-            }),
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("uint16"))),
+                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("uint16"))),
+                }
+            ),
         )
 
     # evaluate appends the inputs' description to these three docstrings
     def compute(self, *, predictions=None, references=None, **kwargs):
         """Mean IoU of all the maps added and given (PIL images read as index maps)."""
-        return super().compute(predictions=_as_maps(predictions, "predictions"),
-                               references=_as_maps(references, "references"), **kwargs)
+        return super().compute(
+            predictions=_as_maps(predictions, "predictions"),
+            references=_as_maps(references, "references"),
+            **kwargs,
+        )
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Add a batch of maps (PIL images read as index maps)."""
-        return super().add_batch(predictions=_as_maps(predictions, "predictions"),
-                                 references=_as_maps(references, "references"), **kwargs)
+        return super().add_batch(
+            predictions=_as_maps(predictions, "predictions"),
+            references=_as_maps(references, "references"),
+            **kwargs,
+        )
 
     def add(self, *, prediction=None, reference=None, **kwargs):
         """Add one map (a PIL image read as an index map)."""
-        return super().add(prediction=_as_map(prediction, "prediction"),
-                           reference=_as_map(reference, "reference"), **kwargs)
+        return super().add(
+            prediction=_as_map(prediction, "prediction"),
+            reference=_as_map(reference, "reference"),
+            **kwargs,
+        )
 
-    def _compute(self, predictions, references, num_labels: int, ignore_index: int,
-                 nan_to_num=None, label_map=None, reduce_labels: bool = False):
+    def _compute(
+        self,
+        predictions,
+        references,
+        num_labels: int,
+        ignore_index: int,
+        nan_to_num=None,
+        label_map=None,
+        reduce_labels: bool = False,
+    ):
         metric = StreamingMeanIoU(num_labels, ignore_index, label_map, reduce_labels)
         for pred, ref in zip(predictions, references):
             metric.update(pred, ref)
