@@ -61,6 +61,7 @@ from agen_hf import (  # noqa: E402
     modeling_agen,  # noqa: E402
 )
 from agen_hf import losses as agen_losses  # noqa: E402
+from agen_hf.engine.accelerator import keep_freed_memory  # noqa: E402
 from agen_hf.modules import ContextAttention  # noqa: E402
 
 ROWS = {"baseline": ((), ()), "full": ((3, 4, 5), (3, 4, 5))}
@@ -480,6 +481,12 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--gemm_sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument(
+        "--system_malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: freed memory kept for reuse, "
+        "as the recipes run on a CPU: agen_hf.engine.accelerator.keep_freed_memory)",
+    )
+    p.add_argument(
         "--out",
         default=None,
         help="default: bench_train_step.json, --quickstart bench_train_step_quickstart.json",
@@ -492,6 +499,7 @@ def main() -> None:
     args.out = args.out or ("bench_train_step_quickstart.json" if q else "bench_train_step.json")
     if q and args.device != "cpu":
         p.error("--quickstart profiles the CPU")
+    memory = None if args.system_malloc or args.device != "cpu" else keep_freed_memory()
     result = {
         "device": args.device,
         "batch": args.batch,
@@ -504,8 +512,14 @@ def main() -> None:
             else platform.processor() or platform.machine()
         ),
         "date": time.strftime("%Y-%m-%d"),
+        "cpu_memory": memory or "glibc defaults",
     }
     if q:
+        for dtype_name in args.dtypes:  # the machine's speed, beside its step times
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+            peak = gemm_peak("cpu", dtype, args.gemm_sizes)
+            result[f"gemm_peak_gflop_per_s_{dtype_name}"] = peak
+            print(f"GEMM peak ({dtype_name}, best of {args.gemm_sizes}): {peak:.1f} GFLOP/s")
         result["quickstart"] = bench_quickstart(args)
         Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"written {args.out}")

@@ -55,6 +55,44 @@ def test_balanced_seeding_loss_without_seeds_is_zero_with_a_gradient():
         balanced_seeding_loss(logits, torch.zeros(1, 3, 3, dtype=torch.long))
 
 
+def reference_seeding_loss(logits, seeds, ignore_index=255):
+    """Eq. 12 the obvious way, in float64: log-softmax, then the two group means."""
+    log_probs = torch.log_softmax(logits.double(), dim=1)
+    loss = logits.new_zeros((), dtype=torch.float64)
+    for group in (seeds == 0, (seeds > 0) & (seeds != ignore_index)):
+        target = torch.where(group, seeds, 0)
+        nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        loss = loss + (nll * group).sum() / group.sum().clamp_min(1)
+    return loss
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "bf16"])
+def test_balanced_seeding_loss_and_gradient_equal_the_log_softmax_form(layout):
+    torch.manual_seed(0)
+    logits = 4 * torch.randn(3, 6, 7, 9)
+    seeds = torch.randint(0, 6, (3, 7, 9))
+    seeds[torch.rand(3, 7, 9) < 0.4] = 255
+    seeds[1] = 255  # an image without seeds
+    if layout == "channels_last":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    if layout == "bf16":
+        logits = logits.bfloat16()
+    ours = logits.clone().requires_grad_()
+    ref = logits.clone().requires_grad_()
+    loss = balanced_seeding_loss(ours, seeds)
+    expected = reference_seeding_loss(ref, seeds)
+    loss.backward()
+    expected.backward()
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert ours.grad.dtype == logits.dtype and ours.grad.shape == logits.shape
+    tolerance = 1e-2 if layout == "bf16" else 1e-6
+    torch.testing.assert_close(ours.grad.float(), ref.grad.float(), rtol=tolerance, atol=1e-7)
+    assert torch.all(ours.grad[1] == 0)  # no seeds, no gradient
+    # softmax - onehot sums to 0 over the classes at every pixel (bf16 rounds each term)
+    assert torch.all(ours.grad.float().sum(dim=1).abs() < (1e-3 if layout == "bf16" else 1e-6))
+
+
 def slow_mean_field(image, probs, p: CrfParams):
     """Krähenbühl-Koltun mean field with explicit loops: the obvious implementation."""
     k, h, w = probs.shape

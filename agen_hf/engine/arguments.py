@@ -313,5 +313,6 @@ def configure_logging(accelerator: Accelerator) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
     )
-    if getattr(accelerator, "precision_choice", None):
-        logging.getLogger("agen_hf.train").info("%s", accelerator.precision_choice)
+    for choice in ("precision_choice", "memory_choice"):
+        if getattr(accelerator, choice, None):
+            logging.getLogger("agen_hf.train").info("%s", getattr(accelerator, choice))
