@@ -23,6 +23,12 @@ class SegmentationConfig:
 
     model_type: ClassVar[str] = ""
 
+    @property
+    def label_names(self) -> list[str]:
+        """``id2label`` in label order, ``"background"`` first: ``label_names[1:]`` are the C
+        classes, ``dict(zip(label_names, values))`` names a per-class list."""
+        return [self.id2label[i] for i in range(len(self.id2label))]
+
     def to_dict(self) -> dict[str, Any]:
         """Every field (JSON types) and ``model_type``."""
         values = json.loads(json.dumps(dataclasses.asdict(self)))

@@ -202,9 +202,9 @@ def crf_segment(
     return np.asarray(classes, dtype=np.uint8)[q.argmax(axis=0)]
 
 
-def present_classes(labels: torch.Tensor | np.ndarray) -> np.ndarray:
+def present_classes(label_map: torch.Tensor | np.ndarray) -> np.ndarray:
     """Background plus every class a (H, W) prediction contains, sorted."""
-    values = np.unique(np.asarray(labels))
+    values = np.unique(np.asarray(label_map))
     return np.union1d(values, [0]).astype(np.int64)
 
 
@@ -249,16 +249,16 @@ class CrfPool:
     def refine(
         self,
         image: np.ndarray,
-        labels: torch.Tensor,
+        label_map: torch.Tensor,
         class_probs: Callable[[np.ndarray], torch.Tensor],
         tag: Any = None,
     ) -> list[tuple[Any, np.ndarray]]:
         """Queue a prediction for refinement: the CRF over background + the classes of its
-        argmax ``labels`` (H, W), from their probabilities ``class_probs(classes)`` (k, H, W) at
+        argmax ``label_map`` (H, W), from their probabilities ``class_probs(classes)`` (k, H, W) at
         the image's size (computed for those classes only). The one post-processing path of
         evaluation (:func:`agen_hf.engine.evaluate_segmentation`) and inference
         (:class:`agen_hf.inference.SegmentationStream`). Returns the results finished so far."""
-        classes = present_classes(labels)
+        classes = present_classes(label_map)
         return self.submit(image, class_probs(classes), classes, tag)
 
     def submit(

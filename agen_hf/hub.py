@@ -235,7 +235,7 @@ def for_classes(
     ``ignore_mismatched_sizes`` (transformers' flag), a model of the same architecture for
     those classes that keeps every weight whose shape still fits and re-initialises the class
     layers (logged), else a ValueError naming both class lists."""
-    ours = [model.config.id2label[i] for i in range(1, model.config.num_labels)]
+    ours = model.config.label_names[1:]
     theirs = [id2label[i] for i in range(1, len(id2label))]
     if ours == theirs:
         return model

@@ -7,14 +7,11 @@ what ``recipes/predict.py`` and ``recipes/make_pseudo_labels.py`` share) and :fu
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from .crf import CrfPool
@@ -69,8 +66,9 @@ def segmentation_probabilities(
 
 class SegmentationStream:
     """``submit(rgb, tag)`` segments one (H, W, 3) uint8 image and returns the results that
-    are finished — ``(tag, rgb, labels)`` with labels (H, W) uint8, in submission order (at
-    once without a CRF; when the pool delivers with one). ``finish()`` returns the rest.
+    are finished — ``(tag, rgb, label_map)`` with the label map (H, W) uint8, in submission
+    order (at once without a CRF; when the pool delivers with one). ``finish()`` returns the
+    rest.
 
     ``scales``/``flip``: the test-time augmentation of :func:`segmentation_probabilities`.
     ``allowed`` restricts an image's prediction to some classes (background always allowed):
@@ -115,12 +113,12 @@ class SegmentationStream:
     ) -> list[tuple[Any, np.ndarray, np.ndarray]]:
         probs = self.probabilities(rgb, allowed)
         size = rgb.shape[:2]
-        labels = upsample_argmax(probs, size)
+        label_map = upsample_argmax(probs, size)
         if self.crf is None:
-            return [(tag, rgb, labels.to(torch.uint8).numpy())]
+            return [(tag, rgb, label_map.to(torch.uint8).numpy())]
         done = self.crf.refine(
             rgb,
-            labels,
+            label_map,
             lambda classes: F.interpolate(
                 probs[None, torch.as_tensor(classes)],
                 size=size,
@@ -162,7 +160,7 @@ def segment(
     for i, image in enumerate(items):
         done += stream.submit(rgb_array(image, f"image {i}"), tag=i)
     done += stream.finish()
-    maps = [labels for _, _, labels in done]
+    maps = [label_map for _, _, label_map in done]
     return maps[0] if single else maps
 
 
@@ -170,12 +168,3 @@ def as_is(item: dict) -> dict:
     """A ``DataLoader`` collate for one item at a time that keeps numpy images as they are (the
     default would turn them into tensors)."""
     return item
-
-
-def save_image_atomic(image: Image.Image, path: Path, **save_kwargs) -> None:
-    """Write to a temporary name, then rename: an interrupted run never leaves half an image.
-    The format follows the suffix (``.png``, ``.jpg``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()], **save_kwargs)
-    os.replace(tmp, path)

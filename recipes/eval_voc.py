@@ -26,6 +26,7 @@ import datasets
 import torch
 
 from agen_hf import AgenImageProcessor, segmentation_probabilities
+from agen_hf.atomic import write_text_atomic
 from agen_hf.auto import load_segmentation_model
 from agen_hf.data import DataError, class_names
 from agen_hf.data.samples import skipped_when_loaded
@@ -38,8 +39,7 @@ from agen_hf.data.sources import (
 )
 from agen_hf.data.transforms import eval_transform, with_transforms
 from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader
-from agen_hf.engine.arguments import configure_logging
-from agen_hf.engine.checkpointing import write_text_atomic
+from agen_hf.engine.arguments import HelpFormatter, configure_logging
 from agen_hf.engine.exits import exit_if_incomplete, skipped_problems
 from agen_hf.engine.inference_arguments import (
     add_inference_arguments,
@@ -54,9 +54,7 @@ logger = logging.getLogger("eval_voc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_model_argument(p)
     g = p.add_argument_group("data")
     add_data_arguments(g, synthetic=True)
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = model.config
     processor = AgenImageProcessor.from_pretrained(args.model_name_or_path, max_size=None)
     with accelerator.main_process_first():
-        dataset = scored_dataset(args, [config.id2label[i] for i in range(1, config.num_labels)])
+        dataset = scored_dataset(args, config.label_names[1:])
     loader = shard_loader(
         with_transforms(
             dataset,
@@ -167,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
             unnormalize=processor.unnormalize,
         )
     seconds = time.time() - started
-    names = [config.id2label[i] for i in range(config.num_labels)]
+    names = config.label_names
     result = {
         "model": args.model_name_or_path,
         "split": args.split,

@@ -34,6 +34,7 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 from agen_hf import AgenImageProcessor
+from agen_hf.atomic import save_image_atomic
 from agen_hf.auto import load_segmentation_model
 from agen_hf.data import DataError, class_names, features
 from agen_hf.data.cache import cached_arrow
@@ -41,7 +42,8 @@ from agen_hf.data.samples import decode_sample, skipped_when_loaded
 from agen_hf.data.schema import same_classes_or_raise
 from agen_hf.data.sources import add_data_arguments, load_split, resolve_source
 from agen_hf.engine import make_accelerator
-from agen_hf.engine.arguments import configure_logging
+from agen_hf.engine.arguments import HelpFormatter, configure_logging
+from agen_hf.engine.evaluation import summed_over_processes
 from agen_hf.engine.exits import exit_if_incomplete, skipped_problems
 from agen_hf.engine.inference_arguments import (
     add_inference_arguments,
@@ -50,7 +52,7 @@ from agen_hf.engine.inference_arguments import (
     crf_pool,
     crf_problems,
 )
-from agen_hf.inference import SegmentationStream, as_is, save_image_atomic
+from agen_hf.inference import SegmentationStream, as_is
 from agen_hf.metrics import StreamingMeanIoU
 from agen_hf.metrics.report import iou_table
 from agen_hf.progress import progress
@@ -61,9 +63,7 @@ logger = logging.getLogger("agen_hf")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_model_argument(p)
     add_data_arguments(p.add_argument_group("data"))
     p.add_argument("--split", default=None, help="the split to label (default: --train_split's)")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     configure_logging(accelerator)
     out = Path(args.output_dir)
     model = load_segmentation_model(args.model_name_or_path).to(accelerator.device).eval()
-    names = [model.config.id2label[i] for i in range(1, model.config.num_labels)]
+    names = model.config.label_names[1:]
     try:
         with accelerator.main_process_first():
             rows = load_split(args, args.split, class_names_=names)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
             model, processor, crf, accelerator.autocast, scales=args.scales, flip=args.flip
         )
         scored, skipped = label_rows(args, accelerator, stream, mine, len(names), out, metric)
-    metric.confusion = accelerator.reduce(metric.confusion.to(accelerator.device), "sum").cpu()
+    summed_over_processes(accelerator, metric)
     scored = int(
         accelerator.reduce(torch.tensor([scored], device=accelerator.device), "sum").item()
     )
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         if scored:
             m = metric.compute()
-            names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            names = model.config.label_names
             report["mean_iou"] = float(m["mean_iou"])
             report["per_category_iou"] = {n: float(v) for n, v in zip(names, m["per_category_iou"])}
             print(f"pseudo labels vs ground truth ({scored} images):\n")

@@ -9,8 +9,9 @@ size, overlays, and optionally the layout the PASCAL VOC evaluation server takes
 Any image mode (RGB, L, P, RGBA, CMYK, 16-bit, ...) and size works; images whose long side
 exceeds --max_size are segmented at that size and the mask is brought back to the original
 size. A file that cannot be read is reported (and listed in ``predict_report.json``) and the
-others go on; the exit status is 1 when any failed. Under ``accelerate launch`` each process
-takes its share of the files.
+others go on; the exit status is 3 (finished with problems) when any failed. Under
+``accelerate launch`` each process takes its share of the files. ``predict_report.json`` also
+holds the precision and the images per second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import itertools
 import json
 import sys
 import tarfile
+import time
 import warnings
 from pathlib import Path
 
@@ -29,9 +31,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from agen_hf import AgenImageProcessor
+from agen_hf.atomic import save_image_atomic, write_text_atomic
 from agen_hf.auto import load_segmentation_model
 from agen_hf.engine import make_accelerator
-from agen_hf.engine.arguments import configure_logging
+from agen_hf.engine.arguments import HelpFormatter, configure_logging
 from agen_hf.engine.exits import exit_if_incomplete
 from agen_hf.engine.inference_arguments import (
     add_inference_arguments,
@@ -41,7 +44,7 @@ from agen_hf.engine.inference_arguments import (
     crf_problems,
 )
 from agen_hf.image_processing import rgb_array
-from agen_hf.inference import SegmentationStream, as_is, save_image_atomic
+from agen_hf.inference import SegmentationStream, as_is
 from agen_hf.progress import progress
 from agen_hf.visualization import label_image, overlay
 
@@ -64,9 +67,7 @@ VOC_RESULTS = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_model_argument(p)
     p.add_argument(
         "--images",
@@ -209,18 +210,23 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--images: no images found in {args.images}")
     if args.skip_existing:
         files = [f for f in files if not (out / "masks" / f"{f.stem}.png").is_file()]
+    started = time.time()
     with crf_pool(args) as crf:
         written, failures = segment_files(args, accelerator, files, out, crf)
+    seconds = time.time() - started
 
     counts = gather_object([written])
     all_failures = gather_object([failures])
     report = {
         "written": int(sum(counts)),
         "failed": {k: v for d in all_failures for k, v in d.items()},
+        "mixed_precision": accelerator.mixed_precision,
+        "seconds": seconds,  # segmenting and writing, the model loaded
+        "images_per_second": int(sum(counts)) / seconds,
     }
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "predict_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / "predict_report.json", json.dumps(report, indent=2) + "\n")
         if args.voc_layout:
             with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
                 tar.add(out / "results", arcname="results")

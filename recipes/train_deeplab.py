@@ -42,15 +42,16 @@ from agen_hf.data.sources import (
 from agen_hf.deeplab import BACKBONES, VGG_HEADS, DeepLabConfig, DeepLabModel
 from agen_hf.engine.accelerator import prepare_training
 from agen_hf.engine.arguments import (
+    HelpFormatter,
     add_training_arguments,
     configure_logging,
     parse_with_config,
     training_accelerator,
 )
 from agen_hf.engine.loaders import loaders_from_args
-from agen_hf.engine.loop import begin, train
+from agen_hf.engine.loop import train
 from agen_hf.engine.redaction import command_line
-from agen_hf.engine.saving import finish, model_card
+from agen_hf.engine.run import begin, finish, model_card
 from agen_hf.hub import for_classes
 from agen_hf.weights import load_resnet101, load_vgg16
 
@@ -58,9 +59,7 @@ logger = logging.getLogger("train_deeplab")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--config", help="YAML or JSON file of flag values (dest names as keys)")
     g = p.add_argument_group("data")
     g.add_argument(
@@ -212,8 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         started,
         lambda metrics: model_card(
             metrics,
-            config.id2label,
-            command_line("recipes/train_deeplab.py", argv),
+            config.label_names,
+            command_line("recipes/train_deeplab.py", argv, num_processes=accelerator.num_processes),
             f"Two-step AGEN: DeepLab ({config.backbone}) trained on AGEN's pseudo labels.",
             card_dataset(args),
         ),

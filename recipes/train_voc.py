@@ -42,6 +42,7 @@ from agen_hf.data.sources import (
 )
 from agen_hf.engine.accelerator import base_model, prepare_training
 from agen_hf.engine.arguments import (
+    HelpFormatter,
     add_training_arguments,
     configure_logging,
     non_negative,
@@ -49,9 +50,9 @@ from agen_hf.engine.arguments import (
     training_accelerator,
 )
 from agen_hf.engine.loaders import loaders_from_args
-from agen_hf.engine.loop import begin, train
+from agen_hf.engine.loop import train
 from agen_hf.engine.redaction import command_line
-from agen_hf.engine.saving import finish, model_card
+from agen_hf.engine.run import begin, finish, model_card
 from agen_hf.hub import for_classes
 from agen_hf.visualization import write_cam_figure
 from agen_hf.weights import load_resnet38, load_vgg16
@@ -60,9 +61,7 @@ logger = logging.getLogger("train_voc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--config", help="YAML or JSON file of flag values (dest names as keys)")
     g = p.add_argument_group("data")
     add_data_arguments(g, synthetic=True)
@@ -236,15 +235,19 @@ def datasets_for(args: argparse.Namespace):
 
 
 def card(
-    metrics: dict | None, config: AgenConfig, argv: list[str], args: argparse.Namespace
+    metrics: dict | None,
+    config: AgenConfig,
+    argv: list[str],
+    args: argparse.Namespace,
+    num_processes: int = 1,
 ) -> dict:
     """The model card: IoU table, model-index result, the stages, the command and config."""
     dataset = card_dataset(args)
     stages = f"AGM {list(config.agm_stages)}, CoAM {list(config.coam_stages)}"
     return model_card(
         metrics,
-        config.id2label,
-        command_line("recipes/train_voc.py", argv),
+        config.label_names,
+        command_line("recipes/train_voc.py", argv, num_processes=num_processes),
         f"{stages}.\n\n```json\n{config.to_json_string()}\n```",
         dataset,
     )
@@ -316,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         val_dl,
         state,
         started,
-        lambda metrics: card(metrics, config, argv, args),
+        lambda metrics: card(metrics, config, argv, args, accelerator.num_processes),
         loaded=(train_ds, val_ds),
         supervision="full" if args.full_supervision else "image-level",
     )

@@ -23,6 +23,7 @@ from agen_hf import AgenImageProcessor, AgenModel, segment
 from agen_hf.data import class_names
 from agen_hf.data.samples import decode_sample
 from agen_hf.data.sources import add_data_arguments, load_split, resolve_source
+from agen_hf.engine.arguments import HelpFormatter
 from agen_hf.engine.inference_arguments import (
     add_inference_arguments,
     add_model_argument,
@@ -32,9 +33,7 @@ from agen_hf.visualization import cam_figure, segmentation_figure
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_model_argument(p)
     add_data_arguments(p.add_argument_group("data (or --images)"))
     p.add_argument("--images", nargs="+", help="image files (instead of a dataset)")
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     processor = AgenImageProcessor.from_pretrained(args.model_name_or_path)
     labels = masks = None
     if not args.images:
-        names = [model.config.id2label[i] for i in range(1, model.config.num_labels)]
+        names = model.config.label_names[1:]
         dataset = load_split(
             args, args.split, role="eval", class_names_=names, require_foreground=False
         )

@@ -286,8 +286,8 @@ def test_a_kill_during_the_final_save_leaves_the_previous_model_whole(tmp_path, 
             assert (tmp / "model.safetensors").is_file()
             os.kill(os.getpid(), signal.SIGKILL)
         ck.replace_files = die
-        import agen_hf.engine.saving as saving
-        saving.replace_files = die
+        import agen_hf.engine.run as run
+        run.replace_files = die
     """
     proc = run(
         base_args(out, steps=3, extra=["--overwrite_output_dir"]),

@@ -62,7 +62,7 @@ def test_every_mode_and_size_gives_a_palette_png_of_the_input_size(model_dir, tm
             "--cpu",
         ]
     )
-    assert report == {"written": len(sizes), "failed": {}}
+    assert (report["written"], report["failed"]) == (len(sizes), {})
     for name, size in sizes.items():
         mask = Image.open(tmp_path / "out" / "masks" / f"{name}.png")
         assert mask.mode == "P" and mask.size == size, name
@@ -113,11 +113,13 @@ def test_a_bad_file_is_reported_and_the_others_go_on(model_dir, tmp_path):
     assert f"FAILED {folder / 'gone.jpg'}: file not found" in proc.stderr
     report = json.loads((tmp_path / "out" / "predict_report.json").read_text())
     assert report["written"] == 1
+    assert report["mixed_precision"] == "no"
+    assert report["images_per_second"] == pytest.approx(1 / report["seconds"])
     assert sorted(report["failed"]) == sorted(
         str(folder / n) for n in ("broken.jpg", "cut.png", "gone.jpg")
     )
     assert (tmp_path / "out" / "masks" / "good.png").is_file()
-    assert not list((tmp_path / "out").rglob("*.tmp"))
+    assert not list((tmp_path / "out").rglob(".tmp-*"))
 
 
 def test_voc_server_layout_and_resume(model_dir, tmp_path):
@@ -206,7 +208,7 @@ def test_a_photo_taken_sideways_is_segmented_upright(model_dir, tmp_path):
             "--cpu",
         ]
     )
-    assert report == {"written": 2, "failed": {}}
+    assert (report["written"], report["failed"]) == (2, {})
     assert Image.open(tmp_path / "out" / "masks" / "phone.png").size == (20, 30)
     assert Image.open(tmp_path / "out" / "masks" / "plain.png").size == (30, 20)  # no EXIF
     from agen_hf.image_processing import rgb_array

@@ -2,7 +2,14 @@
 
 import argparse
 
-from agen_hf.engine.redaction import REDACTED, command_line, redact_args, redact_argv, redact_text
+from agen_hf.engine.redaction import (
+    REDACTED,
+    command_line,
+    redact_args,
+    redact_argv,
+    redact_text,
+    run_settings,
+)
 
 TOKEN = "hf_" + "A1b2C3d4" * 5  # shaped like a real Hub token
 ENV = {"HF_TOKEN": "env-secret-value", "PATH": "/usr/bin"}
@@ -43,9 +50,28 @@ def test_env_tokens_and_hub_shaped_tokens_are_hidden_wherever_they_appear():
 
 
 def test_command_line_for_the_model_card():
-    cmd = command_line("recipes/train_voc.py", ["--hub_token", TOKEN, "--seed", "1"], environ={})
+    argv = ["--hub_token", TOKEN, "--seed", "1"]
+    cmd = command_line("recipes/train_voc.py", argv, environ={})
     assert TOKEN not in cmd
-    assert cmd == f"accelerate launch recipes/train_voc.py --hub_token '{REDACTED}' --seed 1"
+    assert cmd == f"python recipes/train_voc.py --hub_token '{REDACTED}' --seed 1"
+    # the launcher as the process sees it: accelerate's variables, or a multi-process launch
+    launched = {"ACCELERATE_USE_CPU": "True", "ACCELERATE_MIXED_PRECISION": "no"}
+    assert command_line("s.py", ["--seed", "1"], environ=launched) == (
+        "accelerate launch --cpu s.py --seed 1"
+    )
+    assert command_line("s.py", [], environ={"ACCELERATE_USE_CPU": "False"}, num_processes=4) == (
+        "accelerate launch --num_processes 4 s.py "
+    )
+    assert command_line("s.py", [], environ={}, num_processes=2).startswith(
+        "torchrun --nproc_per_node 2 s.py"
+    )
+
+
+def test_run_settings_hold_every_set_flag_but_credentials():
+    args = argparse.Namespace(
+        config="run.yaml", hub_token="x", seed=3, scale_range=(64, 96), hub_model_id=None
+    )
+    assert run_settings(args) == {"seed": 3, "scale_range": [64, 96]}
 
 
 def test_tracker_config_keeps_every_key_and_hides_secret_values():

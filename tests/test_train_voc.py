@@ -100,6 +100,11 @@ def test_a_few_steps_lower_the_loss_and_save_a_loadable_model(tmp_path, env):
     assert model.config.agm_stages == (3, 4, 5)
     card = (out / "README.md").read_text()
     assert "| **mIoU** |" in card and "recipes/train_voc.py" in card
+    # the card's command is the one that ran (here a plain interpreter, no launcher), and every
+    # setting is beside it and in the folder, the form --config takes back
+    assert "python recipes/train_voc.py --dataset synthetic" in card
+    settings = (out / "training_args.yaml").read_text()
+    assert settings in card and "max_train_steps: 24\n" in settings
     from huggingface_hub import ModelCard
 
     (entry,) = ModelCard.load(out / "README.md").data.eval_results
@@ -421,6 +426,25 @@ def test_a_config_file_is_checked_like_the_command_line(recipe, tmp_path, capsys
         recipe.parse_args(["--config", str(cfg)])
     assert e.value.code == 2
     assert f"--config {cfg}: {message}" in capsys.readouterr().err
+
+
+def test_run_settings_read_back_as_a_config_file_give_the_same_run(recipe, tmp_path):
+    """The model card's settings (``training_args.yaml``): every flag of the run as it was
+    merged from its config file and command line; ``--config`` that file parses to the same."""
+    import yaml
+
+    from agen_hf.engine.redaction import run_settings
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("optimizer: adamw\nscale_range: [64, 96]\nlearning_rate: 0.003\n")
+    argv = ["--config", str(cfg), "--seed", "5", "--deterministic", "--agm_stages", "4"]
+    args = recipe.parse_args(argv)
+    saved = tmp_path / "training_args.yaml"
+    saved.write_text(yaml.safe_dump(run_settings(args)))
+    again = recipe.parse_args(["--config", str(saved)])
+    assert {k: v for k, v in vars(again).items() if k != "config"} == {
+        k: v for k, v in vars(args).items() if k != "config"
+    }
 
 
 def test_config_file_values_are_typed_and_the_command_line_wins(recipe, tmp_path, capsys):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import datasets
 from datasets.arrow_writer import ArrowWriter
+
+from ..atomic import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +34,11 @@ def cached_arrow(cache_dir: Path, name: str, build) -> datasets.Dataset:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         if ds.info.description:
-            described.write_text(ds.info.description)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".arrow", dir=cache_dir)
-        os.close(fd)
-        try:
-            writer = ArrowWriter(features=ds.features, path=tmp, embed_local_files=False)
+            write_text_atomic(described, ds.info.description)
+        with atomic_path(target) as tmp:
+            writer = ArrowWriter(features=ds.features, path=str(tmp), embed_local_files=False)
             writer.write_table(ds.data.table)
             writer.finalize()
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     except OSError as e:
         logger.warning("could not cache %s in %s (%s); using it from memory", name, cache_dir, e)
         return ds

@@ -20,6 +20,17 @@ from .schedule import SCHEDULES
 TRACKERS = [t.value for t in LoggerType]  # what --report_to passes to Accelerate
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with every flag's default, except where there is none to show (None) or the
+    help already says what it defaults to."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is None or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
 def at_least(low: float, kind: type = int, high: float | None = None):
     """An argparse ``type``: a ``kind`` number >= ``low`` (and < ``high``), refused otherwise
     with the flag's name (on the command line and in ``--config`` files alike)."""

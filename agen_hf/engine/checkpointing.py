@@ -34,6 +34,8 @@ from typing import Callable
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
+from ..atomic import write_text_atomic
+
 logger = logging.getLogger("agen_hf.train")
 
 STATE_FILE = "trainer_state.json"
@@ -67,14 +69,6 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old
-    file or the new one, never a part-written one."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def file_sizes(folder: Path) -> dict[str, int]:

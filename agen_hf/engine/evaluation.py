@@ -35,6 +35,13 @@ def shard_loader(
     )
 
 
+def summed_over_processes(accelerator: Accelerator, metric: StreamingMeanIoU) -> StreamingMeanIoU:
+    """``metric`` over every process's images: the confusion matrices summed (one all-reduce),
+    in place; the same ``metric`` returned."""
+    metric.confusion = accelerator.reduce(metric.confusion.to(accelerator.device), "sum").cpu()
+    return metric
+
+
 @torch.no_grad()
 def evaluate_segmentation(
     accelerator: Accelerator,
@@ -83,8 +90,7 @@ def evaluate_segmentation(
                 metric.update(refined, ref)
     for ref, refined in crf.finish() if crf is not None else []:
         metric.update(refined, ref)
-    total = accelerator.reduce(metric.confusion.to(accelerator.device), "sum")
-    metric.confusion = total.cpu()
+    summed_over_processes(accelerator, metric)
     skipped = torch.tensor([len(loader.dataset) - scored], device=accelerator.device)
     return {**metric.compute(), "skipped": int(accelerator.reduce(skipped, "sum").item())}
 
@@ -112,8 +118,8 @@ def validate(
     logger.info("epoch %d: val mIoU %.2f%%", epoch, 100 * metrics["mean_iou"])
     if with_tracking:
         per_class = {
-            f"val/iou_{config.id2label[i]}": float(v)
-            for i, v in enumerate(metrics["per_category_iou"])
+            f"val/iou_{name}": float(v)
+            for name, v in zip(config.label_names, metrics["per_category_iou"])
         }
         accelerator.log({"val/mean_iou": metrics["mean_iou"], **per_class}, step=step)
     return metrics

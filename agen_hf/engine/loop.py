@@ -2,8 +2,9 @@
 time (gradient accumulation, non-finite losses and gradients skipped, clipping, the scheduled
 learning rate), its log record, checkpoints, validation between epochs; resumable exactly, and
 stopped cleanly by a preemption signal (SIGTERM, SIGUSR1: checkpoint, exit 75). A recipe brings
-the prepared model, optimizer and loader, and ``compute_loss``; it validates, saves and pushes
-after :func:`train` returns (:mod:`agen_hf.engine.saving`)."""
+the prepared model, optimizer and loader, and ``compute_loss``; :func:`agen_hf.engine.run.begin`
+sets the run up before :func:`train`, :func:`agen_hf.engine.run.finish` validates, saves and
+pushes after it."""
 
 from __future__ import annotations
 
@@ -24,37 +25,12 @@ from accelerate import Accelerator
 from ..losses import ProcessGroup
 from ..progress import progress
 from .accelerator import base_model
-from .checkpointing import CheckpointError, fingerprint, save_checkpoint, start_output_dir
+from .checkpointing import save_checkpoint
 from .evaluation import validate
 from .exits import REQUEUE_EXIT
-from .redaction import redact_args
 from .schedule import lr_factor
 
 logger = logging.getLogger("agen_hf.train")
-
-RUN_FLAGS = (
-    "seed",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "optimizer",
-    "learning_rate",
-    "head_lr_multiplier",
-    "momentum",
-    "weight_decay",
-    "lr_scheduler",
-    "lr_decay_epochs",
-    "warmup_steps",
-    "lr_restart_at",
-    "max_grad_norm",
-    "seeding_warmup_steps",
-    "full_supervision",
-    "crop_size",
-    "scale_range",
-    "deterministic",
-    "dataset",
-    "train_split",
-)
-"""The flags that define a run, recorded in its checkpoints' fingerprint (those a recipe has)."""
 
 LossFn = Callable[
     [torch.nn.Module, dict, "ProcessGroup | None", int],
@@ -122,74 +98,6 @@ class LoopOptions:
             lr_factor=schedule,
             **{name: getattr(args, name) for name in flags},
         )
-
-
-def begin(
-    accelerator: Accelerator, args: argparse.Namespace, model, train_loader, train_ds, project: str
-) -> tuple[LoopOptions, TrainState]:
-    """After ``accelerator.prepare``: the loop's options from the flags, the output folder
-    (taken for this run, resumed from ``--resume_from_checkpoint`` if it is this run's: see
-    :func:`run_fingerprint`), and the trackers (``--with_tracking``, the flags as their
-    config, secrets redacted)."""
-    options = LoopOptions.from_args(
-        args, count_steps_per_epoch(accelerator, train_loader, args.gradient_accumulation_steps)
-    )
-    options.run = run_fingerprint(accelerator, args, model, train_ds, options)
-    try:
-        state = TrainState(
-            **start_output_dir(
-                accelerator,
-                args.output_dir,
-                args.resume_from_checkpoint,
-                options.run,
-                overwrite=args.overwrite_output_dir,
-                allow_schedule_change=args.allow_schedule_change,
-            )
-        )
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
-    if args.with_tracking:
-        accelerator.init_trackers(project, config=redact_args(args))
-    logger.info(
-        "%d samples, %d processes, %d steps/epoch, %d steps",
-        len(train_loader.dataset),
-        accelerator.num_processes,
-        options.steps_per_epoch,
-        options.max_steps,
-    )
-    return options, state
-
-
-def run_fingerprint(
-    accelerator: Accelerator, args: argparse.Namespace, model, train_ds, options: LoopOptions
-) -> dict:
-    """What defines the run: the model's config, the data (classes, sample ids), the
-    ``RUN_FLAGS``, the precision, world size x batch x accumulation and the schedule's
-    length. A checkpoint resumes only into a run with the same fingerprint."""
-    ids = list(train_ds["id"]) if "id" in train_ds.column_names else len(train_ds)
-    return fingerprint(
-        {
-            "model": base_model(accelerator, model).config.to_dict(),
-            "data": {"samples": len(train_ds), "ids": ids},
-            **{k: getattr(args, k) for k in RUN_FLAGS if hasattr(args, k)},
-            "mixed_precision": accelerator.mixed_precision,
-            "world_size": accelerator.num_processes,
-            "max_steps": options.max_steps,
-            "steps_per_epoch": options.steps_per_epoch,
-        }
-    )
-
-
-def count_steps_per_epoch(accelerator: Accelerator, train_loader, accumulation: int) -> int:
-    """Optimizer steps per epoch of the prepared ``train_loader``; an error if it has none."""
-    steps = math.ceil(len(train_loader) / accumulation)
-    if steps == 0:
-        raise ValueError(
-            f"the training set ({len(train_loader.dataset)} samples) is smaller "
-            f"than one global batch ({train_loader.total_batch_size} samples over "
-            f"{accelerator.num_processes} processes)"
-        )
-    return steps
 
 
 def process_group(accelerator: Accelerator) -> ProcessGroup | None:

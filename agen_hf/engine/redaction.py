@@ -58,9 +58,47 @@ def redact_argv(argv: list[str], environ: Mapping[str, str] | None = None) -> li
     return out
 
 
-def command_line(script: str, argv: list[str], environ: Mapping[str, str] | None = None) -> str:
-    """The command that reproduces a run, safe to publish in a model card."""
-    return f"accelerate launch {script} " + shlex.join(redact_argv(argv, environ))
+def launcher(num_processes: int = 1, environ: Mapping[str, str] | None = None) -> str:
+    """How this run was started, as far as its process can tell: ``accelerate launch`` (whose
+    launcher leaves ``ACCELERATE_*`` variables; ``--cpu`` when it forced the CPU,
+    ``--num_processes N`` for several), ``torchrun --nproc_per_node N`` for another
+    multi-process launcher (torchrun, srun), else ``python``."""
+    environ = os.environ if environ is None else environ
+    if any(key.startswith("ACCELERATE_") for key in environ):
+        words = ["accelerate", "launch"]
+        if environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1"):
+            words.append("--cpu")
+        if num_processes > 1:
+            words += ["--num_processes", str(num_processes)]
+        return " ".join(words)
+    if num_processes > 1:
+        return f"torchrun --nproc_per_node {num_processes}"
+    return "python"
+
+
+def command_line(
+    script: str,
+    argv: list[str],
+    environ: Mapping[str, str] | None = None,
+    num_processes: int = 1,
+) -> str:
+    """The command that started the run (:func:`launcher`, the script, its arguments), safe
+    to publish in a model card."""
+    return f"{launcher(num_processes, environ)} {script} " + shlex.join(redact_argv(argv, environ))
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """Every flag's value after ``--config`` and the command line were merged, as a
+    ``--config`` file takes them back: the run's settings, wherever they came from. Unset
+    flags, ``config`` itself and credentials (which nobody else can reuse) are left out."""
+    settings = {}
+    for key, value in vars(args).items():
+        if value is None or key == "config" or is_secret_name(key):
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        settings[key] = os.fspath(value) if isinstance(value, os.PathLike) else value
+    return settings
 
 
 def redact_args(
