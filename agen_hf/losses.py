@@ -72,7 +72,8 @@ class _WeightedNll(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         exp, total, target, weight = ctx.saved_tensors
         w = weight * grad
-        grad_z = exp.mul_((w / total).unsqueeze(1))  # the saved exp is not needed again
+        # out of place: a second backward (retain_graph=True) reads the saved exp again
+        grad_z = exp * (w / total).unsqueeze(1)
         grad_z.scatter_add_(1, target.unsqueeze(1), -w.unsqueeze(1))
         return grad_z, None, None
 

@@ -34,7 +34,7 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 from agen_hf import AgenImageProcessor
-from agen_hf.atomic import save_image_atomic
+from agen_hf.atomic import save_image_atomic, write_text_atomic
 from agen_hf.auto import load_segmentation_model
 from agen_hf.data import DataError, class_names, features
 from agen_hf.data.cache import cached_arrow
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"pseudo labels vs ground truth ({scored} images):\n")
             print(iou_table(m["per_category_iou"], m["mean_iou"], names, "pseudo"))
         write_voc_root(out, rows, args.split, source_images, args.format, report)
-        (out / "pseudo_labels_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / "pseudo_labels_report.json", json.dumps(report, indent=2) + "\n")
         print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
     if accelerator.is_main_process:
         exit_if_incomplete(
@@ -282,7 +282,7 @@ def write_voc_root(
     (its path goes into ``report``)."""
     lists = out / "ImageSets" / "Segmentation"
     lists.mkdir(parents=True, exist_ok=True)
-    (lists / f"{split}.txt").write_text("\n".join(rows["id"]) + "\n")
+    write_text_atomic(lists / f"{split}.txt", "\n".join(rows["id"]) + "\n")
     link = out / "JPEGImages"
     if source_images is not None and not link.exists():
         link.symlink_to(source_images.resolve(), target_is_directory=True)

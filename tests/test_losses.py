@@ -89,6 +89,13 @@ def test_balanced_seeding_loss_and_gradient_equal_the_log_softmax_form(layout):
     tolerance = 1e-2 if layout == "bf16" else 1e-6
     torch.testing.assert_close(ours.grad.float(), ref.grad.float(), rtol=tolerance, atol=1e-7)
     assert torch.all(ours.grad[1] == 0)  # no seeds, no gradient
+    # a second backward through the same graph (retain_graph) gives the same gradient again
+    twice = logits.clone().requires_grad_()
+    again = balanced_seeding_loss(twice, seeds)
+    again.backward(retain_graph=True)
+    first = twice.grad.clone()
+    again.backward()
+    torch.testing.assert_close(twice.grad, 2 * first)
     # softmax - onehot sums to 0 over the classes at every pixel (bf16 rounds each term)
     assert torch.all(ours.grad.float().sum(dim=1).abs() < (1e-3 if layout == "bf16" else 1e-6))
 

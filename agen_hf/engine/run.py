@@ -277,7 +277,7 @@ def finish(
     fields = card(metrics)
     fields["training"] += (
         f"\n\nEvery setting of the run, from its `--config` file and command line together "
-        f"(`{SETTINGS_FILE}` beside the weights; `--config {SETTINGS_FILE}` runs it "
+        f"(`{SETTINGS_FILE}` in the run's output folder; `--config {SETTINGS_FILE}` runs it "
         f"again):\n\n```yaml\n{settings}```"
     )
     save_and_push(
