@@ -40,13 +40,15 @@ from agen_hf.data.sources import (
 from agen_hf.data.transforms import eval_transform, with_transforms
 from agen_hf.engine import evaluate_segmentation, make_accelerator, shard_loader
 from agen_hf.engine.arguments import HelpFormatter, configure_logging
-from agen_hf.engine.exits import exit_if_incomplete, skipped_problems
+from agen_hf.engine.distributed import main_process_first, sum_over_processes
+from agen_hf.engine.exits import end_run, skipped_problems
 from agen_hf.engine.inference_arguments import (
     add_inference_arguments,
     add_model_argument,
     crf_params,
     crf_pool,
     crf_problems,
+    workers_replaced,
 )
 from agen_hf.metrics.report import iou_table
 
@@ -128,12 +130,14 @@ def scored_dataset(args: argparse.Namespace, model_classes: list[str]) -> datase
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    accelerator = make_accelerator(
+        args.cpu, mixed_precision=args.mixed_precision, ddp_timeout=args.ddp_timeout
+    )
     configure_logging(accelerator)
     model = load_segmentation_model(args.model_name_or_path).to(accelerator.device).eval()
     config = model.config
     processor = AgenImageProcessor.from_pretrained(args.model_name_or_path, max_size=None)
-    with accelerator.main_process_first():
+    with main_process_first(accelerator, "the split indexed by the main process first (its cache)"):
         dataset = scored_dataset(args, config.label_names[1:])
     loader = shard_loader(
         with_transforms(
@@ -164,6 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
             crf=crf,
             unnormalize=processor.unnormalize,
         )
+        replaced = sum_over_processes(
+            accelerator,
+            torch.tensor([workers_replaced(crf)]),
+            "the count of CRF workers replaced",
+        )
     seconds = time.time() - started
     names = config.label_names
     result = {
@@ -186,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
             n: float(v) for n, v in zip(names, metrics["per_category_accuracy"])
         },
         "skipped": skipped_when_loaded(dataset) + metrics["skipped"],
+        "skipped_samples": metrics["skipped_samples"],
     }
     if accelerator.is_main_process:
         settings = (
@@ -199,10 +209,16 @@ def main(argv: list[str] | None = None) -> dict:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output, json.dumps(result, indent=2, allow_nan=True) + "\n")
         print(f"\nwritten to {output}")
-    if accelerator.is_main_process:
-        exit_if_incomplete(
-            crf_problems(crf) + skipped_problems(result["skipped"], "bad images", "and not scored")
-        )
+    end_run(
+        accelerator,
+        crf_problems(int(replaced.item()))
+        + skipped_problems(
+            result["skipped"],
+            "bad images",
+            "and not scored",
+            f"{args.output} and the warnings name them",
+        ),
+    )
     return result
 
 

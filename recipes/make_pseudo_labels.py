@@ -30,7 +30,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 from agen_hf import AgenImageProcessor
@@ -43,14 +42,16 @@ from agen_hf.data.schema import same_classes_or_raise
 from agen_hf.data.sources import add_data_arguments, load_split, resolve_source
 from agen_hf.engine import make_accelerator
 from agen_hf.engine.arguments import HelpFormatter, configure_logging
-from agen_hf.engine.evaluation import summed_over_processes
-from agen_hf.engine.exits import exit_if_incomplete, skipped_problems
+from agen_hf.engine.distributed import gather_objects, main_process_first, sum_over_processes
+from agen_hf.engine.evaluation import merged, summed_over_processes
+from agen_hf.engine.exits import end_run, skipped_problems
 from agen_hf.engine.inference_arguments import (
     add_inference_arguments,
     add_model_argument,
     add_output_argument,
     crf_pool,
     crf_problems,
+    workers_replaced,
 )
 from agen_hf.inference import SegmentationStream, as_is
 from agen_hf.metrics import StreamingMeanIoU
@@ -116,13 +117,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     resolve_source(args, parser)
     args.split = args.split or args.train_split
-    accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    accelerator = make_accelerator(
+        args.cpu, mixed_precision=args.mixed_precision, ddp_timeout=args.ddp_timeout
+    )
     configure_logging(accelerator)
     out = Path(args.output_dir)
     model = load_segmentation_model(args.model_name_or_path).to(accelerator.device).eval()
     names = model.config.label_names[1:]
     try:
-        with accelerator.main_process_first():
+        with main_process_first(
+            accelerator, "the split indexed by the main process first (its cache)"
+        ):
             rows = load_split(args, args.split, class_names_=names)
         same_classes_or_raise(
             names,
@@ -156,12 +161,13 @@ def main(argv: list[str] | None = None) -> dict:
             model, processor, crf, accelerator.autocast, scales=args.scales, flip=args.flip
         )
         scored, skipped = label_rows(args, accelerator, stream, mine, len(names), out, metric)
-    summed_over_processes(accelerator, metric)
-    scored = int(
-        accelerator.reduce(torch.tensor([scored], device=accelerator.device), "sum").item()
-    )
-    accelerator.wait_for_everyone()  # every process has written its PNGs
-    skipped = {k: v for d in gather_object([skipped]) for k, v in d.items()}
+        counts = torch.tensor([scored, workers_replaced(crf)])
+    # every process has written its PNGs once these three are done
+    summed_over_processes(accelerator, metric, "the pseudo labels' confusion-matrix sum")
+    scored, replaced = sum_over_processes(
+        accelerator, counts, "the counts of scored images and replaced CRF workers"
+    ).tolist()
+    skipped = merged(gather_objects(skipped, "the list of skipped images"))
     skipped_at_load = skipped_when_loaded(rows)
     if skipped:
         rows = rows.filter(lambda sample_id: sample_id not in skipped, input_columns="id")
@@ -188,16 +194,16 @@ def main(argv: list[str] | None = None) -> dict:
         write_voc_root(out, rows, args.split, source_images, args.format, report)
         write_text_atomic(out / "pseudo_labels_report.json", json.dumps(report, indent=2) + "\n")
         print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
-    if accelerator.is_main_process:
-        exit_if_incomplete(
-            crf_problems(crf)
-            + skipped_problems(
-                skipped_at_load + len(skipped),
-                "bad images",
-                "and have no pseudo label",
-                f"{out / 'pseudo_labels_report.json'} and the warnings name them",
-            )
-        )
+    end_run(
+        accelerator,
+        crf_problems(replaced)
+        + skipped_problems(
+            skipped_at_load + len(skipped),
+            "bad images",
+            "and have no pseudo label",
+            f"{out / 'pseudo_labels_report.json'} and the warnings name them",
+        ),
+    )
     return report
 
 

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from accelerate.utils import gather_object
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -35,13 +35,16 @@ from agen_hf.atomic import save_image_atomic, write_text_atomic
 from agen_hf.auto import load_segmentation_model
 from agen_hf.engine import make_accelerator
 from agen_hf.engine.arguments import HelpFormatter, configure_logging
-from agen_hf.engine.exits import exit_if_incomplete
+from agen_hf.engine.distributed import from_main, gather_objects, sum_over_processes
+from agen_hf.engine.evaluation import merged
+from agen_hf.engine.exits import end_run
 from agen_hf.engine.inference_arguments import (
     add_inference_arguments,
     add_model_argument,
     add_output_argument,
     crf_pool,
     crf_problems,
+    workers_replaced,
 )
 from agen_hf.image_processing import rgb_array
 from agen_hf.inference import SegmentationStream, as_is
@@ -93,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip_existing",
         action="store_true",
-        help="leave images whose mask is already written (resume a long run)",
+        help="leave images whose outputs are all written already (the mask, and the overlay "
+        "and the VOC-server copy when asked for): resume a long run",
     )
     return p
 
@@ -151,19 +155,39 @@ class ImageFiles(Dataset):
         return {"path": path, "rgb": rgb}
 
 
+def output_paths(out: Path, path: Path, voc_layout: bool, overlays: bool) -> dict[str, Path]:
+    """Every file written for the image at ``path``: its mask, and its VOC-server copy and
+    overlay when asked for."""
+    paths = {"mask": out / "masks" / f"{path.stem}.png"}
+    if voc_layout:
+        paths["voc"] = out / VOC_RESULTS / f"{path.stem}.png"
+    if overlays:
+        paths["overlay"] = out / "overlays" / f"{path.stem}.jpg"
+    return paths
+
+
+def still_to_do(files: list[Path], out: Path, voc_layout: bool, overlays: bool) -> list[Path]:
+    """``files`` without those whose every output (:func:`output_paths`) exists: a run killed
+    between an image's mask and its copies does that image again."""
+    return [
+        f
+        for f in files
+        if not all(p.is_file() for p in output_paths(out, f, voc_layout, overlays).values())
+    ]
+
+
 def write_outputs(
     out: Path, path: Path, rgb: np.ndarray, labels: np.ndarray, voc_layout: bool, overlays: bool
 ) -> None:
     """One image's palette mask (and its VOC-server copy and overlay), each written
-    atomically."""
+    atomically, the mask first."""
+    paths = output_paths(out, path, voc_layout, overlays)
     mask = label_image(labels)
-    save_image_atomic(mask, out / "masks" / f"{path.stem}.png")
+    save_image_atomic(mask, paths["mask"])
     if voc_layout:
-        save_image_atomic(mask, out / VOC_RESULTS / f"{path.stem}.png")
+        save_image_atomic(mask, paths["voc"])
     if overlays:
-        save_image_atomic(
-            Image.fromarray(overlay(rgb, labels)), out / "overlays" / f"{path.stem}.jpg", quality=90
-        )
+        save_image_atomic(Image.fromarray(overlay(rgb, labels)), paths["overlay"], quality=90)
 
 
 def segment_files(
@@ -202,27 +226,35 @@ def segment_files(
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    accelerator = make_accelerator(args.cpu, mixed_precision=args.mixed_precision)
+    accelerator = make_accelerator(
+        args.cpu, mixed_precision=args.mixed_precision, ddp_timeout=args.ddp_timeout
+    )
     configure_logging(accelerator)
     out = Path(args.output_dir)
     files = find_images(args.images)
     if not files:
         raise SystemExit(f"--images: no images found in {args.images}")
-    if args.skip_existing:
-        files = [f for f in files if not (out / "masks" / f"{f.stem}.png").is_file()]
+    if args.skip_existing:  # decided once, so that no image is missed or done twice
+        files = from_main(
+            still_to_do(files, out, args.voc_layout, not args.no_overlays)
+            if accelerator.is_main_process
+            else None,
+            "the list of images still to do (--skip_existing)",
+        )
     started = time.time()
     with crf_pool(args) as crf:
         written, failures = segment_files(args, accelerator, files, out, crf)
+        counts = torch.tensor([written, workers_replaced(crf)])
     seconds = time.time() - started
-
-    counts = gather_object([written])
-    all_failures = gather_object([failures])
+    written, replaced = sum_over_processes(
+        accelerator, counts, "the counts of masks written and CRF workers replaced"
+    ).tolist()
     report = {
-        "written": int(sum(counts)),
-        "failed": {k: v for d in all_failures for k, v in d.items()},
+        "written": written,
+        "failed": merged(gather_objects(failures, "the list of failed images")),
         "mixed_precision": accelerator.mixed_precision,
         "seconds": seconds,  # segmenting and writing, the model loaded
-        "images_per_second": int(sum(counts)) / seconds,
+        "images_per_second": written / seconds,
     }
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -239,20 +271,20 @@ def main(argv: list[str] | None = None) -> dict:
                 else ""
             )
         )
-    if accelerator.is_main_process:
-        failed = report["failed"]
-        exit_if_incomplete(
-            crf_problems(crf)
-            + (
-                [
-                    f"{len(failed)} image(s) failed and have no mask (listed in "
-                    f"{out / 'predict_report.json'}: {', '.join(list(failed)[:3])}"
-                    f"{', ...' if len(failed) > 3 else ''})"
-                ]
-                if failed
-                else []
-            )
-        )
+    failed = report["failed"]
+    end_run(
+        accelerator,
+        crf_problems(replaced)
+        + (
+            [
+                f"{len(failed)} image(s) failed and have no mask (listed in "
+                f"{out / 'predict_report.json'}: {', '.join(list(failed)[:3])}"
+                f"{', ...' if len(failed) > 3 else ''})"
+            ]
+            if failed
+            else []
+        ),
+    )
     return report
 
 

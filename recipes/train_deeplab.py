@@ -48,6 +48,7 @@ from agen_hf.engine.arguments import (
     parse_with_config,
     training_accelerator,
 )
+from agen_hf.engine.distributed import main_process_first
 from agen_hf.engine.loaders import loaders_from_args
 from agen_hf.engine.loop import train
 from agen_hf.engine.redaction import command_line
@@ -168,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed, deterministic=args.deterministic)
 
     try:
-        with accelerator.main_process_first():
+        with main_process_first(
+            accelerator, "the data indexed by the main process first (its caches)"
+        ):
             train_ds = pseudo_dataset(args)
             names = class_names(train_ds)
             val_ds = load_split(

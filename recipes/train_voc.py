@@ -49,6 +49,7 @@ from agen_hf.engine.arguments import (
     parse_with_config,
     training_accelerator,
 )
+from agen_hf.engine.distributed import main_process_first
 from agen_hf.engine.loaders import loaders_from_args
 from agen_hf.engine.loop import train
 from agen_hf.engine.redaction import command_line
@@ -289,7 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
     configure_logging(accelerator)
     set_seed(args.seed, deterministic=args.deterministic)
 
-    with accelerator.main_process_first():  # one process builds the caches
+    with main_process_first(
+        accelerator, "the data indexed by the main process first (its caches)"
+    ):  # one process builds the caches
         train_ds, val_ds = datasets_for(args)
     model = build_model(args, id2label_for(class_names(train_ds)))
     config = model.config

@@ -5,6 +5,7 @@ pycocotools, and the errors."""
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 
@@ -414,6 +415,21 @@ def test_pre_converted_png_masks(root, tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         ds = load_coco(root, "val2014", cache_dir=tmp_path / "c3", skip_bad_samples=True)
     assert ds["id"] == [stem("val2014", 1)] and "skipped 1 bad samples" in caplog.text
+
+
+def test_a_png_mask_rewritten_in_place_rebuilds_the_index(root, tmp_path, monkeypatch):
+    hide_pycocotools(monkeypatch)
+    png_dir = root / "SegmentationClass" / "val2014"
+    png_dir.mkdir(parents=True)
+    for i in (1, 3):
+        write_png(png_dir / f"{stem('val2014', i)}.png", np.full((H, W), i))
+    assert load_coco(root, "val2014", cache_dir=tmp_path / "cache")["labels"] == [[0], [2]]
+    path = png_dir / f"{stem('val2014', 3)}.png"
+    folder_time, file_time = png_dir.stat().st_mtime_ns, path.stat().st_mtime_ns
+    write_png(path, np.full((H, W), 7))  # the same size: only the time tells
+    os.utime(path, ns=(file_time + 10**9, file_time + 10**9))
+    os.utime(png_dir, ns=(folder_time, folder_time))  # an in-place write leaves the folder's
+    assert load_coco(root, "val2014", cache_dir=tmp_path / "cache")["labels"] == [[0], [6]]
 
 
 def test_missing_files_are_named(root, tmp_path):

@@ -1,12 +1,13 @@
 import json
 import logging
+import os
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 from PIL import Image
-from voc_fixtures import BAD_CASES, make_voc
+from voc_fixtures import BAD_CASES, good_pair, make_voc, write_mask
 
 from agen_hf.configuration_agen import VOC_CLASSES
 from agen_hf.data import FEATURES, VocDataError, load_voc
@@ -49,6 +50,41 @@ def test_index_references_files_and_is_cached(tmp_path):
     second = load_voc(root, "train", cache_dir=cache)
     assert second.cache_files and str(cache) in second.cache_files[0]["filename"]
     assert second["labels"] == first["labels"]
+
+
+def rewrite_in_place(path: Path, write) -> None:
+    """``write(path)`` over the file itself, as an editor or a script fixing a mask does: the
+    folder keeps its time, the file gets a time of its own (clock ticks are coarse)."""
+    folder_time = path.parent.stat().st_mtime_ns
+    file_time = path.stat().st_mtime_ns
+    write(path)
+    os.utime(path, ns=(file_time + 10**9, file_time + 10**9))
+    os.utime(path.parent, ns=(folder_time, folder_time))
+
+
+def test_a_mask_or_image_rewritten_in_place_rebuilds_the_index(tmp_path):
+    root, cache = make_voc(tmp_path / "voc"), tmp_path / "cache"
+    assert load_voc(root, "train", cache_dir=cache)["labels"] == [hot(1), hot(2, 15)]
+    _, cow = good_pair(0, classes=(10,))  # a's mask now shows a cow, not an aeroplane
+    rewrite_in_place(root / "SegmentationClass" / "a.png", lambda p: write_mask(p, cow))
+    assert load_voc(root, "train", cache_dir=cache)["labels"] == [hot(10), hot(2, 15)]
+    image, _ = good_pair(0)
+    rewrite_in_place(
+        root / "JPEGImages" / "b.jpg",
+        lambda p: Image.fromarray(image[..., 0]).save(p, format="JPEG"),
+    )
+    with pytest.raises(VocDataError, match="b.jpg: grayscale image"):
+        load_voc(root, "train", cache_dir=cache)
+    # nothing changed since: the index of the last good state is a memory map again
+    rewrite_in_place(
+        root / "JPEGImages" / "b.jpg", lambda p: Image.fromarray(image).save(p, "JPEG")
+    )
+    load_voc(root, "train", cache_dir=cache)
+    arrows = sorted(cache.glob("*.arrow"))
+    again = load_voc(root, "train", cache_dir=cache)
+    assert (
+        sorted(cache.glob("*.arrow")) == arrows and str(cache) in again.cache_files[0]["filename"]
+    )
 
 
 def test_labels_file_for_ids_without_masks(tmp_path):

@@ -80,40 +80,29 @@ def test_processes_that_measure_take_one_decision(tmp_path):
     """Under a 2-process CPU launch each process measures bf16; the slowest figure decides
     for all, so no two processes train in different precisions."""
     import os
-    import subprocess
     import sys
-    from pathlib import Path
 
-    from test_train_voc import free_port
+    from workers import ROOT, spawn
 
-    root = Path(__file__).resolve().parents[1]
     script = tmp_path / "agree.py"
     script.write_text(
         "import os\nfrom agen_hf.engine.accelerator import slowest_of_processes\n"
+        "from agen_hf.engine.distributed import start_process_group\n"
+        "start_process_group(cpu=True, timeout=30)\n"
         "rank = int(os.environ['RANK'])\n"
-        "print(f'rank {rank}: {slowest_of_processes([2.5, 1.1][rank])}')\n"
+        "print(f'rank {rank}: {slowest_of_processes([2.5, 1.1][rank])}', flush=True)\n"
         # as a recipe ends (accelerator.end_training): a process group left alive can abort
         # the interpreter's exit ("terminate called without an active exception")
         "import torch.distributed\ntorch.distributed.destroy_process_group()\n"
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(script),
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    workers = spawn(
+        [sys.executable, str(script)],
+        {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        tmp_path / "logs",
+        timeout=60,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "rank 0: 1.1" in proc.stdout and "rank 1: 1.1" in proc.stdout
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(w.tail() for w in workers)
+    assert "rank 0: 1.1" in workers[0].log and "rank 1: 1.1" in workers[1].log
     assert acc.slowest_of_processes(2.5) == 2.5  # one process: its own figure
 
 

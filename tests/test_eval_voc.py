@@ -4,8 +4,6 @@ gloo processes, and on the real VOC sample in ../shared when it is there."""
 import json
 import os
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,32 +121,20 @@ def test_eval_with_crf_and_bad_arguments(model_dir, voc, tmp_path):
 
 
 def test_two_gloo_processes_give_the_same_numbers(model_dir, voc, tmp_path):
-    from test_train_voc import free_port
+    from workers import launch, torchrun
 
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     args = ["--model", str(model_dir), "--voc_root", str(voc), "--num_workers", "0"]
     eval_voc["main"](args + ["--cpu", "--output", str(one)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(ROOT / "recipes/eval_voc.py"),
-            *args,
-            "--output",
-            str(two),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    job = launch(
+        torchrun(
+            [str(ROOT / "recipes/eval_voc.py"), *args, "--ddp_timeout", "60", "--output", str(two)]
+        ),
+        env,
+        tmp_path / "logs",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job.returncode == 0, job.tail(60)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["processes"] == 2 and a["processes"] == 1
     assert a["mean_iou"] == b["mean_iou"] and a["per_category_iou"] == b["per_category_iou"]

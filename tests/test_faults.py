@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_voc import RECIPE, ROOT, base_args, free_port, log, run
+from test_train_voc import RECIPE, ROOT, base_args, log, run
+from workers import accelerate_launch, launch, spawn
 
 from agen_hf.engine.checkpointing import checkpoint_problem, safetensors_problem
 
@@ -343,13 +344,6 @@ def test_a_bad_image_under_two_gloo_processes_is_replaced_the_same_way_every_tim
     photos = make_folder(tmp_path / "photos", n=10)
     data = (photos / "img03.png").read_bytes()
     (photos / "img03.png").write_bytes(data[: len(data) // 2])
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "launch" / "cpu_ddp_2proc.yaml"),
-    ]
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         args = [
@@ -367,16 +361,21 @@ def test_a_bad_image_under_two_gloo_processes_is_replaced_the_same_way_every_tim
             "--boundary_crf",
             "torch",
             "--skip_bad_samples",
+            "--ddp_timeout",
+            "60",
             "--output_dir",
             str(out),
         ]
-        proc = run(
-            args, env, launcher=[*launcher, "--main_process_port", str(free_port())], check=False
-        )
-        # each process exits 3 once everything is saved; the launcher (torchrun) turns that
-        # into 1, names the first, and may SIGTERM the other on its way out
-        assert proc.returncode == 1 and "exitcode  : 3" in proc.stderr, proc.stderr[-3000:]
-        assert "img03.png" in proc.stderr and "bad training samples were replaced" in proc.stdout
+        if out == outs[0]:
+            # the launcher (torchrun) turns its workers' 3 into 1 and names the first
+            job = launch(accelerate_launch([str(RECIPE), *args]), env, tmp_path / "logs-a")
+            assert job.returncode == 1 and "exitcode  : 3" in job.log, job.tail(60)
+            logs = job.log
+        else:  # the workers as srun starts them: each one's own status is 3
+            workers = spawn([sys.executable, str(RECIPE), *args], env, tmp_path / "logs-b")
+            assert [w.returncode for w in workers] == [3, 3], "\n".join(w.tail() for w in workers)
+            logs = "".join(w.log for w in workers)
+        assert "img03.png" in logs and "bad training samples were replaced" in logs
         assert [r["step"] for r in log(out)] == list(range(1, 7))
         assert json.loads((out / "eval_results.json").read_text())["bad_samples_replaced"] >= 1
     assert same_weights(*outs)

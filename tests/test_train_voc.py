@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from workers import accelerate_launch, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train_voc.py"
@@ -289,16 +290,12 @@ def test_two_gloo_processes_match_one_process(tmp_path, env):
     common = ["--model_config", str(config), "--max_train_steps", "4"]
     one, two = tmp_path / "one", tmp_path / "two"
     run(base_args(one, batch=8) + common, env)
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "launch" / "cpu_ddp_2proc.yaml"),
-        "--main_process_port",
-        str(free_port()),
-    ]
-    run(base_args(two, batch=4) + common, env, launcher=launcher)
+    job = launch(
+        accelerate_launch([str(RECIPE), *base_args(two, batch=4), *common, "--ddp_timeout", "60"]),
+        env,
+        tmp_path / "logs",
+    )
+    assert job.returncode == 0, job.tail(60)
     l1, l2 = log(one), log(two)
     assert len(l1) == len(l2) == 4
     for r1, r2 in zip(l1, l2):

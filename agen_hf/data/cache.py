@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
+from typing import Iterable
 
 import datasets
 from datasets.arrow_writer import ArrowWriter
@@ -49,3 +52,31 @@ def _described(ds: datasets.Dataset, described: Path) -> datasets.Dataset:
     if described.is_file():
         ds.info.description = described.read_text()
     return ds
+
+
+def files_key(folder: Path, names: Iterable[str], listed: set[str] | None = None) -> str:
+    """A digest of the size and modification time (``st_mtime_ns``) of each of ``names`` in
+    ``folder`` (``-`` for one that is missing): it changes when a file is rewritten in place,
+    added or removed, while no file is read (hashing VOC's contents at every load would be too
+    slow; the stats of train_aug's 21,164 files take ~70 ms on a local disk). Put it in a
+    cache's key so that an edited mask or image rebuilds the index. ``listed``: the folder's
+    names when the caller has listed it already."""
+    parts = []
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # no such folder: every file is missing
+        return hashlib.sha1("\0".join(f"{n}:-" for n in names).encode()).hexdigest()
+    try:
+        present = set(os.listdir(fd)) if listed is None else listed
+        for name in names:
+            stamp = "-"
+            if name in present or "/" in name:
+                try:
+                    st = os.stat(name, dir_fd=fd)
+                    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+                except FileNotFoundError:
+                    pass
+            parts.append(f"{name}:{stamp}")
+    finally:
+        os.close(fd)
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()

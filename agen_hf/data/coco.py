@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from ..progress import progress
-from .cache import cached_arrow, default_cache_dir
+from .cache import cached_arrow, default_cache_dir, files_key
 from .samples import DataError, decode_mask, describe, voc_palette
 from .schema import IGNORE_INDEX, features, label_ids_from_mask
 
@@ -545,7 +545,8 @@ def load_coco(
         ``annotations/instances_<split>.json``, or ``SegmentationClass/<split>/`` PNG masks.
     split: ``train2014`` or ``val2014``.
     cache_dir: where the Arrow index and the rendered masks are cached (default: the datasets
-        cache, ``agen_hf/``). A second load only stats the annotations file and the folders.
+        cache, ``agen_hf/``). A second load only stats the annotations file and the
+        folders, and with PNG masks each mask (an edited mask rebuilds the index).
     skip_bad_samples: skip (and log, with a count) images missing from ``<split>/`` and PNG
         masks that fail the checks, instead of raising :class:`DataError` naming the file.
     num_workers: processes rendering masks from the annotations, or threads decoding the PNG
@@ -564,8 +565,9 @@ def load_coco(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     workers = num_workers or os.cpu_count() or 1
     common = (root.resolve(), split, skip_bad_samples, masks, _stamp(split_dir))
-    if png_dir.is_dir():
-        name = f"coco-{split}-{_fingerprint('png', *common, _stamp(png_dir))}"
+    if png_dir.is_dir():  # labels come from the masks: each one's size and time in the key
+        masks_key = files_key(png_dir, sorted(os.listdir(png_dir)))
+        name = f"coco-{split}-{_fingerprint('png', *common, _stamp(png_dir), masks_key)}"
         return cached_arrow(
             cache,
             name,

@@ -80,8 +80,8 @@ class SampleTransform:
     ``pixel_values`` (3, H, W) float, ``mask`` (H, W) int64 (all 255 when the sample has
     none) and ``labels`` (C,) float, the multi-hot target of eq. 11 over the dataset's
     ``num_classes``. A bad sample (a mask value above C included) raises :class:`DataError`,
-    or with ``skip_bad_samples`` is logged, counted in ``self.skipped`` and returned as None
-    (the collate drops it)."""
+    or with ``skip_bad_samples`` is logged, counted in ``self.skipped`` and returned with
+    ``pixel_values`` None and its problem in ``error`` (the collate drops it)."""
 
     def __init__(
         self, transform: v2.Transform, num_classes: int, skip_bad_samples: bool = False
@@ -92,7 +92,7 @@ class SampleTransform:
         self.skipped = 0
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        out = {"id": [], "pixel_values": [], "mask": [], "labels": []}
+        out = {"id": [], "pixel_values": [], "mask": [], "labels": [], "error": []}
         for i in range(len(batch["image"])):
             sample_id = batch["id"][i] if "id" in batch else str(i)
             try:
@@ -105,7 +105,9 @@ class SampleTransform:
                     "skipped bad sample %s (%s); %d skipped so far", sample_id, e, self.skipped
                 )
                 pixel_values = mask_t = None
+                error = str(e)
             else:
+                error = None
                 image = tv_tensors.Image(TF.pil_to_tensor(img.convert("RGB")))
                 if mask is None:
                     mask = np.full((img.height, img.width), IGNORE_INDEX, dtype=np.uint8)
@@ -118,6 +120,7 @@ class SampleTransform:
             out["pixel_values"].append(pixel_values)
             out["mask"].append(mask_t)
             out["labels"].append(torch.from_numpy(multi_hot(batch["labels"][i], self.num_classes)))
+            out["error"].append(error)
         return out
 
 

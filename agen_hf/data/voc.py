@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 
 from ..progress import progress
-from .cache import cached_arrow, default_cache_dir
+from .cache import cached_arrow, default_cache_dir, files_key
 from .conform import conform
 from .samples import (
     DataError,
@@ -58,7 +58,7 @@ VOC_CLASS_NAMES = (
 )
 VOC_CLASSES = (BACKGROUND, *VOC_CLASS_NAMES)  # the 21 labels of a VOC model's id2label
 NUM_CLASSES = len(VOC_CLASS_NAMES)
-_CACHE_VERSION = "2"  # 2: labels as Sequence(ClassLabel) class indices
+_CACHE_VERSION = "3"  # 2: labels as Sequence(ClassLabel) class indices; 3: keyed on files
 FEATURES = features(VOC_CLASS_NAMES)
 
 DOWNLOAD_HELP = """\
@@ -187,9 +187,15 @@ def _fingerprint(
         str(require_foreground),
         "\n".join(ids),
     ]
-    for d in ["JPEGImages", "SegmentationClass", "SegmentationClassAug"]:
-        p = root / d
-        parts.append(f"{d}:{p.stat().st_mtime_ns if p.is_dir() else '-'}")
+    # the files the index reads, by size and st_mtime_ns (an image rewritten in place, which
+    # leaves its folder's time as it was, rebuilds the index), and each id's mask: the first
+    # that exists in the split's order of mask folders
+    parts.append(files_key(root / "JPEGImages", [f"{i}.jpg" for i in ids]))
+    left = [f"{i}.png" for i in ids]
+    for d in _mask_dirs(root, split):
+        listed = set(os.listdir(d))
+        parts.append(f"{d.name}:{files_key(d, [n for n in left if n in listed], listed)}")
+        left = [n for n in left if n not in listed]
     if labels_file is not None:
         parts.append(Path(labels_file).read_bytes().hex())
     for part in parts:

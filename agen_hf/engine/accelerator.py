@@ -13,6 +13,8 @@ import time
 import torch
 from accelerate import Accelerator
 
+from .distributed import DDP_TIMEOUT, collective, start_process_group, world_size
+
 PRECISIONS = ("no", "fp16", "bf16", "auto")  # --mixed_precision's choices in every recipe
 
 
@@ -38,14 +40,14 @@ def bf16_gemm_speedup(n: int = 1024, repeats: int = 3) -> float:
 def slowest_of_processes(value: float) -> float:
     """The smallest ``value`` of every process of a CPU launch (``WORLD_SIZE`` > 1), so that
     processes that each measured take one decision together; ``value`` itself alone. It
-    starts the process group (Accelerate's ``PartialState``) the Accelerator then uses."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    starts the process group (:func:`~agen_hf.engine.distributed.start_process_group`) the
+    Accelerator then uses, unless :func:`make_accelerator` started it first."""
+    if world_size() <= 1:
         return value
-    from accelerate import PartialState
-
-    PartialState(cpu=True)
+    start_process_group(cpu=True)  # a no-op when make_accelerator started it (its timeout)
     agreed = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+    with collective("the bf16 probe's agreement (--mixed_precision auto)"):
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
     return float(agreed.item())
 
 
@@ -126,7 +128,10 @@ def keep_freed_memory() -> str | None:
 
 
 def make_accelerator(
-    cpu: bool = False, mixed_precision: str | None = None, **kwargs
+    cpu: bool = False,
+    mixed_precision: str | None = None,
+    ddp_timeout: float = DDP_TIMEOUT,
+    **kwargs,
 ) -> Accelerator:
     """An ``Accelerator`` that also understands torchrun-style multi-process launches on a
     machine without GPUs (Accelerate only turns to gloo data parallelism when it is told the
@@ -134,8 +139,12 @@ def make_accelerator(
     (:func:`resolve_mixed_precision`), and on a CPU freed memory kept for reuse
     (:func:`keep_freed_memory`); both choices are logged by
     :func:`agen_hf.engine.arguments.configure_logging` (``accelerator.precision_choice``,
-    ``accelerator.memory_choice``)."""
-    on_cpu = cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    ``accelerator.memory_choice``). Under a multi-process launch the process group starts
+    first, with ``ddp_timeout`` seconds for every collective
+    (:func:`~agen_hf.engine.distributed.start_process_group`), before the bf16 probe
+    communicates."""
+    on_cpu = cpu or (world_size() > 1 and not torch.cuda.is_available())
+    start_process_group(on_cpu, ddp_timeout)
     precision, choice = resolve_mixed_precision(
         mixed_precision, on_cpu or not torch.cuda.is_available()
     )

@@ -15,6 +15,7 @@ from accelerate.tracking import get_available_trackers
 from accelerate.utils import DistributedDataParallelKwargs, LoggerType
 
 from .accelerator import PRECISIONS, make_accelerator
+from .distributed import DDP_TIMEOUT
 from .schedule import SCHEDULES
 
 TRACKERS = [t.value for t in LoggerType]  # what --report_to passes to Accelerate
@@ -74,6 +75,20 @@ def above(low: float):
 
 positive = at_least(1)
 non_negative = at_least(0)
+
+
+def add_ddp_timeout_argument(p) -> None:
+    """``--ddp_timeout``: the seconds a collective may wait for the other processes
+    (:mod:`agen_hf.engine.distributed`), in every recipe that runs under N processes."""
+    p.add_argument(
+        "--ddp_timeout",
+        type=positive,
+        default=DDP_TIMEOUT,
+        help="seconds a collective between the processes (an all-reduce, a barrier) waits "
+        "for the others before the run stops with an error naming it (transformers' "
+        "ddp_timeout); waiting for one process's own work (first indexing, a save, the "
+        "Hub push) is not limited",
+    )
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -162,6 +177,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across GPUs")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is there")
+    add_ddp_timeout_argument(g)
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument(
         "--channels_last",
@@ -310,6 +326,7 @@ def training_accelerator(
         args.cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
+        ddp_timeout=args.ddp_timeout,
         log_with=args.report_to if args.with_tracking else None,
         project_dir=args.output_dir,
         kwargs_handlers=[

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Callable
 
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 
 from ..atomic import write_text_atomic
+from .distributed import from_main, wait_for_main
 
 logger = logging.getLogger("agen_hf.train")
 
@@ -192,9 +192,9 @@ def save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+    wait_for_main(f"checkpoint-{step}'s folder")
     accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()  # every process's files are in tmp
+    wait_for_main(f"checkpoint-{step}'s files")  # every process's files are in tmp
     if accelerator.is_main_process:
         if model_files is not None:
             model_files(tmp)
@@ -207,7 +207,7 @@ def save_checkpoint(
         if keep_last:
             for old in list_checkpoints(root)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    wait_for_main(f"checkpoint-{step} written (fsync, rename, rotation)")
     return final
 
 
@@ -414,7 +414,8 @@ def start_output_dir(
             decision[0] = _take_folder(root, resume_from, run, overwrite, allow_schedule_change)
         except (CheckpointError, FileNotFoundError) as e:
             decision[1] = str(e)
-    decision = broadcast_object_list(decision)
+    wait_for_main(f"taking {root} for this run")
+    decision = from_main(decision, "the resume decision")
     if decision[1]:
         raise CheckpointError(decision[1])
     if decision[0] is None:

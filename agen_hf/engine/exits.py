@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 
+from .distributed import wait_for_main
+
 INCOMPLETE_EXIT = 3
 REQUEUE_EXIT = 75
 
@@ -24,7 +26,7 @@ def skipped_problems(
     count: int, what: str, consequence: str, named_by: str = "the warnings name their files"
 ) -> list[str]:
     """The problem line for ``count`` bad inputs that ``--skip_bad_samples`` left out (none
-    when ``count`` is 0), as :func:`exit_if_incomplete` takes it."""
+    when ``count`` is 0), as :func:`end_run` takes it."""
     return (
         [f"{count} {what} were skipped {consequence} (--skip_bad_samples; {named_by})"]
         if count
@@ -32,11 +34,21 @@ def skipped_problems(
     )
 
 
-def exit_if_incomplete(problems: list[str]) -> None:
-    """Log each problem and exit with :data:`INCOMPLETE_EXIT`, or return when there is none."""
-    if not problems:
-        return
-    for problem in problems:
-        logger.error("%s", problem)
-    print(f"finished with problems (exit {INCOMPLETE_EXIT}): {'; '.join(problems)}", flush=True)
-    raise SystemExit(INCOMPLETE_EXIT)
+def end_run(accelerator, problems: list[str]) -> None:
+    """The last step of every recipe, on every process with the same ``problems`` (each
+    process's problems gathered first): the main process logs each problem and the line
+    ``finished with problems (exit 3): ...``, every process waits for the others (the main
+    process's last writes included), ends its trackers and its process group
+    (``accelerator.end_training``), and exits with :data:`INCOMPLETE_EXIT`, or returns when
+    there is no problem. Every worker's status is 3, not only the main one's: a
+    scheduler that reads any worker's status learns the same thing."""
+    if problems and accelerator.is_main_process:
+        for problem in problems:
+            logger.error("%s", problem)
+        print(f"finished with problems (exit {INCOMPLETE_EXIT}): {'; '.join(problems)}", flush=True)
+    wait_for_main("the end of the run (the main process's last writes)")
+    # the trackers' end, and the process group's: one left alive can abort the interpreter's
+    # exit ("terminate called without an active exception")
+    accelerator.end_training()
+    if problems:
+        raise SystemExit(INCOMPLETE_EXIT)

@@ -11,7 +11,7 @@ import dataclasses
 
 from ..crf import CrfParams, CrfPool
 from .accelerator import PRECISIONS, cpus_per_process
-from .arguments import above, non_negative
+from .arguments import above, add_ddp_timeout_argument, non_negative
 
 
 def add_model_argument(p: argparse.ArgumentParser) -> None:
@@ -41,8 +41,8 @@ def add_inference_arguments(
     p: argparse.ArgumentParser, device: bool = True, crf: bool = True
 ) -> None:
     """``--scales`` and ``--flip`` (test-time augmentation); with ``device``,
-    ``--mixed_precision``, ``--cpu`` and ``--num_workers``; with ``crf``, the CRF flags
-    (:func:`add_crf_arguments`)."""
+    ``--mixed_precision``, ``--cpu``, ``--ddp_timeout`` and ``--num_workers``; with ``crf``,
+    the CRF flags (:func:`add_crf_arguments`)."""
     p.add_argument(
         "--scales",
         type=above(0),
@@ -59,6 +59,7 @@ def add_inference_arguments(
             help="bf16/fp16 autocast, no, or auto (bf16 where native, else fp32)",
         )
         p.add_argument("--cpu", action="store_true", help="run on the CPU even with a GPU")
+        add_ddp_timeout_argument(p)
         p.add_argument(
             "--num_workers", type=non_negative, default=2, help="image-decoding loader workers"
         )
@@ -110,12 +111,18 @@ def crf_pool(args: argparse.Namespace) -> CrfPool | contextlib.nullcontext:
     return CrfPool(crf_params(args), processes, timeout=args.crf_timeout)
 
 
-def crf_problems(pool: CrfPool | None) -> list[str]:
-    """What went wrong in ``pool`` though every result came back (workers replaced), for
-    :func:`agen_hf.engine.exits.exit_if_incomplete`."""
-    if pool is None or not pool.workers_replaced:
+def crf_problems(workers_replaced: int) -> list[str]:
+    """The problem line, for :func:`agen_hf.engine.exits.end_run`, when CRF workers died or got
+    stuck and were replaced ``workers_replaced`` times (summed over the processes) though every
+    result came back."""
+    if not workers_replaced:
         return []
     return [
-        f"CRF workers died or got stuck and were replaced {pool.workers_replaced} time(s); "
+        f"CRF workers died or got stuck and were replaced {workers_replaced} time(s); "
         "every image was refined (the warnings say which were resubmitted)"
     ]
+
+
+def workers_replaced(pool: CrfPool | None) -> int:
+    """How many times ``pool`` (None without ``--crf``) replaced its workers."""
+    return 0 if pool is None else pool.workers_replaced

@@ -26,6 +26,7 @@ from ..losses import ProcessGroup
 from ..progress import progress
 from .accelerator import base_model
 from .checkpointing import save_checkpoint
+from .distributed import collective, wait_for_main
 from .evaluation import validate
 from .exits import REQUEUE_EXIT
 from .schedule import lr_factor
@@ -128,7 +129,8 @@ def training_step(
     (``stop_requested``), and how many bad samples the global batch replaced."""
     if options.channels_last:
         batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
-    with accelerator.accumulate(model):
+    # the batch statistics pooled in the forward, the checks' all-reduce, DDP's gradients
+    with collective(f"training step {step + 1}"), accelerator.accumulate(model):
         loss, terms = compute_loss(model, batch, group, step)
         flags = torch.cat(
             [
@@ -225,9 +227,10 @@ def log_step(
     """The step's record (every term averaged over processes, their total, the learning rate,
     ``extras``): a line of ``train_log.jsonl`` always, the tracker every ``logging_steps``."""
     # float64 so that the logged total is as exact as its terms
-    values = accelerator.reduce(
-        torch.stack([t.detach().double() for t in terms.values()]), "mean"
-    ).tolist()
+    with collective(f"step {state.global_step}'s log record"):
+        values = accelerator.reduce(
+            torch.stack([t.detach().double() for t in terms.values()]), "mean"
+        ).tolist()
     record = {
         "step": state.global_step,
         "epoch": state.epoch,
@@ -376,8 +379,9 @@ def train(
 def stop_for_requeue(
     accelerator: Accelerator, received: str | None, state: TrainState, options: LoopOptions
 ) -> None:
-    """After the checkpoint of a preempted run: say so and exit with :data:`REQUEUE_EXIT`."""
-    accelerator.wait_for_everyone()
+    """After the checkpoint of a preempted run: say so and exit with :data:`REQUEUE_EXIT`
+    (every process, together)."""
+    wait_for_main("the stop for a requeue")
     signal_name = received or "a preemption signal on another process"
     message = (
         f"stopped by {signal_name} after step {state.global_step}: "
@@ -386,4 +390,5 @@ def stop_for_requeue(
         "requeue)"
     )
     logger.warning("%s", message)
+    accelerator.end_training()  # the trackers' end and the process group's, as a finished run
     raise SystemExit(REQUEUE_EXIT)

@@ -29,8 +29,9 @@ from ..hub import mean_iou_result
 from ..metrics.report import class_iou_markdown
 from .accelerator import base_model
 from .checkpointing import CheckpointError, fingerprint, replace_files, start_output_dir
+from .distributed import from_main, wait_for_main
 from .evaluation import validate
-from .exits import exit_if_incomplete, skipped_problems
+from .exits import end_run, skipped_problems
 from .loop import LoopOptions, TrainState
 from .redaction import redact_args, run_settings
 
@@ -170,11 +171,25 @@ def save_and_push(
 ) -> dict:
     """On the main process: save ``model`` (unwrapped) with its card and the text ``files``
     (name -> text) into ``output_dir``, push it to ``hub_model_id`` when given, and write
-    ``result`` (plus ``push_error`` if the push failed) as ``eval_results.json``. Returns
-    ``result``."""
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return result
+    ``result`` (plus ``push_error`` if the push failed) as ``eval_results.json``. Every
+    process returns ``result`` with the push's outcome, once the main process is done."""
+    if accelerator.is_main_process:
+        _save_and_push(accelerator, model, output_dir, result, card, hub_model_id, hub_token, files)
+    wait_for_main("the final save and Hub push")
+    push_error = from_main(result.get("push_error"), "the Hub push's outcome")
+    return {**result, "push_error": push_error} if push_error else result
+
+
+def _save_and_push(
+    accelerator: Accelerator,
+    model,
+    output_dir: str | Path,
+    result: dict,
+    card: dict | None,
+    hub_model_id: str | None,
+    hub_token: str | None,
+    files: dict[str, str] | None,
+) -> None:
     output_dir = Path(output_dir)
     unwrapped = base_model(accelerator, model)
     tmp = output_dir / ".tmp-model"
@@ -205,7 +220,6 @@ def save_and_push(
             )
             result["push_error"] = str(e)
     write_text_atomic(output_dir / "eval_results.json", json.dumps(result, indent=2))
-    return result
 
 
 def model_card(
@@ -266,6 +280,8 @@ def finish(
     skipped = sum(skipped_when_loaded(ds) for ds in loaded) + (metrics or {}).get("skipped", 0)
     if skipped:
         result["bad_samples_skipped"] = skipped
+    if (metrics or {}).get("skipped_samples"):
+        result["val_skipped_samples"] = metrics["skipped_samples"]
     problems = skipped_problems(skipped, "bad samples", "when the data was loaded or validated")
     if state.bad_samples:
         result["bad_samples_replaced"] = state.bad_samples
@@ -280,7 +296,7 @@ def finish(
         f"(`{SETTINGS_FILE}` in the run's output folder; `--config {SETTINGS_FILE}` runs it "
         f"again):\n\n```yaml\n{settings}```"
     )
-    save_and_push(
+    result = save_and_push(
         accelerator,
         model,
         args.output_dir,
@@ -290,13 +306,10 @@ def finish(
         args.hub_token,
         files={SETTINGS_FILE: settings},
     )
-    if args.with_tracking:
-        accelerator.end_training()
     if result.get("push_error"):
         problems.append(
             f"the push to {args.hub_model_id} failed ({result['push_error']}); "
             f"the model is saved in {args.output_dir}"
         )
-    accelerator.wait_for_everyone()
-    exit_if_incomplete(problems)
+    end_run(accelerator, problems)  # the trackers' end too
     return result
