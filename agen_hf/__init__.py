@@ -1,14 +1,16 @@
 """agen_hf: AGEN (Attention Guided Enhancement Network) for weakly supervised semantic
 segmentation, the Hugging Face way."""
 
-from .configuration_agen import VOC_CLASSES, AgenConfig
+from .agm import AttentionGuidedModule
+from .coam import ContextAttention
+from .configuration_agen import AgenConfig
 from .image_processing import AgenImageProcessor, BatchFeature
 from .inference import segment, segmentation_probabilities
+from .labels import VOC_CLASSES
 from .modeling_agen import AgenModel
 from .modeling_outputs import AgenOutput, SegmenterOutput
-from .modules import AttentionGuidedModule, ContextAttention
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AgenConfig",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .configuration_utils import SegmentationConfig
-from .data.voc import VOC_CLASSES
+from .labels import IGNORE_INDEX, VOC_CLASSES, default_id2label
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
 STAGES = (3, 4, 5)
@@ -25,16 +25,6 @@ TABLE1_PRESETS = {
     "ma": ((3, 4, 5), ()),
     "ac": ((3, 4, 5), (3, 4, 5)),
 }
-
-
-def default_id2label(num_labels: int) -> dict[int, str]:
-    """The names of a config built without any: VOC's for the paper's 21 labels (the paper
-    trains on VOC), ``LABEL_i`` otherwise (transformers' convention). A model trained by the
-    recipes always takes its names from the training dataset (``agen_hf.data.id2label_for``)."""
-    names = (
-        VOC_CLASSES if num_labels == len(VOC_CLASSES) else [f"LABEL_{i}" for i in range(num_labels)]
-    )
-    return dict(enumerate(names))
 
 
 @dataclass
@@ -100,7 +90,7 @@ class AgenConfig(SegmentationConfig):
     num_labels: int = 21
     id2label: dict[int, str] | None = None
     label2id: dict[str, int] | None = None
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
 
     vgg_channels: tuple[int, ...] = (64, 128, 256, 512, 512)
     vgg_depths: tuple[int, ...] = (2, 2, 3, 3, 3)

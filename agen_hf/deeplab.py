@@ -24,10 +24,11 @@ from torchvision.models.segmentation import deeplabv3_resnet101
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
 from .backbones import VggBlock, max_pool
-from .configuration_agen import default_id2label
 from .configuration_utils import SegmentationConfig
 from .hub import SegmentationHubMixin
+from .labels import default_id2label
 from .losses import ProcessGroup, fully_supervised_loss
+from .model_card import DEEPLAB_CARD
 from .modeling_outputs import SegmenterOutput
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 from .parameter_groups import split_parameters
@@ -171,34 +172,8 @@ def _deeplabv3(config: DeepLabConfig) -> DeepLabV3:
     )
 
 
-MODEL_CARD = """
----
-{{ card_data }}
----
-
-# Two-step AGEN: DeepLab trained on AGEN's pseudo labels
-
-A fully supervised DeepLab trained on the segmentation of an AGEN model (Zhang et al.,
-*Attention Guided Enhancement Network for Weakly Supervised Semantic Segmentation*, Chinese
-Journal of Electronics 2023, Table 5), packaged with agen_hf. Image-level labels only.
-
-```python
-from agen_hf.deeplab import DeepLabModel
-model = DeepLabModel.from_pretrained("{{ repo_id }}")
-```
-
-## Evaluation
-
-{{ metrics | default("No evaluation results recorded yet.", true) }}
-
-## Training
-
-{{ training | default("[More Information Needed]", true) }}
-"""
-
-
 class DeepLabModel(
-    nn.Module, SegmentationHubMixin, tags=["deeplab"], model_card_template=MODEL_CARD
+    nn.Module, SegmentationHubMixin, tags=["deeplab"], model_card_template=DEEPLAB_CARD
 ):
     """A DeepLab network with the Hugging Face save/load/push of :class:`agen_hf.AgenModel`."""
 

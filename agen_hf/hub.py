@@ -18,8 +18,8 @@ from huggingface_hub.errors import (
 from safetensors.torch import load_file
 from torch import nn
 
-from .data.schema import same_classes_or_raise
 from .image_processing import AgenImageProcessor
+from .labels import BACKGROUND, same_classes_or_raise
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class SegmentationHubMixin(
         """A saved model folder or a Hub repo id, as transformers loads it: ``id2label`` (or
         ``num_labels``, naming the classes ``LABEL_i``, background included) asks for another
         label set, which ``ignore_mismatched_sizes=True`` allows by re-initialising the class
-        layers (:func:`for_classes`); the mixin's keyword arguments (``revision``,
+        layers (:func:`model_for_classes`); the mixin's keyword arguments (``revision``,
         ``cache_dir``, ``token``...) pass through. Errors name the path: a folder that does
         not exist, a folder without ``config.json``, a ``config.json`` that is not JSON."""
         name = str(pretrained_model_name_or_path)
@@ -145,14 +145,14 @@ class SegmentationHubMixin(
                 f"({type(e).__name__}: {str(e).splitlines()[0]})"
             ) from None
         if num_labels is not None and id2label is None:
-            id2label = {0: "background", **{i: f"LABEL_{i}" for i in range(1, num_labels)}}
+            id2label = {0: BACKGROUND, **{i: f"LABEL_{i}" for i in range(1, num_labels)}}
         if id2label is not None:
             id2label = {int(k): str(v) for k, v in id2label.items()}
             if num_labels is not None and len(id2label) != num_labels:
                 raise ValueError(
                     f"num_labels={num_labels} but id2label names {len(id2label)} labels"
                 )
-            model = for_classes(
+            model = model_for_classes(
                 model,
                 id2label,
                 ignore_mismatched_sizes=ignore_mismatched_sizes,
@@ -223,7 +223,7 @@ def mean_iou_result(
     }
 
 
-def for_classes(
+def model_for_classes(
     model,
     id2label: dict[int, str],
     *,

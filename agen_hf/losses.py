@@ -54,7 +54,7 @@ class _WeightedNll(torch.autograd.Function):
     quickstart's 16 x 21 x 64^2, write three logit-sized tensors more (the log-probabilities,
     the gather's zero-filled gradient, the softmax's gradient): 4.6 vs 4.0 ms forward +
     backward a head on a 2-core CPU whose freed memory is reused, 9 vs 4.2 ms where it page-faults
-    (BENCHMARKS.md, issue 20 item 4). The softmax reductions run over the middle dimension, so
+    (BENCHMARKS.md). The softmax reductions run over the middle dimension, so
     every elementwise step is contiguous along the N pixels."""
 
     @staticmethod

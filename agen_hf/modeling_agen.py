@@ -5,8 +5,10 @@ import logging
 import torch
 from torch import nn
 
+from .agm import AttentionGuidedModule
 from .backbones import DeepLabVGG16, ResNet38, SharedStem
 from .cam import pseudo_labels
+from .coam import ContextAttention
 from .configuration_agen import AgenConfig
 from .crf import CrfParams
 from .hub import SegmentationHubMixin
@@ -17,40 +19,13 @@ from .losses import (
     fully_supervised_loss,
     multilabel_loss,
 )
+from .model_card import AGEN_CARD
 from .modeling_outputs import AgenOutput
-from .modules import AttentionGuidedModule, ContextAttention
 from .normalization import unnormalize
 from .parameter_groups import split_parameters
 from .upsampling import upsample_bilinear
 
 logger = logging.getLogger(__name__)
-
-MODEL_CARD = """
----
-{{ card_data }}
----
-
-# AGEN: Attention Guided Enhancement Network
-
-Weakly supervised semantic segmentation model trained from image-level labels only
-(Zhang et al., *Attention Guided Enhancement Network for Weakly Supervised Semantic
-Segmentation*, Chinese Journal of Electronics 2023, doi:10.23919/cje.2021.00.230),
-packaged with the agen_hf library.
-
-```python
-from agen_hf import AgenModel
-model = AgenModel.from_pretrained("{{ repo_id }}")
-logits = model(pixel_values, segmentation_only=True).logits  # (B, {{ num_labels | default("num_labels", true) }}, H/8, W/8)
-```
-
-## Evaluation
-
-{{ metrics | default("No evaluation results recorded yet.", true) }}
-
-## Training
-
-{{ training | default("[More Information Needed]", true) }}
-"""
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -67,7 +42,7 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_template=MODEL_CARD):
+class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_template=AGEN_CARD):
     """AGEN (Fig. 1): shared VGG stem; classification branch A (DeepLab-VGG16); segmentation
     branch B (ResNet-38); AGM-n on the stage-n taps of A and B for n in ``config.agm_stages``;
     CoAM-n on AGM-n's class-aware maps for n in ``config.coam_stages``, accumulated top-down."""

@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw
 
 from .atomic import save_image_atomic
 from .cam import class_activation_maps
-from .data.samples import voc_palette
 from .image_processing import AgenImageProcessor, rgb_array
 from .inference import segmentation_probabilities
+from .labels import voc_palette
 from .modeling_agen import AgenModel
 
 _PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)

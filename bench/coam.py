@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from agen_hf.modules import ContextAttention
+from agen_hf.coam import ContextAttention
 
 NUM_CLASSES = 20
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from agen_hf.data import coco
-from agen_hf.data.schema import IGNORE_INDEX
+from agen_hf.labels import IGNORE_INDEX
 
 W, H = 640, 480
 TRAIN2014_IMAGES = 82081  # with annotations, for first_load_82k_extrapolated_s (linear)

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def summarize(out: Path, config: str) -> dict:
-    """The figures the issue asks for, from the parts' JSON files (None where a part failed)."""
+    """The check's figures, from the parts' JSON files (None where a part failed)."""
     summary: dict = {}
     step, compiled = read(out / "step.json"), read(out / "step_compile.json")
     crf = read(out / "crf.json")

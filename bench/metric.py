@@ -23,7 +23,7 @@ from PIL import Image
 from agen_hf.metrics import StreamingMeanIoU
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_metrics import hub_mean_iou  # noqa: E402  (the Hub algorithm, written out once)
+from reference_metrics import hub_mean_iou  # noqa: E402  (the Hub algorithm, written out once)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_val_masks"
 

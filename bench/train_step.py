@@ -61,8 +61,8 @@ from agen_hf import (  # noqa: E402
     modeling_agen,  # noqa: E402
 )
 from agen_hf import losses as agen_losses  # noqa: E402
-from agen_hf.engine.accelerator import keep_freed_memory  # noqa: E402
-from agen_hf.modules import ContextAttention  # noqa: E402
+from agen_hf.coam import ContextAttention  # noqa: E402
+from agen_hf.engine.memory import keep_freed_memory  # noqa: E402
 
 ROWS = {"baseline": ((), ()), "full": ((3, 4, 5), (3, 4, 5))}
 

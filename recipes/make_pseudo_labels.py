@@ -19,12 +19,11 @@ training images; ``--no_label_restriction`` turns that off). Where ground-truth 
 the pseudo labels' mIoU against them is printed and written to ``OUT/pseudo_labels_report.json``.
 """
 
-from __future__ import annotations
-
-import argparse
+import dataclasses
 import itertools
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -33,27 +32,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from agen_hf import AgenImageProcessor
+from agen_hf.arguments import ArgumentParser, flag
 from agen_hf.atomic import save_image_atomic, write_text_atomic
 from agen_hf.auto import load_segmentation_model
 from agen_hf.data import DataError, class_names, features
 from agen_hf.data.cache import cached_arrow
-from agen_hf.data.samples import decode_sample, skipped_when_loaded
-from agen_hf.data.schema import same_classes_or_raise
-from agen_hf.data.sources import add_data_arguments, load_split, resolve_source
-from agen_hf.engine import make_accelerator
-from agen_hf.engine.arguments import HelpFormatter, configure_logging
+from agen_hf.data.decoding import decode_sample, skipped_when_loaded
+from agen_hf.data.sources import DataArguments, load_split
+from agen_hf.engine import cpus_per_process, make_accelerator
+from agen_hf.engine.arguments import (
+    CrfArguments,
+    DeviceArguments,
+    ModelArguments,
+    TestTimeAugmentation,
+)
 from agen_hf.engine.distributed import gather_objects, main_process_first, sum_over_processes
 from agen_hf.engine.evaluation import merged, summed_over_processes
-from agen_hf.engine.exits import end_run, skipped_problems
-from agen_hf.engine.inference_arguments import (
-    add_inference_arguments,
-    add_model_argument,
-    add_output_argument,
-    crf_pool,
-    crf_problems,
-    workers_replaced,
-)
+from agen_hf.engine.exits import crf_problems, end_run, skipped_problems
+from agen_hf.engine.logs import configure_logging
 from agen_hf.inference import SegmentationStream, as_is
+from agen_hf.labels import same_classes_or_raise
 from agen_hf.metrics import StreamingMeanIoU
 from agen_hf.metrics.report import iou_table
 from agen_hf.progress import progress
@@ -63,27 +61,63 @@ MASK_DIR = "SegmentationClassAug"
 logger = logging.getLogger("agen_hf")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    add_model_argument(p)
-    add_data_arguments(p.add_argument_group("data"))
-    p.add_argument("--split", default=None, help="the split to label (default: --train_split's)")
-    p.add_argument("--labels_file", help="VOC: JSON id -> classes, for ids without a mask")
-    add_output_argument(p, "the pseudo-label VOC root to write")
-    p.add_argument(
-        "--format",
-        choices=["voc", "datasets"],
-        default="voc",
-        help="datasets: also write OUT/pseudo_labels.arrow",
+@dataclass
+class PseudoLabelArguments:
+    """Which split to label, what to write, and how."""
+
+    split: str | None = flag(None, "the split to label (default: --train_split's)")
+    labels_file: str | None = flag(None, "VOC: JSON id -> classes, for ids without a mask")
+    output_dir: str = flag(
+        None, "the pseudo-label VOC root to write", aliases=["--out"], required=True
     )
-    p.add_argument(
-        "--no_label_restriction",
-        action="store_true",
-        help="let the prediction use classes outside the image-level labels",
+    format: str = flag(
+        "voc", "datasets: also write OUT/pseudo_labels.arrow", choices=["voc", "datasets"]
     )
-    add_inference_arguments(p)
-    p.add_argument("--skip_bad_samples", action="store_true")
-    return p
+    no_label_restriction: bool = flag(
+        False, "let the prediction use classes outside the image-level labels"
+    )
+    skip_bad_samples: bool = flag(False)
+
+
+def build_parser() -> ArgumentParser:
+    return ArgumentParser(
+        ModelArguments,
+        DataArguments,
+        PseudoLabelArguments,
+        TestTimeAugmentation,
+        DeviceArguments,
+        CrfArguments,
+        description=__doc__.split("\n\n")[0],
+    )
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[
+    ModelArguments,
+    DataArguments,
+    PseudoLabelArguments,
+    TestTimeAugmentation,
+    DeviceArguments,
+    CrfArguments,
+]:
+    """The flags, with what the recipe fills in: the source and its splits, the split to label
+    (``--train_split``'s by default), and ``--format datasets`` for any source but VOC (its
+    classes and image paths are not VOC's)."""
+    parser = build_parser()
+    model, data, pseudo, tta, device, crf = parser.parse(argv)
+    try:
+        data = data.resolved()
+    except ValueError as e:
+        parser.error(str(e))
+    pseudo = dataclasses.replace(pseudo, split=pseudo.split or data.train_split)
+    if data.dataset != "voc" and pseudo.format != "datasets":
+        print(
+            f"--format datasets: {data.dataset} images are not VOC's, so the pseudo labels "
+            "also go into OUT/pseudo_labels.arrow, which names their classes"
+        )
+        pseudo = dataclasses.replace(pseudo, format="datasets")
+    return model, data, pseudo, tta, device, crf
 
 
 class TrainingImages(Dataset):
@@ -113,37 +147,33 @@ class TrainingImages(Dataset):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    resolve_source(args, parser)
-    args.split = args.split or args.train_split
+    model_args, data, pseudo, tta, device, crf_args = parse_args(argv)
+    configure_logging()
     accelerator = make_accelerator(
-        args.cpu, mixed_precision=args.mixed_precision, ddp_timeout=args.ddp_timeout
+        device.cpu, mixed_precision=device.mixed_precision, ddp_timeout=device.ddp_timeout
     )
-    configure_logging(accelerator)
-    out = Path(args.output_dir)
-    model = load_segmentation_model(args.model_name_or_path).to(accelerator.device).eval()
+    out = Path(pseudo.output_dir)
+    model_name, split = model_args.model_name_or_path, pseudo.split
+    model = load_segmentation_model(model_name).to(accelerator.device).eval()
     names = model.config.label_names[1:]
     try:
-        with main_process_first(
-            accelerator, "the split indexed by the main process first (its cache)"
-        ):
-            rows = load_split(args, args.split, class_names_=names)
+        with main_process_first(accelerator, "the split indexed by the main process first"):
+            rows = load_split(
+                data,
+                split,
+                class_names_=names,
+                skip_bad_samples=pseudo.skip_bad_samples,
+                labels_file=pseudo.labels_file,
+            )
         same_classes_or_raise(
             names,
             class_names(rows),
-            args.model_name_or_path,
-            f"the {args.split} split",
+            model_name,
+            f"the {split} split",
             "label data of the model's classes",
         )
     except (DataError, ValueError) as e:
         raise SystemExit(str(e)) from None
-    if args.dataset != "voc" and args.format != "datasets":
-        print(
-            f"--format datasets: {args.dataset} images are not VOC's, so the pseudo labels "
-            "also go into OUT/pseudo_labels.arrow, which names their classes"
-        )
-        args.format = "datasets"
     try:
         check_output_ids(rows["id"], out / MASK_DIR)
     except ValueError as e:
@@ -152,16 +182,26 @@ def main(argv: list[str] | None = None) -> dict:
         "mask", datasets.Image(decode=False)
     )
     source_images = Path(rows[0]["image"]["path"]).parent if len(rows) else None
-    processor = AgenImageProcessor.from_pretrained(args.model_name_or_path)
+    processor = AgenImageProcessor.from_pretrained(model_name)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     mine = rows.select(range(accelerator.process_index, len(rows), accelerator.num_processes))
     metric = StreamingMeanIoU(model.config.num_labels, model.config.ignore_index)
-    with crf_pool(args) as crf:
+    with crf_args.crf_pool(cpus_per_process()) as crf:
         stream = SegmentationStream(
-            model, processor, crf, accelerator.autocast, scales=args.scales, flip=args.flip
+            model, processor, crf, accelerator.autocast, scales=tta.scales, flip=tta.flip
         )
-        scored, skipped = label_rows(args, accelerator, stream, mine, len(names), out, metric)
-        counts = torch.tensor([scored, workers_replaced(crf)])
+        scored, skipped = label_rows(
+            accelerator,
+            stream,
+            mine,
+            len(names),
+            out,
+            metric,
+            num_workers=device.num_workers,
+            skip_bad_samples=pseudo.skip_bad_samples,
+            label_restriction=not pseudo.no_label_restriction,
+        )
+        counts = torch.tensor([scored, crf.workers_replaced if crf else 0])
     # every process has written its PNGs once these three are done
     summed_over_processes(accelerator, metric, "the pseudo labels' confusion-matrix sum")
     scored, replaced = sum_over_processes(
@@ -172,13 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
     if skipped:
         rows = rows.filter(lambda sample_id: sample_id not in skipped, input_columns="id")
     report = {
-        "model": args.model_name_or_path,
-        "split": args.split,
+        "model": model_name,
+        "split": split,
         "images": len(rows),
-        "scales": args.scales,
-        "flip": args.flip,
-        "crf": args.crf,
-        "label_restriction": not args.no_label_restriction,
+        "scales": tta.scales,
+        "flip": tta.flip,
+        "crf": crf_args.crf,
+        "label_restriction": not pseudo.no_label_restriction,
         "scored_against_ground_truth": scored,
         "skipped_when_loaded": skipped_at_load,
         "skipped": skipped,
@@ -191,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["per_category_iou"] = {n: float(v) for n, v in zip(names, m["per_category_iou"])}
             print(f"pseudo labels vs ground truth ({scored} images):\n")
             print(iou_table(m["per_category_iou"], m["mean_iou"], names, "pseudo"))
-        write_voc_root(out, rows, args.split, source_images, args.format, report)
+        write_voc_root(out, rows, split, source_images, pseudo.format, report)
         write_text_atomic(out / "pseudo_labels_report.json", json.dumps(report, indent=2) + "\n")
         print(f"\n{len(rows)} pseudo labels written to {out / MASK_DIR}")
     end_run(
@@ -208,23 +248,27 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def label_rows(
-    args: argparse.Namespace,
     accelerator,
     stream: SegmentationStream,
     rows: datasets.Dataset,
     num_classes: int,
     out: Path,
     metric: StreamingMeanIoU,
+    *,
+    num_workers: int = 0,
+    skip_bad_samples: bool = False,
+    label_restriction: bool = True,
 ) -> tuple[int, dict[str, str]]:
     """Write the pseudo label of each of this process's ``rows`` under ``out``, scoring those
     with a ground-truth mask into ``metric``: the number scored and the skipped ids (bad
-    images under ``--skip_bad_samples``; without it a bad image stops the run, the labels
-    written so far kept)."""
+    images under ``skip_bad_samples``; without it a bad image stops the run, the labels
+    written so far kept). ``label_restriction``: each image's prediction keeps background and
+    its image-level classes only."""
     loader = DataLoader(
         TrainingImages(rows, num_classes),
         batch_size=None,
         collate_fn=as_is,
-        num_workers=args.num_workers,
+        num_workers=num_workers,
     )
     items = progress(
         loader, desc="pseudo labels", total=len(rows), main_process=accelerator.is_main_process
@@ -232,7 +276,7 @@ def label_rows(
     scored, skipped = 0, {}
     for item in itertools.chain(items, [None]):
         if item is not None and "error" in item:
-            if not args.skip_bad_samples:
+            if not skip_bad_samples:
                 raise SystemExit(
                     f"{item['error']}\n(the pseudo labels written so far are "
                     "kept; pass --skip_bad_samples to leave bad images out)"
@@ -243,7 +287,7 @@ def label_rows(
         if item is None:  # the CRF pool's last images
             done = stream.finish()
         else:
-            allowed = None if args.no_label_restriction else item["classes"]
+            allowed = item["classes"] if label_restriction else None
             done = stream.submit(item["rgb"], (item["id"], item["mask"]), allowed)
         for (sample_id, mask), _, labels in done:
             target = out / MASK_DIR / f"{sample_id}.png"

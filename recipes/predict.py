@@ -14,15 +14,13 @@ others go on; the exit status is 3 (finished with problems) when any failed. Und
 holds the precision and the images per second.
 """
 
-from __future__ import annotations
-
-import argparse
 import itertools
 import json
 import sys
 import tarfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,21 +29,20 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from agen_hf import AgenImageProcessor
+from agen_hf.arguments import ArgumentParser, flag
 from agen_hf.atomic import save_image_atomic, write_text_atomic
 from agen_hf.auto import load_segmentation_model
-from agen_hf.engine import make_accelerator
-from agen_hf.engine.arguments import HelpFormatter, configure_logging
+from agen_hf.engine import cpus_per_process, make_accelerator
+from agen_hf.engine.arguments import (
+    CrfArguments,
+    DeviceArguments,
+    ModelArguments,
+    TestTimeAugmentation,
+)
 from agen_hf.engine.distributed import from_main, gather_objects, sum_over_processes
 from agen_hf.engine.evaluation import merged
-from agen_hf.engine.exits import end_run
-from agen_hf.engine.inference_arguments import (
-    add_inference_arguments,
-    add_model_argument,
-    add_output_argument,
-    crf_pool,
-    crf_problems,
-    workers_replaced,
-)
+from agen_hf.engine.exits import crf_problems, end_run
+from agen_hf.engine.logs import configure_logging
 from agen_hf.image_processing import rgb_array
 from agen_hf.inference import SegmentationStream, as_is
 from agen_hf.progress import progress
@@ -69,37 +66,48 @@ IMAGE_SUFFIXES = {
 VOC_RESULTS = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    add_model_argument(p)
-    p.add_argument(
-        "--images",
+@dataclass
+class PredictArguments:
+    """The images to segment and what to write for each."""
+
+    images: list[str] = flag(
+        None, "image files and/or folders (their images, not recursive)", nargs="+", required=True
+    )
+    output_dir: str = flag(
+        None,
+        "output folder (masks/, overlays/, predict_report.json)",
+        aliases=["--out"],
         required=True,
-        nargs="+",
-        help="image files and/or folders (their images, not recursive)",
     )
-    add_output_argument(p, "output folder (masks/, overlays/, predict_report.json)")
-    add_inference_arguments(p)
-    p.add_argument(
-        "--max_size",
-        type=int,
-        default=1024,
-        help="long side the network sees at most (0: no limit)",
+    max_size: int = flag(1024, "long side the network sees at most (0: no limit)", type=int)
+    no_overlays: bool = flag(False, "write the masks only")
+    voc_layout: bool = flag(
+        False,
+        "also write results/VOC2012/Segmentation/comp6_test_cls/<id>.png and results.tar.gz "
+        "for the VOC evaluation server",
     )
-    p.add_argument("--no_overlays", action="store_true", help="write the masks only")
-    p.add_argument(
-        "--voc_layout",
-        action="store_true",
-        help="also write results/VOC2012/Segmentation/comp6_test_cls/<id>.png and "
-        "results.tar.gz for the VOC evaluation server",
+    skip_existing: bool = flag(
+        False,
+        "leave images whose outputs are all written already (the mask, and the overlay and "
+        "the VOC-server copy when asked for): resume a long run",
     )
-    p.add_argument(
-        "--skip_existing",
-        action="store_true",
-        help="leave images whose outputs are all written already (the mask, and the overlay "
-        "and the VOC-server copy when asked for): resume a long run",
+
+
+def build_parser() -> ArgumentParser:
+    return ArgumentParser(
+        ModelArguments,
+        PredictArguments,
+        TestTimeAugmentation,
+        DeviceArguments,
+        CrfArguments,
+        description=__doc__.split("\n\n")[0],
     )
-    return p
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, PredictArguments, TestTimeAugmentation, DeviceArguments, CrfArguments]:
+    return build_parser().parse(argv)
 
 
 def find_images(inputs: list[str]) -> list[Path]:
@@ -191,21 +199,27 @@ def write_outputs(
 
 
 def segment_files(
-    args: argparse.Namespace, accelerator, files: list[Path], out: Path, crf
+    accelerator,
+    model_name: str,
+    files: list[Path],
+    predict: PredictArguments,
+    tta: TestTimeAugmentation,
+    crf,
+    num_workers: int = 0,
 ) -> tuple[int, dict[str, str]]:
-    """Segment this process's share of ``files`` into ``out``: the number written and the
-    files that failed, each with its error."""
-    model = load_segmentation_model(args.model_name_or_path).to(accelerator.device).eval()
-    processor = AgenImageProcessor.from_pretrained(
-        args.model_name_or_path, max_size=args.max_size or None
-    )
+    """Segment this process's share of ``files`` with the model ``model_name`` into
+    ``predict.output_dir``: the number written and the files that failed, each with its
+    error."""
+    model = load_segmentation_model(model_name).to(accelerator.device).eval()
+    processor = AgenImageProcessor.from_pretrained(model_name, max_size=predict.max_size or None)
     mine = files[accelerator.process_index :: accelerator.num_processes]
     loader = DataLoader(
-        ImageFiles(mine), batch_size=None, collate_fn=as_is, num_workers=args.num_workers
+        ImageFiles(mine), batch_size=None, collate_fn=as_is, num_workers=num_workers
     )
     stream = SegmentationStream(
-        model, processor, crf, accelerator.autocast, scales=args.scales, flip=args.flip
+        model, processor, crf, accelerator.autocast, scales=tta.scales, flip=tta.flip
     )
+    out = Path(predict.output_dir)
     failures: dict[str, str] = {}
     written = 0
     items = progress(
@@ -219,32 +233,40 @@ def segment_files(
         # the CRF pool returns finished images as they come; None: the last ones
         done = stream.finish() if item is None else stream.submit(item["rgb"], tag=item["path"])
         for path, rgb, labels in done:
-            write_outputs(out, path, rgb, labels, args.voc_layout, not args.no_overlays)
+            write_outputs(out, path, rgb, labels, predict.voc_layout, not predict.no_overlays)
             written += 1
     return written, failures
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    model_args, predict, tta, device, crf_args = parse_args(argv)
+    configure_logging()
     accelerator = make_accelerator(
-        args.cpu, mixed_precision=args.mixed_precision, ddp_timeout=args.ddp_timeout
+        device.cpu, mixed_precision=device.mixed_precision, ddp_timeout=device.ddp_timeout
     )
-    configure_logging(accelerator)
-    out = Path(args.output_dir)
-    files = find_images(args.images)
+    out = Path(predict.output_dir)
+    files = find_images(predict.images)
     if not files:
-        raise SystemExit(f"--images: no images found in {args.images}")
-    if args.skip_existing:  # decided once, so that no image is missed or done twice
+        raise SystemExit(f"--images: no images found in {predict.images}")
+    if predict.skip_existing:  # decided once, so that no image is missed or done twice
         files = from_main(
-            still_to_do(files, out, args.voc_layout, not args.no_overlays)
+            still_to_do(files, out, predict.voc_layout, not predict.no_overlays)
             if accelerator.is_main_process
             else None,
             "the list of images still to do (--skip_existing)",
         )
     started = time.time()
-    with crf_pool(args) as crf:
-        written, failures = segment_files(args, accelerator, files, out, crf)
-        counts = torch.tensor([written, workers_replaced(crf)])
+    with crf_args.crf_pool(cpus_per_process()) as crf:
+        written, failures = segment_files(
+            accelerator,
+            model_args.model_name_or_path,
+            files,
+            predict,
+            tta,
+            crf,
+            num_workers=device.num_workers,
+        )
+        counts = torch.tensor([written, crf.workers_replaced if crf else 0])
     seconds = time.time() - started
     written, replaced = sum_over_processes(
         accelerator, counts, "the counts of masks written and CRF workers replaced"
@@ -259,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "predict_report.json", json.dumps(report, indent=2) + "\n")
-        if args.voc_layout:
+        if predict.voc_layout:
             with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
                 tar.add(out / "results", arcname="results")
         print(

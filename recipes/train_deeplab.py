@@ -19,97 +19,105 @@ push. The training targets are the pseudo masks (an image whose pseudo mask is a
 background is a valid target); image-level labels are not used.
 """
 
-from __future__ import annotations
-
-import argparse
+import dataclasses
 import logging
 import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, NamedTuple
 
 import datasets
 from accelerate.utils import set_seed
 
-from agen_hf.data import DataError, class_names, id2label_for, load_voc
-from agen_hf.data.sources import (
-    add_data_arguments,
-    card_dataset,
-    load_split,
-    resolve_source,
-    scored,
-)
+from agen_hf.arguments import ArgumentParser, flag, flag_values, run_defining
+from agen_hf.data import DataError, class_names, load_voc
+from agen_hf.data.sources import DataArguments, card_dataset, load_split, with_masks
 from agen_hf.deeplab import BACKBONES, VGG_HEADS, DeepLabConfig, DeepLabModel
-from agen_hf.engine.accelerator import prepare_training
-from agen_hf.engine.arguments import (
-    HelpFormatter,
-    add_training_arguments,
-    configure_logging,
-    parse_with_config,
-    training_accelerator,
-)
+from agen_hf.engine.accelerator import prepare_training, training_accelerator
+from agen_hf.engine.arguments import TrainingArguments
 from agen_hf.engine.distributed import main_process_first
-from agen_hf.engine.loaders import loaders_from_args
+from agen_hf.engine.loaders import training_loaders
+from agen_hf.engine.logs import configure_logging
 from agen_hf.engine.loop import train
 from agen_hf.engine.redaction import command_line
-from agen_hf.engine.run import begin, finish, model_card
-from agen_hf.hub import for_classes
+from agen_hf.engine.run import TrainingRun, model_card
+from agen_hf.engine.supervision import Supervision
+from agen_hf.hub import model_for_classes
+from agen_hf.labels import id2label_for
 from agen_hf.weights import load_resnet101, load_vgg16
 
 logger = logging.getLogger("train_deeplab")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--config", help="YAML or JSON file of flag values (dest names as keys)")
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--pseudo_root",
-        required=False,
-        help="make_pseudo_labels.py's output (a VOC root), or its pseudo_labels.arrow",
+@dataclass
+class PseudoLabelData(DataArguments):
+    """The pseudo labels to train on, and the validation data with ground truth (any source)."""
+
+    pseudo_root: str | None = flag(
+        None, "make_pseudo_labels.py's output (a VOC root), or its pseudo_labels.arrow"
     )
-    add_data_arguments(g)  # the validation data, with ground truth
-    g = p.add_argument_group("model")
-    g.add_argument("--backbone", choices=BACKBONES, default="resnet101")
-    g.add_argument(
-        "--head",
-        choices=VGG_HEADS,
-        default="aspp",
-        help="VGG16 head: largefov or aspp (DeepLab-v2 ASPP-L)",
-    )
-    g.add_argument("--model_config", help="a DeepLabConfig JSON (overrides --backbone/--head)")
-    g.add_argument(
-        "--model_name_or_path", help="fine-tune a saved DeepLabModel: a model folder or a Hub id"
-    )
-    g.add_argument(
-        "--ignore_mismatched_sizes",
-        action="store_true",
-        help="with --model_name_or_path: fresh class layers for other classes",
-    )
-    g.add_argument(
-        "--backbone_weights",
-        help="ImageNet weights by path: torchvision resnet101 or vgg16 state dict",
-    )
-    add_training_arguments(p)
-    return p
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass
+class DeepLabArguments:
+    """The DeepLab a run trains: fresh (a backbone and head, or a config file) or saved."""
+
+    group: ClassVar[str] = "model"
+    backbone: str = flag("resnet101", choices=BACKBONES)
+    head: str = flag("aspp", "VGG16 head: largefov or aspp (DeepLab-v2 ASPP-L)", choices=VGG_HEADS)
+    model_config: str | None = flag(None, "a DeepLabConfig JSON (overrides --backbone/--head)")
+    model_name_or_path: str | None = flag(
+        None, "fine-tune a saved DeepLabModel: a model folder or a Hub id"
+    )
+    ignore_mismatched_sizes: bool = flag(
+        False, "with --model_name_or_path: fresh class layers for other classes"
+    )
+    backbone_weights: str | None = flag(
+        None, "ImageNet weights by path: torchvision resnet101 or vgg16 state dict"
+    )
+
+
+class Arguments(NamedTuple):
+    data: PseudoLabelData
+    model: DeepLabArguments
+    training: TrainingArguments
+
+
+def build_parser() -> ArgumentParser:
+    return ArgumentParser(
+        PseudoLabelData,
+        DeepLabArguments,
+        TrainingArguments,
+        config_file=True,
+        description=__doc__.split("\n\n")[0],
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
+    """The flags, with what the recipe fills in: the validation source and its splits, and the
+    paper's crop (321) and rescale range (321-481) when none is given."""
     parser = build_parser()
-    args = parse_with_config(parser, argv)
-    if not args.pseudo_root:
+    data, model, training = parser.parse(argv)
+    if not data.pseudo_root:
         parser.error(
             "give --pseudo_root (make_pseudo_labels.py's output) and the validation "
             "data (--voc_root, --coco_root, --train_dir/--validation_dir or "
             "--dataset_name)"
         )
-    resolve_source(args, parser)
-    args.crop_size = args.crop_size or 321
-    args.scale_range = args.scale_range or [321, 481]
-    return args
+    try:
+        data = data.resolved()
+    except ValueError as e:
+        parser.error(str(e))
+    training = dataclasses.replace(
+        training,
+        crop_size=training.crop_size or 321,
+        scale_range=training.scale_range or [321, 481],
+    )
+    return Arguments(data, model, training)
 
 
-def model_config(args: argparse.Namespace, id2label: dict[int, str]) -> DeepLabConfig:
+def model_config(args: DeepLabArguments, id2label: dict[int, str]) -> DeepLabConfig:
     if args.model_config:
         try:
             config = DeepLabConfig.from_json_file(args.model_config)
@@ -120,24 +128,25 @@ def model_config(args: argparse.Namespace, id2label: dict[int, str]) -> DeepLabC
     return config.with_classes(id2label)
 
 
-def pseudo_dataset(args: argparse.Namespace) -> datasets.Dataset:
+def pseudo_dataset(data: PseudoLabelData, skip_bad_samples: bool) -> datasets.Dataset:
     """The pseudo labels, with their classes: the table when there is one, else the VOC
     root (VOC's classes)."""
-    path = Path(args.pseudo_root)
+    path = Path(data.pseudo_root)
     if path.is_dir() and (path / "pseudo_labels.arrow").is_file():
         path = path / "pseudo_labels.arrow"
     if path.suffix == ".arrow":
         return datasets.Dataset.from_file(str(path))
     return load_voc(
-        path, args.train_split, skip_bad_samples=args.skip_bad_samples, require_foreground=False
+        path, data.train_split, skip_bad_samples=skip_bad_samples, require_foreground=False
     )
 
 
-def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> DeepLabModel:
+def build_model(args: DeepLabArguments, id2label: dict[int, str]) -> DeepLabModel:
     """A fresh DeepLab for the pseudo labels' classes (with ImageNet weights given by path),
-    or ``--model_name_or_path`` (which must know them, see :func:`agen_hf.hub.for_classes`)."""
+    or ``--model_name_or_path`` (which must know them, see
+    :func:`agen_hf.hub.model_for_classes`)."""
     model = (
-        for_classes(
+        model_for_classes(
             DeepLabModel.from_pretrained(args.model_name_or_path),
             id2label,
             ignore_mismatched_sizes=args.ignore_mismatched_sizes,
@@ -153,71 +162,71 @@ def build_model(args: argparse.Namespace, id2label: dict[int, str]) -> DeepLabMo
     return model
 
 
-def compute_loss(model, batch, process_group, step):
-    """Pixel-wise cross-entropy against the pseudo masks (the model's own loss)."""
-    out = model(batch["pixel_values"], masks=batch["mask"], process_group=process_group)
-    return out.loss, out.loss_terms
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    if args.deterministic:
+    data, deeplab, training = parse_args(argv)
+    if training.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    accelerator = training_accelerator(args)
-    configure_logging(accelerator)
-    set_seed(args.seed, deterministic=args.deterministic)
+    configure_logging()
+    accelerator = training_accelerator(training)
+    set_seed(training.seed, deterministic=training.deterministic)
 
     try:
-        with main_process_first(
-            accelerator, "the data indexed by the main process first (its caches)"
-        ):
-            train_ds = pseudo_dataset(args)
+        with main_process_first(accelerator, "the data indexed by the main process first"):
+            train_ds = pseudo_dataset(data, training.skip_bad_samples)
             names = class_names(train_ds)
             val_ds = load_split(
-                args, args.eval_split, role="eval", class_names_=names, require_foreground=False
+                data,
+                data.eval_split,
+                role="eval",
+                class_names_=names,
+                require_foreground=False,
+                skip_bad_samples=training.skip_bad_samples,
             )
     except (DataError, ValueError) as e:
         raise SystemExit(str(e)) from None
     if val_ds is not None and class_names(val_ds) != names:
         raise SystemExit(
             f"the pseudo labels name the classes {list(names)}, the "
-            f"{args.eval_split} split {list(class_names(val_ds))}"
+            f"{data.eval_split} split {list(class_names(val_ds))}"
         )
-    val_ds = scored(val_ds, f"the {args.eval_split} split")
-    model = build_model(args, id2label_for(names))
+    val_ds = with_masks(val_ds, f"the {data.eval_split} split")
+    model = build_model(deeplab, id2label_for(names))
     config = model.config
-    train_dl, val_dl = loaders_from_args(
-        accelerator, args, train_ds, val_ds, config.image_mean, config.image_std
+    train_dl, val_dl = training_loaders(
+        accelerator, training, train_ds, val_ds, config.image_mean, config.image_std
     )
-    model, optimizer, base_lrs, train_dl = prepare_training(accelerator, args, model, train_dl)
-    options, state = begin(accelerator, args, model, train_dl, train_ds, project="agen-deeplab")
-
-    started = time.time()
+    model, optimizer, base_lrs, train_dl = prepare_training(accelerator, model, train_dl, training)
+    run = TrainingRun(
+        accelerator,
+        training,
+        flag_values(data, deeplab, training),
+        run_defining(data, deeplab, training),
+        project="agen-deeplab",
+    )
+    options, state = run.start(model, train_dl, train_ds)
+    # pixel-wise cross-entropy against the pseudo masks (the model's own loss)
     state = train(
         accelerator,
         model,
         optimizer,
         base_lrs,
         train_dl,
-        compute_loss,
+        Supervision(masks=True),
         options,
         state,
         val_loader=val_dl,
     )
-    return finish(
-        accelerator,
-        args,
+    return run.finish(
         model,
         val_dl,
         state,
-        started,
         lambda metrics: model_card(
             metrics,
             config.label_names,
             command_line("recipes/train_deeplab.py", argv, num_processes=accelerator.num_processes),
             f"Two-step AGEN: DeepLab ({config.backbone}) trained on AGEN's pseudo labels.",
-            card_dataset(args),
+            card_dataset(data),
         ),
         loaded=(train_ds, val_ds),
         supervision="pseudo labels",

@@ -11,59 +11,73 @@ are drawn for each image's ground-truth classes and Fig. 5 has a
 ground-truth column; with --images the classes are the ones branch A predicts.
 """
 
-from __future__ import annotations
-
-import argparse
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import datasets
 from PIL import Image
 
 from agen_hf import AgenImageProcessor, AgenModel, segment
+from agen_hf.arguments import ArgumentParser, flag
 from agen_hf.data import class_names
-from agen_hf.data.samples import decode_sample
-from agen_hf.data.sources import add_data_arguments, load_split, resolve_source
-from agen_hf.engine.arguments import HelpFormatter
-from agen_hf.engine.inference_arguments import (
-    add_inference_arguments,
-    add_model_argument,
-    add_output_argument,
-)
+from agen_hf.data.decoding import decode_sample
+from agen_hf.data.sources import DataArguments, load_split
+from agen_hf.engine.arguments import ModelArguments, TestTimeAugmentation
 from agen_hf.visualization import cam_figure, segmentation_figure
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    add_model_argument(p)
-    add_data_arguments(p.add_argument_group("data (or --images)"))
-    p.add_argument("--images", nargs="+", help="image files (instead of a dataset)")
-    p.add_argument("--split", default=None, help="default: --eval_split's")
-    p.add_argument("--ids", nargs="+", help="ids to draw (default: the first --num_images)")
-    p.add_argument("--num_images", type=int, default=6)
-    add_inference_arguments(p, device=False, crf=False)
-    p.add_argument("--cell", type=int, default=160, help="side of each picture in pixels")
-    add_output_argument(p, "folder of the figures", default="figures")
-    return p
+@dataclass
+class DataOrImages(DataArguments):
+    """A dataset (with ground truth) or image files."""
+
+    group: ClassVar[str] = "data (or --images)"
+
+
+@dataclass
+class FigureArguments:
+    """Which images to draw, how large, where."""
+
+    images: list[str] | None = flag(None, "image files (instead of a dataset)", nargs="+")
+    split: str | None = flag(None, "default: --eval_split's")
+    ids: list[str] | None = flag(None, "ids to draw (default: the first --num_images)", nargs="+")
+    num_images: int = flag(6, type=int)
+    cell: int = flag(160, "side of each picture in pixels", type=int)
+    output_dir: str = flag("figures", "folder of the figures", aliases=["--out"])
+
+
+def build_parser() -> ArgumentParser:
+    return ArgumentParser(
+        ModelArguments,
+        DataOrImages,
+        FigureArguments,
+        TestTimeAugmentation,
+        description=__doc__.split("\n\n")[0],
+    )
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    model_args, data, args, tta = parser.parse(argv)
     if not args.images:
-        resolve_source(args, parser)
-        args.split = args.split or args.eval_split
-    model = AgenModel.from_pretrained(args.model_name_or_path).eval()
-    processor = AgenImageProcessor.from_pretrained(args.model_name_or_path)
+        try:
+            data = data.resolved()
+        except ValueError as e:
+            parser.error(str(e))
+        args = dataclasses.replace(args, split=args.split or data.eval_split)
+    model = AgenModel.from_pretrained(model_args.model_name_or_path).eval()
+    processor = AgenImageProcessor.from_pretrained(model_args.model_name_or_path)
     labels = masks = None
     if not args.images:
         names = model.config.label_names[1:]
         dataset = load_split(
-            args, args.split, role="eval", class_names_=names, require_foreground=False
+            data, args.split, role="eval", class_names_=names, require_foreground=False
         )
         if dataset is None or class_names(dataset) != tuple(names):
             raise SystemExit(
                 f"the {args.split} split is missing or names other classes than "
-                f"{args.model_name_or_path} ({names})"
+                f"{model_args.model_name_or_path} ({names})"
             )
         index = {sid: i for i, sid in enumerate(dataset["id"])}
         ids = args.ids or dataset["id"][: args.num_images]
@@ -88,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     paths = [out / "fig4_cams.png", out / "fig5_segmentation.png"]
     cam_figure(model, images, labels, processor, cell).save(paths[0])
     predictions = {
-        "AGEN": segment(model, list(images), processor, scales=args.scales, flip=args.flip)
+        "AGEN": segment(model, list(images), processor, scales=tta.scales, flip=tta.flip)
     }
     segmentation_figure(images, predictions, masks, cell).save(paths[1])
     for path in paths:

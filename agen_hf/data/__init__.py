@@ -3,13 +3,21 @@
 any ``datasets.Dataset``, and the embedded synthetic data; joint image/mask transforms, and
 strict handling of bad samples."""
 
+from ..labels import (
+    BACKGROUND,
+    IGNORE_INDEX,
+    VOC_CLASS_NAMES,
+    VOC_CLASSES,
+    id2label_for,
+    voc_palette,
+)
 from .coco import COCO_CLASS_NAMES, load_coco
 from .conform import conform
+from .decoding import DataError, VocDataError
 from .folder import load_folder
-from .samples import DataError, VocDataError, voc_palette
-from .schema import BACKGROUND, IGNORE_INDEX, class_names, features, id2label_for, multi_hot
+from .schema import class_names, features, multi_hot
 from .synthetic import SYNTHETIC_CLASS_NAMES, make_synthetic, render_sample
-from .voc import FEATURES, NUM_CLASSES, VOC_CLASS_NAMES, VOC_CLASSES, load_voc
+from .voc import FEATURES, NUM_CLASSES, load_voc
 
 __all__ = [
     "BACKGROUND",

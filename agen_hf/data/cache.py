@@ -26,7 +26,7 @@ def cached_arrow(cache_dir: Path, name: str, build) -> datasets.Dataset:
     File references (``{"path": ..., "bytes": None}``) stay references: nothing is embedded.
     The file is written to a temporary name and renamed, so a crash never leaves a half-written
     cache; an unwritable cache directory only costs the rebuild next time. The description
-    (what the loader skipped: :func:`agen_hf.data.samples.describe`) is kept beside it in
+    (what the loader skipped: :func:`agen_hf.data.decoding.describe`) is kept beside it in
     ``name.txt`` (when it has one), written before the rename.
     """
     target = cache_dir / f"{name}.arrow"

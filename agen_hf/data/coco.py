@@ -46,10 +46,11 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from ..labels import IGNORE_INDEX, voc_palette
 from ..progress import progress
 from .cache import cached_arrow, default_cache_dir, files_key
-from .samples import DataError, decode_mask, describe, voc_palette
-from .schema import IGNORE_INDEX, features, label_ids_from_mask
+from .decoding import DataError, decode_mask, describe
+from .schema import features, label_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def _polygon_box(segmentation, height: int, width: int):
       differently is not translated (o = 0: a box cut at the far end only is exact), for ~1%
       of polygons per axis.
 
-    tests/test_data_coco.py checks this pixel by pixel against full-frame rendering.
+    tests/unit/test_data_coco.py checks this pixel by pixel against full-frame rendering.
     """
     if not isinstance(segmentation, list) or not segmentation:
         return None

@@ -25,9 +25,10 @@ from typing import Sequence
 import datasets
 import numpy as np
 
+from ..labels import IGNORE_INDEX, check_class_names
 from ..progress import progress
-from .samples import DataError, decode_mask
-from .schema import IGNORE_INDEX, check_class_names, features
+from .decoding import DataError, decode_mask
+from .schema import features
 
 logger = logging.getLogger(__name__)
 
@@ -41,25 +42,6 @@ COMMON_NAMES = {
 # image-level classes: any tags/classes column, and a ClassLabel "label" (imagefolder's
 # sub-folder names; a plain integer "label" is too ambiguous to guess)
 COMMON_LABEL_NAMES = ("tags", "classes", "label")
-
-
-def add_column_arguments(group) -> None:
-    """``--image_column``, ``--mask_column``, ``--labels_column``, ``--class_names``: how a
-    dataset in another schema maps to ours (:func:`column_mapping_from`)."""
-    group.add_argument("--image_column", help="the dataset's image column")
-    group.add_argument("--mask_column", help="the dataset's segmentation-map column")
-    group.add_argument(
-        "--labels_column",
-        help="the dataset's image-level classes: names, indices or a "
-        "Sequence(ClassLabel) (derived from the masks when absent)",
-    )
-    group.add_argument(
-        "--class_names",
-        nargs="+",
-        default=None,
-        help="the foreground classes in label order (background is 0 and not "
-        "listed); default: the dataset's own, or the tags found, sorted",
-    )
 
 
 def column_mapping_from(

@@ -16,15 +16,17 @@ The evaluation split is read with the training split's classes, so both name the
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import datasets
 
+from ..arguments import at_least, flag, non_negative, positive
 from .coco import load_coco
-from .conform import add_column_arguments, column_mapping_from, conform
+from .conform import column_mapping_from, conform
 from .folder import load_folder
 from .voc import _resolve_root, load_voc
 
@@ -49,158 +51,173 @@ CARD = {
 SYNTHETIC_VAL_SEED_OFFSET = 1_000_003
 
 
-def add_synthetic_arguments(group, *, seed: bool = False) -> None:
-    """The synthetic source's size flags (and ``--seed``, for a recipe that has none)."""
-    from ..engine.arguments import at_least, non_negative, positive
+@dataclass
+class DataArguments:
+    """Where a recipe's data comes from (module docstring): one source's flags, the splits
+    (filled with the source's :data:`DEFAULT_SPLITS` by the recipe), and the column flags that
+    map a dataset in another schema to ours (:func:`agen_hf.data.conform.column_mapping_from`)."""
 
-    group.add_argument("--synthetic_size", type=positive, default=2000)
-    group.add_argument("--synthetic_val_size", type=non_negative, default=200)
-    group.add_argument("--synthetic_image_size", type=at_least(16), default=128)
-    if seed:
-        group.add_argument(
-            "--seed",
-            type=int,
-            default=42,
-            help="the training run's --seed: the synthetic splits are drawn from it",
+    group: ClassVar[str] = "data"
+    dataset: str | None = flag(
+        None,
+        "the source (default: the one whose flag is given)",
+        choices=SOURCES[:-1],
+        run=True,
+    )
+    voc_root: str | None = flag(None, "local VOCdevkit/VOC2012 (with SegmentationClassAug)")
+    coco_root: str | None = flag(
+        None,
+        "local MS COCO 2014 root: train2014/, val2014/ and annotations/instances_*2014.json "
+        "(or SegmentationClass/<split>/ PNGs)",
+    )
+    train_dir: str | None = flag(
+        None,
+        "a folder of images with metadata.jsonl/.csv naming each image's classes (the "
+        "datasets imagefolder convention)",
+    )
+    validation_dir: str | None = flag(
+        None,
+        "with --train_dir: a folder of images with masks (mask_file_name in its metadata) to score",
+    )
+    dataset_name: str | None = flag(
+        None,
+        "a Hub dataset id, or a local folder that datasets.load_dataset reads "
+        "(image/pixel_values, annotation/label and labels/tags columns are recognised; map "
+        "others with the column flags)",
+    )
+    dataset_config_name: str | None = flag(None, "the --dataset_name configuration")
+    image_column: str | None = flag(None, "the dataset's image column")
+    mask_column: str | None = flag(None, "the dataset's segmentation-map column")
+    labels_column: str | None = flag(
+        None,
+        "the dataset's image-level classes: names, indices or a Sequence(ClassLabel) "
+        "(derived from the masks when absent)",
+    )
+    class_names: list[str] | None = flag(
+        None,
+        "the foreground classes in label order (background is 0 and not listed); default: "
+        "the dataset's own, or the tags found, sorted",
+        nargs="+",
+    )
+    train_split: str | None = flag(
+        None, "default: train_aug (VOC), train2014 (COCO), train (Hub)", run=True
+    )
+    eval_split: str | None = flag(None, "default: val (VOC), val2014 (COCO), validation (Hub)")
+
+    def named_source(self) -> str | None:
+        """The source the flags name: ``--dataset``, else the one whose flag is given (None
+        when none is); a ValueError when two are, or when ``--dataset`` lacks its flag."""
+        named = [
+            s
+            for s, flags in (
+                ("voc", ("voc_root",)),
+                ("coco", ("coco_root",)),
+                ("folder", ("train_dir", "validation_dir")),
+                ("hub", ("dataset_name",)),
+            )
+            if any(getattr(self, f) for f in flags)
+        ]
+        source = self.dataset
+        if source is None:
+            if len(named) > 1:
+                raise ValueError(f"give one data source, not {', '.join(named)}")
+            source = named[0] if named else None
+        if source == "hub" and _is_voc_root(self.dataset_name):
+            logger.info("--dataset_name %s is a VOC root: read as --voc_root", self.dataset_name)
+            source = "voc"
+        needed = {
+            "voc": ("voc_root", "dataset_name"),
+            "coco": ("coco_root",),
+            "folder": ("train_dir", "validation_dir"),
+            "hub": ("dataset_name",),
+        }.get(source, ())
+        if needed and not any(getattr(self, f) for f in needed):
+            raise ValueError(f"--dataset {source} needs --{needed[0]}")
+        return source
+
+    def resolved(self, default: str | None = None) -> "DataArguments":
+        """A copy with the source chosen (``default`` when the flags name none) and its
+        default splits filled in; a ValueError naming what is missing."""
+        source = self.named_source() or default
+        if source is None:
+            raise ValueError(
+                "give the data: --voc_root, --coco_root, --train_dir or --dataset_name"
+            )
+        train, evaluation = DEFAULT_SPLITS[source]
+        return dataclasses.replace(
+            self,
+            dataset=source,
+            train_split=self.train_split or train,
+            eval_split=self.eval_split or evaluation,
         )
 
-
-def add_data_arguments(group, *, synthetic: bool = False) -> None:
-    """The flags above (``--dataset`` offers ``synthetic`` only when ``synthetic``), the column
-    flags of :func:`agen_hf.data.conform.add_column_arguments`, and the splits."""
-    group.add_argument(
-        "--dataset",
-        choices=SOURCES if synthetic else SOURCES[:-1],
-        default=None,
-        help="the source (default: the one whose flag is given"
-        + (", else synthetic" if synthetic else "")
-        + ")",
-    )
-    group.add_argument("--voc_root", help="local VOCdevkit/VOC2012 (with SegmentationClassAug)")
-    group.add_argument(
-        "--coco_root",
-        help="local MS COCO 2014 root: train2014/, val2014/ and "
-        "annotations/instances_*2014.json (or SegmentationClass/<split>/ PNGs)",
-    )
-    group.add_argument(
-        "--train_dir",
-        help="a folder of images with metadata.jsonl/.csv naming "
-        "each image's classes (the datasets imagefolder convention)",
-    )
-    group.add_argument(
-        "--validation_dir",
-        help="with --train_dir: a folder of images with "
-        "masks (mask_file_name in its metadata) to score",
-    )
-    group.add_argument(
-        "--dataset_name",
-        help="a Hub dataset id, or a local folder that "
-        "datasets.load_dataset reads (image/pixel_values, annotation/label and "
-        "labels/tags columns are recognised; map others with the column flags)",
-    )
-    group.add_argument("--dataset_config_name", help="the --dataset_name configuration")
-    add_column_arguments(group)
-    group.add_argument(
-        "--train_split",
-        default=None,
-        help="default: train_aug (VOC), train2014 (COCO), train (Hub)",
-    )
-    group.add_argument(
-        "--eval_split", default=None, help="default: val (VOC), val2014 (COCO), validation (Hub)"
-    )
+    def column_mapping(self) -> dict[str, str] | None:
+        return column_mapping_from(self.image_column, self.mask_column, self.labels_column)
 
 
-def resolve_source(
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser | None = None,
-    default: str | None = None,
-) -> str:
-    """The source the flags name (``args.dataset`` set, ``args.train_split``/``eval_split``
-    filled with its defaults); a parser error when none or two are named."""
-    named = [
-        s
-        for s, flags in (
-            ("voc", ("voc_root",)),
-            ("coco", ("coco_root",)),
-            ("folder", ("train_dir", "validation_dir")),
-            ("hub", ("dataset_name",)),
-        )
-        if any(getattr(args, f, None) for f in flags)
-    ]
+@dataclass
+class SyntheticDataArguments(DataArguments):
+    """:class:`DataArguments` and the embedded synthetic data (``--dataset synthetic``)."""
 
-    def fail(message: str):
-        if parser is not None:
-            parser.error(message)
-        raise ValueError(message)
-
-    source = args.dataset
-    if source is None:
-        if len(named) > 1:
-            fail(f"give one data source, not {', '.join(named)}")
-        source = named[0] if named else default
-    if source is None:
-        fail("give the data: --voc_root, --coco_root, --train_dir or --dataset_name")
-    if source == "hub" and _is_voc_root(args.dataset_name):
-        logger.info("--dataset_name %s is a VOC root: read as --voc_root", args.dataset_name)
-        source = "voc"
-    flag = {
-        "voc": ("voc_root", "dataset_name"),
-        "coco": ("coco_root",),
-        "folder": ("train_dir", "validation_dir"),
-        "hub": ("dataset_name",),
-    }.get(source, ())
-    if flag and not any(getattr(args, f, None) for f in flag):
-        fail(f"--dataset {source} needs --{flag[0]}")
-    args.dataset = source
-    train, evaluation = DEFAULT_SPLITS[source]
-    args.train_split = args.train_split or train
-    args.eval_split = args.eval_split or evaluation
-    return source
+    dataset: str | None = flag(
+        None,
+        "the source (default: the one whose flag is given, else synthetic)",
+        choices=SOURCES,
+        run=True,
+    )
+    synthetic_size: int = flag(2000, type=positive)
+    synthetic_val_size: int = flag(200, type=non_negative)
+    synthetic_image_size: int = flag(128, type=at_least(16))
 
 
 def load_split(
-    args: argparse.Namespace,
+    data: DataArguments,
     split: str,
     *,
     role: str = "train",
     class_names_: Sequence[str] | None = None,
     require_foreground: bool = True,
+    skip_bad_samples: bool = False,
+    labels_file: str | None = None,
+    seed: int = 42,
 ) -> datasets.Dataset | None:
-    """One split of ``args``'s source (:func:`resolve_source` first). ``role`` "eval" reads a
-    folder source's ``--validation_dir`` (None when there is none); ``class_names_`` names
-    the classes when the data does not (the training split's, for evaluation)."""
-    skip = getattr(args, "skip_bad_samples", False)
-    mapping = column_mapping_from(args.image_column, args.mask_column, args.labels_column)
-    names = args.class_names or class_names_
-    source = args.dataset
+    """One split of ``data``'s source (:meth:`DataArguments.resolved` first). ``role`` "eval"
+    reads a folder source's ``--validation_dir`` (None when there is none); ``class_names_``
+    names the classes when the data does not (the training split's, for evaluation);
+    ``labels_file``: VOC's image-level labels of ids without a mask; ``seed``: the synthetic
+    data's (the training run's ``--seed``; its val split is drawn from ``seed +
+    SYNTHETIC_VAL_SEED_OFFSET``)."""
+    mapping = data.column_mapping()
+    names = data.class_names or class_names_
+    source = data.dataset
     if source == "voc":
         return load_voc(
-            args.voc_root or args.dataset_name,
+            data.voc_root or data.dataset_name,
             split,
-            skip_bad_samples=skip,
-            labels_file=getattr(args, "labels_file", None),
+            skip_bad_samples=skip_bad_samples,
+            labels_file=labels_file,
             column_mapping=mapping,
             require_foreground=require_foreground,
         )
     if source == "coco":
-        return load_coco(args.coco_root, split, skip_bad_samples=skip)
+        return load_coco(data.coco_root, split, skip_bad_samples=skip_bad_samples)
     if source == "folder":
-        folder = args.train_dir if role == "train" else args.validation_dir
+        folder = data.train_dir if role == "train" else data.validation_dir
         if folder is None and role == "train":
             raise ValueError("the training images: give --train_dir FOLDER")
         if folder is None:
             return None
         return load_folder(
             folder,
-            labels_column=args.labels_column,
+            labels_column=data.labels_column,
             class_names=names,
             require_foreground=require_foreground,
         )
     if source == "hub":
         return load_hub(
-            args.dataset_name,
+            data.dataset_name,
             split,
-            config_name=args.dataset_config_name,
+            config_name=data.dataset_config_name,
             column_mapping=mapping,
             class_names=names,
             require_foreground=require_foreground,
@@ -210,12 +227,12 @@ def load_split(
 
         if role == "train":
             return make_synthetic(
-                args.synthetic_size, seed=args.seed, image_size=args.synthetic_image_size
+                data.synthetic_size, seed=seed, image_size=data.synthetic_image_size
             )
         return make_synthetic(
-            args.synthetic_val_size,
-            seed=args.seed + SYNTHETIC_VAL_SEED_OFFSET,
-            image_size=args.synthetic_image_size,
+            data.synthetic_val_size,
+            seed=seed + SYNTHETIC_VAL_SEED_OFFSET,
+            image_size=data.synthetic_image_size,
         )
     raise ValueError(f"load_split: unknown source {source!r}")
 
@@ -284,7 +301,7 @@ def _is_voc_root(path: str | None) -> bool:
     return True
 
 
-def scored(ds: datasets.Dataset | None, name: str) -> datasets.Dataset | None:
+def with_masks(ds: datasets.Dataset | None, name: str) -> datasets.Dataset | None:
     """The rows of ``ds`` that have a mask to score against; None (and a log line) when there
     are none, so that a split without masks is reported as such, never as a NaN mIoU."""
     if ds is None:
@@ -305,14 +322,14 @@ def scored(ds: datasets.Dataset | None, name: str) -> datasets.Dataset | None:
     return ds
 
 
-def card_dataset(args: argparse.Namespace) -> tuple[str, str, str, list[str]]:
+def card_dataset(data: DataArguments) -> tuple[str, str, str, list[str]]:
     """(dataset_type, dataset_name, split, tags) of the model card's ``model-index``."""
-    if args.dataset in CARD:
-        kind, name, tag = CARD[args.dataset]
-    elif args.dataset == "folder":
-        folder = args.validation_dir or args.train_dir
+    if data.dataset in CARD:
+        kind, name, tag = CARD[data.dataset]
+    elif data.dataset == "folder":
+        folder = data.validation_dir or data.train_dir
         kind, name, tag = "imagefolder", Path(folder).name, "imagefolder"
     else:
-        kind = name = args.dataset_name
-        tag = args.dataset_name
-    return kind, name, args.eval_split, [tag]
+        kind = name = data.dataset_name
+        tag = data.dataset_name
+    return kind, name, data.eval_split, [tag]

@@ -27,9 +27,9 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from ..labels import IGNORE_INDEX, voc_palette
 from .cache import cached_arrow, default_cache_dir
-from .samples import voc_palette
-from .schema import IGNORE_INDEX, features
+from .schema import features
 
 _VERSION = "4"  # 4: labels as class indices (the images and masks are those of 3)
 _FAMILIES = (

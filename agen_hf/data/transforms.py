@@ -20,9 +20,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..labels import IGNORE_INDEX
 from ..normalization import IMAGENET_MEAN, IMAGENET_STD
-from .samples import DataError, decode_sample
-from .schema import IGNORE_INDEX, class_names, multi_hot
+from .decoding import DataError, decode_sample
+from .schema import class_names, multi_hot
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def eval_transform(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
 
 class SampleTransform:
     """Batch function for ``Dataset.with_transform``: decodes each sample with the checks of
-    :mod:`agen_hf.data.samples`, applies ``transform`` jointly to image and mask, and returns
+    :mod:`agen_hf.data.decoding`, applies ``transform`` jointly to image and mask, and returns
     ``pixel_values`` (3, H, W) float, ``mask`` (H, W) int64 (all 255 when the sample has
     none) and ``labels`` (C,) float, the multi-hot target of eq. 11 over the dataset's
     ``num_classes``. A bad sample (a mask value above C included) raises :class:`DataError`,

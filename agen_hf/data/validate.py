@@ -22,7 +22,7 @@ from pathlib import Path
 import datasets
 
 from ..progress import progress
-from .samples import DataError, decode_sample
+from .decoding import DataError, decode_sample
 from .schema import class_names, label_ids_from_mask
 from .voc import NUM_CLASSES, _mask_dirs, _resolve_root, _split_ids, find_mask
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import datasets
 
+from ..labels import VOC_CLASS_NAMES
 from ..progress import progress
 from .cache import cached_arrow, default_cache_dir, files_key
 from .conform import conform
-from .samples import (
+from .decoding import (
     DataError,
     check_image_header,
     check_mask_size,
@@ -30,33 +31,10 @@ from .samples import (
     describe,
     open_image,
 )
-from .schema import BACKGROUND, features, label_ids_from_mask
+from .schema import features, label_ids_from_mask
 
 logger = logging.getLogger(__name__)
 
-VOC_CLASS_NAMES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
-VOC_CLASSES = (BACKGROUND, *VOC_CLASS_NAMES)  # the 21 labels of a VOC model's id2label
 NUM_CLASSES = len(VOC_CLASS_NAMES)
 _CACHE_VERSION = "3"  # 2: labels as Sequence(ClassLabel) class indices; 3: keyed on files
 FEATURES = features(VOC_CLASS_NAMES)

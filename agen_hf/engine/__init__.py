@@ -1,8 +1,9 @@
-"""The training engine the recipes share: deterministic sampling, atomic checkpoints,
-distributed evaluation, the learning-rate schedule."""
+"""The training engine the recipes share: typed arguments, the loop and its step, checkpoints,
+the run folder, the start and end of a run, deterministic sampling, distributed evaluation,
+precision, the learning-rate schedule."""
 
 from .accelerator import cpus_per_process, make_accelerator
-from .checkpointing import (
+from .checkpoints import (
     list_checkpoints,
     load_checkpoint,
     remove_partial_checkpoints,

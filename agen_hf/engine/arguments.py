@@ -1,50 +1,37 @@
-"""The flags every training recipe shares (the paper's schedule by default), ``--config``
-files checked like the command line, and the Accelerator they configure."""
+"""The flags the recipes share, as typed dataclasses (:mod:`agen_hf.arguments`):
+:class:`TrainingArguments` (the paper's schedule by default: section IV.1), and for the
+inference recipes :class:`ModelArguments`, :class:`TestTimeAugmentation`,
+:class:`DeviceArguments` and :class:`CrfArguments`."""
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
-import logging
-from pathlib import Path
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
 
-import yaml
-from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
-from accelerate.utils import DistributedDataParallelKwargs, LoggerType
+from accelerate.utils import LoggerType
 
-from .accelerator import PRECISIONS, make_accelerator
+from ..arguments import above, at_least, flag, non_negative, positive
+from ..crf import CrfParams, CrfPool
 from .distributed import DDP_TIMEOUT
+from .optimizer import OPTIMIZERS
+from .precision import PRECISIONS
 from .schedule import SCHEDULES
 
 TRACKERS = [t.value for t in LoggerType]  # what --report_to passes to Accelerate
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` with every flag's default, except where there is none to show (None) or the
-    help already says what it defaults to."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        if action.default is None or "default" in help_text:
-            return help_text
-        return super()._get_help_string(action)
-
-
-def at_least(low: float, kind: type = int, high: float | None = None):
-    """An argparse ``type``: a ``kind`` number >= ``low`` (and < ``high``), refused otherwise
-    with the flag's name (on the command line and in ``--config`` files alike)."""
-
-    def parse(text: str):
-        value = kind(text)  # a ValueError: argparse's "invalid int value: '1.5'"
-        if value < low or (high is not None and value >= high) or value != value:
-            bound = f">= {low}" + (f" and < {high}" if high is not None else "")
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
+MIXED_PRECISION_HELP = (
+    "bf16/fp16 autocast, no (fp32), or auto: bf16 on a GPU with bf16, a CPU with AMX, or a "
+    "CPU with AVX512-BF16 whose bf16 matrix products measure >= 1.3x fp32; fp32 elsewhere "
+    "(the choice is logged)"
+)
+DDP_TIMEOUT_HELP = (
+    "seconds a collective between the processes (an all-reduce, a barrier) waits for the "
+    "others before the run stops with an error naming it (transformers' ddp_timeout); "
+    "waiting for one process's own work (first indexing, a save, the Hub push) is not limited"
+)
 
 
 def checkpoint_limit(text: str) -> int | None:
@@ -60,287 +47,295 @@ def checkpoint_every(text: str) -> int:
     return 0 if text.lower() == "epoch" else non_negative(text)
 
 
-def above(low: float):
-    """An argparse ``type``: a float > ``low`` (a time limit, a rate), refused otherwise."""
-
-    def parse(text: str) -> float:
-        value = float(text)
-        if not value > low:  # NaN too
-            raise argparse.ArgumentTypeError(f"must be > {low}, got {text}")
-        return value
-
-    parse.__name__ = "float"
-    return parse
+LOADING, OPTIMISATION, OUTPUT = "data loading", "optimisation", "checkpoints, evaluation, logging"
 
 
-positive = at_least(1)
-non_negative = at_least(0)
+@dataclass
+class TrainingArguments:
+    """How a training recipe loads data, optimises, checkpoints, evaluates and logs; the
+    defaults are the paper's (section IV.1). Fields marked ``run`` define the run (its
+    checkpoints' fingerprint); ``crop_size`` and ``scale_range`` left unset are filled in by
+    the recipe for its data."""
 
-
-def add_ddp_timeout_argument(p) -> None:
-    """``--ddp_timeout``: the seconds a collective may wait for the other processes
-    (:mod:`agen_hf.engine.distributed`), in every recipe that runs under N processes."""
-    p.add_argument(
-        "--ddp_timeout",
+    crop_size: int | None = flag(
+        None,
+        "training crop (paper: 321; synthetic: its image size)",
         type=positive,
-        default=DDP_TIMEOUT,
-        help="seconds a collective between the processes (an all-reduce, a barrier) waits "
-        "for the others before the run stops with an error naming it (transformers' "
-        "ddp_timeout); waiting for one process's own work (first indexing, a save, the "
-        "Hub push) is not limited",
+        group=LOADING,
+        run=True,
     )
-
-
-def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    """The data-loading, optimisation, checkpoint, evaluation, logging and Hub flags (paper
-    defaults; a recipe resolves ``--crop_size``/``--scale_range`` left unset)."""
-    g = p.add_argument_group("data loading")
-    g.add_argument(
-        "--crop_size",
-        type=positive,
-        default=None,
-        help="training crop (paper: 321; synthetic: its image size)",
-    )
-    g.add_argument(
-        "--scale_range",
+    scale_range: list[int] | None = flag(
+        None,
+        "long-side range of the random rescale (paper: 321 481)",
         type=positive,
         nargs=2,
-        default=None,
-        help="long-side range of the random rescale (paper: 321 481)",
+        group=LOADING,
+        run=True,
     )
-    g.add_argument("--skip_bad_samples", action="store_true")
-    g.add_argument("--num_workers", type=non_negative, default=2)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--per_device_train_batch_size", type=positive, default=15)
-    g.add_argument("--per_device_eval_batch_size", type=positive, default=1)
-    g.add_argument(
-        "--learning_rate", type=at_least(0.0, float), default=1e-3, help="backbone learning rate"
+    skip_bad_samples: bool = flag(False, group=LOADING)
+    num_workers: int = flag(2, type=non_negative, group=LOADING)
+
+    per_device_train_batch_size: int = flag(15, type=positive, group=OPTIMISATION, run=True)
+    per_device_eval_batch_size: int = flag(1, type=positive, group=OPTIMISATION)
+    learning_rate: float = flag(
+        1e-3, "backbone learning rate", type=at_least(0.0, float), group=OPTIMISATION, run=True
     )
-    g.add_argument(
-        "--head_lr_multiplier",
+    head_lr_multiplier: float = flag(
+        10.0,
+        "AGMs and new heads train at this multiple of --learning_rate",
         type=at_least(0.0, float),
-        default=10.0,
-        help="AGMs and new heads train at this multiple of --learning_rate",
+        group=OPTIMISATION,
+        run=True,
     )
-    g.add_argument(
-        "--optimizer",
-        choices=["sgd", "adamw"],
-        default="sgd",
-        help="sgd (the paper's, with --momentum) or adamw (for models trained from "
-        "scratch, e.g. on the synthetic data)",
+    optimizer: str = flag(
+        "sgd",
+        "sgd (the paper's, with --momentum) or adamw (for models trained from scratch, e.g. "
+        "on the synthetic data)",
+        choices=OPTIMIZERS,
+        group=OPTIMISATION,
+        run=True,
     )
-    g.add_argument("--momentum", type=at_least(0.0, float, 1.0), default=0.9)
-    g.add_argument("--weight_decay", type=at_least(0.0, float), default=5e-4)
-    g.add_argument("--num_train_epochs", type=positive, default=35)
-    g.add_argument(
-        "--max_train_steps", type=positive, default=None, help="overrides --num_train_epochs"
+    momentum: float = flag(0.9, type=at_least(0.0, float, 1.0), group=OPTIMISATION, run=True)
+    weight_decay: float = flag(5e-4, type=at_least(0.0, float), group=OPTIMISATION, run=True)
+    num_train_epochs: int = flag(35, type=positive, group=OPTIMISATION)
+    max_train_steps: int | None = flag(
+        None, "overrides --num_train_epochs", type=positive, group=OPTIMISATION
     )
-    g.add_argument(
-        "--lr_decay_epochs",
+    lr_decay_epochs: int = flag(
+        10,
+        "with --lr_scheduler step: divide the lr by 10 every N epochs",
         type=positive,
-        default=10,
-        help="with --lr_scheduler step: divide the lr by 10 every N epochs",
+        group=OPTIMISATION,
+        run=True,
     )
-    g.add_argument(
-        "--lr_scheduler",
+    lr_scheduler: str = flag(
+        "step",
+        "step (the paper's), poly or cosine (for models trained from scratch)",
         choices=SCHEDULES,
-        default="step",
-        help="step (the paper's), poly or cosine (for models trained from scratch)",
+        group=OPTIMISATION,
+        run=True,
     )
-    g.add_argument(
-        "--warmup_steps",
+    warmup_steps: int = flag(
+        0,
+        "linear learning-rate warm-up over the first N optimizer steps",
         type=non_negative,
-        default=0,
-        help="linear learning-rate warm-up over the first N optimizer steps",
+        group=OPTIMISATION,
+        run=True,
     )
-    g.add_argument(
-        "--lr_restart_at",
+    lr_restart_at: int = flag(
+        0,
+        "poly/cosine: restart the schedule (warm-up included) at step N, e.g. where a "
+        "classification-first phase ends (0: one cycle)",
         type=non_negative,
-        default=0,
-        help="poly/cosine: restart the schedule (warm-up included) at step N, e.g. "
-        "where a classification-first phase ends (0: one cycle)",
+        group=OPTIMISATION,
+        run=True,
     )
-    g.add_argument(
-        "--max_grad_norm",
+    max_grad_norm: float | None = flag(
+        None,
+        "clip the global gradient norm (the paper does not clip)",
         type=at_least(0.0, float),
-        default=None,
-        help="clip the global gradient norm (the paper does not clip)",
+        group=OPTIMISATION,
+        run=True,
     )
-    g.add_argument("--gradient_accumulation_steps", type=positive, default=1)
-    g.add_argument(
-        "--mixed_precision",
-        choices=PRECISIONS,
-        default=None,
-        help="bf16/fp16 autocast, no (fp32), or auto: bf16 on a GPU with bf16, "
-        "a CPU with AMX, or a CPU with AVX512-BF16 whose bf16 matrix "
-        "products measure >= 1.3x fp32; fp32 elsewhere (the choice is logged)",
+    gradient_accumulation_steps: int = flag(1, type=positive, group=OPTIMISATION, run=True)
+    mixed_precision: str | None = flag(
+        None, MIXED_PRECISION_HELP, choices=PRECISIONS, group=OPTIMISATION
     )
-    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across GPUs")
-    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is there")
-    add_ddp_timeout_argument(g)
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument(
-        "--channels_last",
-        action="store_true",
-        help="weights and training images in channels-last (NHWC) memory order: "
-        "faster convolutions on CPUs (oneDNN) and tensor-core GPUs; the same "
-        "numbers up to float rounding",
+    sync_bn: bool = flag(False, "SyncBatchNorm across GPUs", group=OPTIMISATION)
+    cpu: bool = flag(False, "train on the CPU even if a GPU is there", group=OPTIMISATION)
+    ddp_timeout: int = flag(DDP_TIMEOUT, DDP_TIMEOUT_HELP, type=positive, group=OPTIMISATION)
+    compile: bool = flag(False, "torch.compile the model", group=OPTIMISATION)
+    channels_last: bool = flag(
+        False,
+        "weights and training images in channels-last (NHWC) memory order: faster "
+        "convolutions on CPUs (oneDNN) and tensor-core GPUs; the same numbers up to float "
+        "rounding",
+        group=OPTIMISATION,
     )
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="deterministic kernels: bit-identical reruns and resumes",
+    seed: int = flag(42, type=int, group=OPTIMISATION, run=True)
+    deterministic: bool = flag(
+        False,
+        "deterministic kernels: bit-identical reruns and resumes",
+        group=OPTIMISATION,
+        run=True,
     )
-    g.add_argument(
-        "--max_nonfinite_steps",
+    max_nonfinite_steps: int = flag(
+        5,
+        "abort after this many NaN/inf losses in a row (each one is skipped)",
         type=positive,
-        default=5,
-        help="abort after this many NaN/inf losses in a row (each one is skipped)",
+        group=OPTIMISATION,
     )
-    g = p.add_argument_group("checkpoints, evaluation, logging")
-    g.add_argument("--output_dir", default="runs/agen")
-    g.add_argument(
-        "--checkpointing_steps",
+
+    output_dir: str = flag("runs/agen", group=OUTPUT)
+    checkpointing_steps: int = flag(
+        0,
+        "checkpoint every N optimizer steps (0 or epoch: only at the end of each epoch)",
         type=checkpoint_every,
-        default=0,
-        help="checkpoint every N optimizer steps (0 or epoch: only at the end of each epoch)",
+        group=OUTPUT,
     )
-    g.add_argument(
-        "--checkpoints_total_limit",
-        type=checkpoint_limit,
-        default=3,
-        help="checkpoints kept (the newest); none: every one",
+    checkpoints_total_limit: int | None = flag(
+        3, "checkpoints kept (the newest); none: every one", type=checkpoint_limit, group=OUTPUT
     )
-    g.add_argument(
-        "--resume_from_checkpoint",
-        help="auto (resume from the newest complete checkpoint in --output_dir, or "
-        "start fresh when it has none: one command for the first start and "
-        "every requeue), latest (the same, an error when there is none) or a "
-        "checkpoint folder",
+    resume_from_checkpoint: str | None = flag(
+        None,
+        "auto (resume from the newest complete checkpoint in --output_dir, or start fresh "
+        "when it has none: one command for the first start and every requeue), latest (the "
+        "same, an error when there is none) or a checkpoint folder",
+        group=OUTPUT,
     )
-    g.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="start fresh in an --output_dir that holds another run's checkpoints, "
-        "deleting them (or, resuming an older checkpoint, the newer ones)",
+    overwrite_output_dir: bool = flag(
+        False,
+        "start fresh in an --output_dir that holds another run's checkpoints, deleting them "
+        "(or, resuming an older checkpoint, the newer ones)",
+        group=OUTPUT,
     )
-    g.add_argument(
-        "--allow_schedule_change",
-        action="store_true",
-        help="resume with another --max_train_steps / --num_train_epochs (logged); "
-        "any other change of what defines the run stays an error",
+    allow_schedule_change: bool = flag(
+        False,
+        "resume with another --max_train_steps / --num_train_epochs (logged); any other "
+        "change of what defines the run stays an error",
+        group=OUTPUT,
     )
-    g.add_argument("--eval_every_epochs", type=non_negative, default=1, help="0: only at the end")
-    g.add_argument("--logging_steps", type=positive, default=10)
-    g.add_argument("--with_tracking", action="store_true")
-    g.add_argument(
-        "--report_to",
-        default="tensorboard",
+    eval_every_epochs: int = flag(1, "0: only at the end", type=non_negative, group=OUTPUT)
+    logging_steps: int = flag(10, type=positive, group=OUTPUT)
+    with_tracking: bool = flag(False, group=OUTPUT)
+    report_to: str = flag(
+        "tensorboard",
+        "with --with_tracking: the tracker Accelerate logs to (all: every installed one; "
+        "none: no tracking, --with_tracking or not)",
         choices=[*TRACKERS, "none"],
-        help="with --with_tracking: the tracker Accelerate logs to (all: every "
-        "installed one; none: no tracking, --with_tracking or not)",
+        group=OUTPUT,
     )
-    g.add_argument("--push_to_hub", action="store_true")
-    g.add_argument("--hub_model_id")
-    g.add_argument("--hub_token")
+    push_to_hub: bool = flag(False, group=OUTPUT)
+    hub_model_id: str | None = flag(None, group=OUTPUT)
+    hub_token: str | None = flag(None, group=OUTPUT)
+
+    def __post_init__(self) -> None:
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id")
+        if self.report_to == "none":
+            self.with_tracking = False
+
+    def check_trackers(self) -> None:
+        """Fail at start, saying what to install, when ``--with_tracking`` would log
+        nowhere."""
+        if not self.with_tracking:
+            return
+        available = [t.value for t in get_available_trackers()]
+        if self.report_to == "all" and not available:
+            raise SystemExit(
+                "--with_tracking --report_to all: no tracker is installed; "
+                "pip install tensorboard (or agen_hf[tracking]), or wandb"
+            )
+        if self.report_to != "all" and self.report_to not in available:
+            package = (
+                "tensorboard (or agen_hf[tracking])"
+                if self.report_to == "tensorboard"
+                else self.report_to.replace("_", "-")
+            )
+            raise SystemExit(
+                f"--with_tracking --report_to {self.report_to}: {self.report_to} is not "
+                f"installed; pip install {package}"
+            )
 
 
-def parse_with_config(
-    parser: argparse.ArgumentParser, argv: list[str] | None = None
-) -> argparse.Namespace:
-    """Parse ``argv``; ``--config FILE`` (YAML or JSON, dest names as keys) supplies defaults
-    that flags on the command line override. Each value goes through its flag's own parsing
-    (type, ``choices``, number of values), so a file is checked exactly like the command line;
-    a bad or unknown key is an error naming the file and the key."""
-    args, _ = parser.parse_known_args(argv)
-    if args.config:
-        parser.set_defaults(**config_file_values(parser, Path(args.config)))
-    args = parser.parse_args(argv)
-    if getattr(args, "push_to_hub", False) and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id")
-    if getattr(args, "report_to", None) == "none":
-        args.with_tracking = False
-    return args
+@dataclass
+class ModelArguments:
+    """The trained model an inference recipe runs."""
 
-
-def config_file_values(parser: argparse.ArgumentParser, path: Path) -> dict:
-    """The values of a ``--config`` file, each parsed by its flag's action."""
-    try:
-        text = path.read_text()
-        values = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        parser.error(f"--config {path}: cannot read it ({e})")
-    if not isinstance(values, dict):
-        parser.error(f"--config {path}: expected a mapping of option names to values")
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
-    unknown = sorted(set(values) - set(actions) - {"config"})
-    if unknown:
-        parser.error(f"--config {path}: unknown option(s) {', '.join(unknown)}")
-    parsed = {}
-    for key, value in values.items():
-        action = actions.get(key)
-        if action is None or value is None:
-            continue
-        if action.nargs == 0:  # store_true / store_false
-            if not isinstance(value, bool):
-                parser.error(f"--config {path}: {key}: expected true or false, got {value!r}")
-            parsed[key] = value if isinstance(action, argparse._StoreTrueAction) else not value
-            continue
-        tokens = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-        probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-        probe._add_action(copy.copy(action))
-        try:
-            parsed[key] = getattr(probe.parse_args([action.option_strings[0], *tokens]), key)
-        except argparse.ArgumentError as e:
-            parser.error(f"--config {path}: {key}: {e.message}")
-    return parsed
-
-
-def check_trackers(report_to: str) -> None:
-    """Fail at start, saying what to install, when ``--with_tracking`` would log nowhere."""
-    available = [t.value for t in get_available_trackers()]
-    if report_to == "all" and not available:
-        raise SystemExit(
-            "--with_tracking --report_to all: no tracker is installed; "
-            "pip install tensorboard (or agen_hf[tracking]), or wandb"
-        )
-    if report_to != "all" and report_to not in available:
-        package = (
-            "tensorboard (or agen_hf[tracking])"
-            if report_to == "tensorboard"
-            else report_to.replace("_", "-")
-        )
-        raise SystemExit(
-            f"--with_tracking --report_to {report_to}: {report_to} is not "
-            f"installed; pip install {package}"
-        )
-
-
-def training_accelerator(
-    args: argparse.Namespace, find_unused_parameters: bool = False
-) -> Accelerator:
-    if args.with_tracking:
-        check_trackers(args.report_to)
-    return make_accelerator(
-        args.cpu,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        ddp_timeout=args.ddp_timeout,
-        log_with=args.report_to if args.with_tracking else None,
-        project_dir=args.output_dir,
-        kwargs_handlers=[
-            DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
-        ],
+    group: ClassVar[str | None] = None
+    model_name_or_path: str = flag(
+        None,
+        "a saved model folder (a checkpoint-<step> too) or a Hub model id",
+        aliases=["--model"],
+        required=True,
     )
 
 
-def configure_logging(accelerator: Accelerator) -> None:
-    """INFO on the main process, warnings only on the others (every recipe's logging)."""
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+@dataclass
+class TestTimeAugmentation:
+    """Multi-scale and flipped passes averaged at inference."""
+
+    group: ClassVar[str | None] = None
+    scales: list[float] = flag(
+        [1.0], "test-time scales (the literature's: 0.5 1 1.5 2)", type=above(0), nargs="+"
     )
-    for choice in ("precision_choice", "memory_choice"):
-        if getattr(accelerator, choice, None):
-            logging.getLogger("agen_hf.train").info("%s", getattr(accelerator, choice))
+    flip: bool = flag(False, "add horizontally flipped passes")
+
+
+@dataclass
+class DeviceArguments:
+    """Where and how an inference recipe computes."""
+
+    group: ClassVar[str | None] = None
+    mixed_precision: str | None = flag(
+        None, "bf16/fp16 autocast, no, or auto (bf16 where native, else fp32)", choices=PRECISIONS
+    )
+    cpu: bool = flag(False, "run on the CPU even with a GPU")
+    ddp_timeout: int = flag(DDP_TIMEOUT, DDP_TIMEOUT_HELP, type=positive)
+    num_workers: int = flag(2, "image-decoding loader workers", type=non_negative)
+
+
+def _crf_fields() -> list[tuple]:
+    """``--crf``, ``--crf_processes``, ``--crf_timeout`` and one ``--crf_<name>`` per
+    :class:`~agen_hf.crf.CrfParams` field (its default, its type)."""
+    fields = [
+        (
+            "crf",
+            bool,
+            flag(
+                False,
+                "dense-CRF post-processing at full resolution over the predicted classes "
+                "(needs pydensecrf2)",
+            ),
+        ),
+        (
+            "crf_processes",
+            "int | None",
+            flag(
+                None,
+                "CRF worker processes per process (0: inline; default: the cores of the machine "
+                "shared among its processes)",
+                type=non_negative,
+            ),
+        ),
+        (
+            "crf_timeout",
+            float,
+            flag(
+                600.0,
+                "seconds one image's CRF may take in a worker before the workers are replaced "
+                "and it is tried again (a second time: the run stops)",
+                type=above(0),
+            ),
+        ),
+    ]
+    for f in dataclasses.fields(CrfParams):
+        fields.append(
+            (
+                f"crf_{f.name}",
+                type(f.default),
+                flag(f.default, "see agen_hf.crf.CrfParams", type=type(f.default)),
+            )
+        )
+    return fields
+
+
+class _CrfMethods:
+    group: ClassVar[str | None] = None
+
+    def crf_params(self) -> CrfParams:
+        """The CRF's parameters from the ``--crf_<name>`` flags."""
+        return CrfParams(*(getattr(self, f"crf_{f.name}") for f in dataclasses.fields(CrfParams)))
+
+    def crf_pool(self, processes_default: int) -> CrfPool | contextlib.nullcontext:
+        """The pool ``--crf`` asks for, to use as ``with arguments.crf_pool(n) as crf:`` (the
+        pool closes on leaving; ``crf`` is None without ``--crf``); ``--crf_processes``
+        defaults to ``processes_default``."""
+        if not self.crf:
+            return contextlib.nullcontext()
+        processes = processes_default if self.crf_processes is None else self.crf_processes
+        return CrfPool(self.crf_params(), processes, timeout=self.crf_timeout)
+
+
+CrfArguments = dataclasses.make_dataclass("CrfArguments", _crf_fields(), bases=(_CrfMethods,))
+CrfArguments.__doc__ = "Dense-CRF post-processing and the worker pool it runs in."

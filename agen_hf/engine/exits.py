@@ -34,6 +34,17 @@ def skipped_problems(
     )
 
 
+def crf_problems(workers_replaced: int) -> list[str]:
+    """The problem line for CRF workers that died or got stuck and were replaced
+    ``workers_replaced`` times (summed over the processes) though every result came back."""
+    if not workers_replaced:
+        return []
+    return [
+        f"CRF workers died or got stuck and were replaced {workers_replaced} time(s); "
+        "every image was refined (the warnings say which were resubmitted)"
+    ]
+
+
 def end_run(accelerator, problems: list[str]) -> None:
     """The last step of every recipe, on every process with the same ``problems`` (each
     process's problems gathered first): the main process logs each problem and the line

@@ -4,7 +4,6 @@ val set at original size, both normalised with the model's own statistics."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Sequence
 
 import datasets
@@ -13,6 +12,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from ..data.transforms import collate, eval_transform, train_transform, with_transforms
+from .arguments import TrainingArguments
 from .evaluation import shard_loader
 from .sampling import EpochSampler, SeededSamples
 
@@ -62,34 +62,36 @@ def val_loader(
     return shard_loader(samples, accelerator, batch_size, num_workers)
 
 
-def loaders_from_args(
+def training_loaders(
     accelerator: Accelerator,
-    args: argparse.Namespace,
+    training: TrainingArguments,
     train_ds: datasets.Dataset,
     val_ds: datasets.Dataset | None,
     image_mean: Sequence[float],
     image_std: Sequence[float],
 ) -> tuple[DataLoader, DataLoader | None]:
-    """:func:`train_loader` and :func:`val_loader` configured by the flags of
-    :func:`agen_hf.engine.arguments.add_training_arguments`, normalised with the model's
+    """:func:`train_loader` and :func:`val_loader` as ``training`` configures them (its crop,
+    scale range and seed filled in by the recipe), normalised with the model's
     ``image_mean``/``image_std`` (no val loader when there is nothing to score: ``val_ds``
     None)."""
     common = dict(
         image_mean=image_mean,
         image_std=image_std,
-        num_workers=args.num_workers,
-        skip_bad_samples=args.skip_bad_samples,
+        num_workers=training.num_workers,
+        skip_bad_samples=training.skip_bad_samples,
     )
     return (
         train_loader(
             train_ds,
-            batch_size=args.per_device_train_batch_size,
-            crop_size=args.crop_size,
-            scale_range=args.scale_range,
-            seed=args.seed,
+            batch_size=training.per_device_train_batch_size,
+            crop_size=training.crop_size,
+            scale_range=training.scale_range,
+            seed=training.seed,
             **common,
         ),
         None
         if val_ds is None
-        else val_loader(accelerator, val_ds, batch_size=args.per_device_eval_batch_size, **common),
+        else val_loader(
+            accelerator, val_ds, batch_size=training.per_device_eval_batch_size, **common
+        ),
     )

@@ -1,14 +1,14 @@
 """The epoch/step loop every training recipe shares (section IV.1): one optimizer step at a
-time (gradient accumulation, non-finite losses and gradients skipped, clipping, the scheduled
-learning rate), its log record, checkpoints, validation between epochs; resumable exactly, and
-stopped cleanly by a preemption signal (SIGTERM, SIGUSR1: checkpoint, exit 75). A recipe brings
-the prepared model, optimizer and loader, and ``compute_loss``; :func:`agen_hf.engine.run.begin`
-sets the run up before :func:`train`, :func:`agen_hf.engine.run.finish` validates, saves and
-pushes after it."""
+time (the batch into the model, the loss out; gradient accumulation, non-finite losses and
+gradients skipped, clipping, the scheduled learning rate), its log record, checkpoints,
+validation between epochs; resumable exactly, and stopped cleanly by a preemption signal
+(SIGTERM, SIGUSR1: checkpoint, exit 75). A recipe brings the prepared model, optimizer and
+loader, and what the model learns from (:class:`~agen_hf.engine.supervision.Supervision`);
+:class:`agen_hf.engine.run.TrainingRun` starts the run before :func:`train` and validates,
+saves and pushes after it."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -25,20 +25,15 @@ from accelerate import Accelerator
 from ..losses import ProcessGroup
 from ..progress import progress
 from .accelerator import base_model
-from .checkpointing import save_checkpoint
+from .arguments import TrainingArguments
+from .checkpoints import save_checkpoint
 from .distributed import collective, wait_for_main
 from .evaluation import validate
 from .exits import REQUEUE_EXIT
 from .schedule import lr_factor
+from .supervision import Supervision
 
 logger = logging.getLogger("agen_hf.train")
-
-LossFn = Callable[
-    [torch.nn.Module, dict, "ProcessGroup | None", int],
-    tuple[torch.Tensor, dict[str, torch.Tensor]],
-]
-"""``compute_loss(model, batch, process_group, step) -> (loss, terms by name)``; ``step``: the
-optimizer steps done so far."""
 
 
 @dataclass
@@ -70,17 +65,17 @@ class LoopOptions:
     run: dict | None = None  # the fingerprint checkpoints record (run_fingerprint)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, steps_per_epoch: int) -> "LoopOptions":
-        """From the flags of :func:`agen_hf.engine.arguments.add_training_arguments`."""
-        max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    def from_training(cls, training: TrainingArguments, steps_per_epoch: int) -> "LoopOptions":
+        """From a recipe's :class:`~agen_hf.engine.arguments.TrainingArguments`."""
+        max_steps = training.max_train_steps or training.num_train_epochs * steps_per_epoch
         schedule = partial(
             lr_factor,
-            args.lr_scheduler,
+            training.lr_scheduler,
             max_steps=max_steps,
             steps_per_epoch=steps_per_epoch,
-            decay_epochs=args.lr_decay_epochs,
-            warmup_steps=args.warmup_steps,
-            restart_at=args.lr_restart_at,
+            decay_epochs=training.lr_decay_epochs,
+            warmup_steps=training.warmup_steps,
+            restart_at=training.lr_restart_at,
         )
         flags = (
             "max_grad_norm",
@@ -93,11 +88,11 @@ class LoopOptions:
             "channels_last",
         )  # fields named as their flags
         return cls(
-            output_dir=Path(args.output_dir),
+            output_dir=Path(training.output_dir),
             max_steps=max_steps,
             steps_per_epoch=steps_per_epoch,
             lr_factor=schedule,
-            **{name: getattr(args, name) for name in flags},
+            **{name: getattr(training, name) for name in flags},
         )
 
 
@@ -114,14 +109,15 @@ def training_step(
     optimizer,
     base_lrs: list[float],
     batch,
-    compute_loss: LossFn,
+    supervision: Supervision,
     group: ProcessGroup | None,
     step: int,
     options: LoopOptions,
     stop_requested: bool = False,
 ) -> "StepResult":
-    """Forward, backward and (at an accumulation boundary) the optimizer step at the
-    learning rate ``base * lr_factor(step)``. Returns the loss terms, or None when the loss
+    """Forward (the batch into the model as ``supervision`` says, the loss out), backward and
+    (at an accumulation boundary) the optimizer step at the learning rate
+    ``base * lr_factor(step)``. Returns the loss terms, or None when the loss
     was not finite on some process (then every process skips the batch together, or DDP would
     hang) or, at the boundary, the gradient was not (it is the same on every process after
     DDP's all-reduce): no gradient is kept, nothing is applied. Also, agreed in the same
@@ -131,7 +127,8 @@ def training_step(
         batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
     # the batch statistics pooled in the forward, the checks' all-reduce, DDP's gradients
     with collective(f"training step {step + 1}"), accelerator.accumulate(model):
-        loss, terms = compute_loss(model, batch, group, step)
+        outputs = model(**supervision.model_inputs(batch, step), process_group=group)
+        loss, terms = outputs.loss, outputs.loss_terms
         flags = torch.cat(
             [
                 (~torch.isfinite(loss.detach())).float().reshape(1),
@@ -266,7 +263,7 @@ def train(
     optimizer,
     base_lrs: list[float],
     train_loader,
-    compute_loss: LossFn,
+    supervision: Supervision,
     options: LoopOptions,
     state: TrainState,
     *,
@@ -312,7 +309,7 @@ def train(
                     optimizer,
                     base_lrs,
                     batch,
-                    compute_loss,
+                    supervision,
                     group,
                     state.global_step,
                     options,

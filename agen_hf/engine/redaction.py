@@ -9,7 +9,6 @@ when it looks like a Hugging Face access token (``hf_`` + 30 or more letters and
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -87,12 +86,13 @@ def command_line(
     return f"{launcher(num_processes, environ)} {script} " + shlex.join(redact_argv(argv, environ))
 
 
-def run_settings(args: argparse.Namespace) -> dict:
-    """Every flag's value after ``--config`` and the command line were merged, as a
-    ``--config`` file takes them back: the run's settings, wherever they came from. Unset
-    flags, ``config`` itself and credentials (which nobody else can reuse) are left out."""
+def run_settings(values: Mapping) -> dict:
+    """Every flag's value after ``--config`` and the command line were merged
+    (:func:`agen_hf.arguments.flag_values`), as a ``--config`` file takes them back: the run's
+    settings, wherever they came from. Unset flags, ``config`` itself and credentials (which
+    nobody else can reuse) are left out."""
     settings = {}
-    for key, value in vars(args).items():
+    for key, value in values.items():
         if value is None or key == "config" or is_secret_name(key):
             continue
         if isinstance(value, tuple):
@@ -101,12 +101,10 @@ def run_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
-def redact_args(
-    args: argparse.Namespace | Mapping, environ: Mapping[str, str] | None = None
-) -> dict:
-    """A tracker config: every argument as an int/float/str/bool, secrets redacted (a
+def redact_args(values: Mapping, environ: Mapping[str, str] | None = None) -> dict:
+    """A tracker config: every flag's value as an int/float/str/bool, secrets redacted (a
     credential flag that was not given stays None-as-string, so the key is still visible)."""
-    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    values = dict(values)
     secrets = [str(v) for k, v in values.items() if is_secret_name(k) and v]
     out = {}
     for key, value in values.items():

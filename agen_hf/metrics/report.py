@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.voc import VOC_CLASSES
+from ..labels import VOC_CLASSES
 
 # Table 4's column names for VOC's classes, in label order
 TABLE4_COLUMNS = (
