@@ -54,6 +54,17 @@ positive = at_least(1)
 non_negative = at_least(0)
 
 
+def json_object(text: str) -> dict:
+    """A flag's type: a JSON object (a backbone's options), refused otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text}")
+    return value
+
+
 def flag(
     default: Any = None,
     help: str | None = None,
@@ -182,7 +193,12 @@ def config_file_values(parser: argparse.ArgumentParser, path: Path) -> dict:
                 parser.error(f"--config {path}: {key}: expected true or false, got {value!r}")
             parsed[key] = value if isinstance(action, argparse._StoreTrueAction) else not value
             continue
-        tokens = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        if isinstance(value, dict):  # a JSON-object flag (a backbone's options)
+            tokens = [json.dumps(value)]
+        elif isinstance(value, (list, tuple)):
+            tokens = [str(v) for v in value]
+        else:
+            tokens = [str(value)]
         probe = argparse.ArgumentParser(add_help=False, exit_on_error=False)
         probe._add_action(copy.copy(action))
         try:

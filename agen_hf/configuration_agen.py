@@ -11,11 +11,21 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .backbones import check_options, prefixes, spec_of
 from .configuration_utils import SegmentationConfig
 from .labels import IGNORE_INDEX, VOC_CLASSES, default_id2label
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
 STAGES = (3, 4, 5)
+# the backbone fields at the paper's values (what a config.json without them means)
+PAPER_BACKBONES = {
+    "branch_a": "vgg16",
+    "branch_b": "resnet38",
+    "branch_a_options": {},
+    "branch_b_options": {},
+    "share_stem": True,
+    "timm_version": None,
+}
 CRF_BACKENDS = ("pydensecrf", "torch")
 # the rows of Table 1: (agm_stages, coam_stages)
 TABLE1_PRESETS = {
@@ -37,6 +47,18 @@ class AgenConfig(SegmentationConfig):
         id2label / label2id: class names, background at 0; VOC's when ``num_labels == 21`` and
             none are given.
         ignore_index: label value of unassigned, conflicting and boundary pixels (255, as VOC).
+
+    Backbones (:mod:`agen_hf.backbones`: ``python -m agen_hf.backbones`` lists them)
+        branch_a / branch_b: the registered backbone of each branch (the paper's: ``"vgg16"``
+            and ``"resnet38"``; also ``"resnet50"``, ``"resnet101"``, ``"convnext_tiny"``,
+            ``"timm:<model>"``).
+        branch_a_options / branch_b_options: options of a backbone that is not the paper's
+            (e.g. ``{"layers": [3, 4, 6, 3]}``, timm's ``create_model`` keywords); the
+            paper's take their widths from the fields below.
+        share_stem: branch B follows branch A's stem (the paper: ResNet-38 after VGG16's
+            conv1-conv2); None resolves to True where branch B's body can follow it, else
+            False (one stem each).
+        timm_version: the timm version a timm backbone was built with (recorded).
 
     Classification branch A (DeepLab-style VGG16, output stride 8, section III.1)
         vgg_channels: output channels of VGG blocks conv1..conv5 (64, 128, 256, 512, 512).
@@ -86,6 +108,7 @@ class AgenConfig(SegmentationConfig):
     """
 
     model_type: ClassVar[str] = "agen"
+    implied_by_older_versions: ClassVar[dict[str, Any]] = PAPER_BACKBONES
 
     num_labels: int = 21
     id2label: dict[int, str] | None = None
@@ -105,6 +128,13 @@ class AgenConfig(SegmentationConfig):
     seg_head_channels: int = 512
     seg_head_dilation: int = 12
     freeze_batch_norm: bool = True
+
+    branch_a: str = "vgg16"
+    branch_b: str = "resnet38"
+    branch_a_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    branch_b_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    share_stem: bool | None = None
+    timm_version: str | None = None
 
     agm_stages: tuple[int, ...] = (3, 4, 5)
     coam_stages: tuple[int, ...] = (3, 4, 5)
@@ -149,6 +179,7 @@ class AgenConfig(SegmentationConfig):
         self.agm_stages = tuple(sorted(self._int_set("agm_stages")))
         self.coam_stages = tuple(sorted(self._int_set("coam_stages")))
         self._validate()
+        self._resolve_backbones()
         if self.id2label is None:
             self.id2label = default_id2label(self.num_labels)
         else:
@@ -234,6 +265,29 @@ class AgenConfig(SegmentationConfig):
                 fail(name, "must be > 0")
         if any(not s > 0 for s in self.image_std):
             fail("image_std", "values must be > 0")
+
+    def _resolve_backbones(self) -> None:
+        """Both backbones registered, their options known, ``share_stem`` resolved."""
+        specs = {}
+        for branch in ("branch_a", "branch_b"):
+            options = getattr(self, f"{branch}_options")
+            if not isinstance(options, dict):
+                raise ValueError(f"{branch}_options: expected a mapping, got {options!r}")
+            setattr(self, f"{branch}_options", dict(options))
+            try:
+                specs[branch] = spec_of(getattr(self, branch))
+                check_options(specs[branch], options)
+            except ValueError as e:
+                raise ValueError(f"{branch}: {e}") from None
+        a, b = specs["branch_a"], specs["branch_b"]
+        can = b.can_follow(a.family) and not a.family.startswith(tuple(f"{p}:" for p in prefixes()))
+        if self.share_stem is None:
+            self.share_stem = can
+        elif self.share_stem and not can:
+            raise ValueError(
+                f"share_stem: branch_b {b.name} cannot follow branch_a {a.name}'s stem "
+                f"(family {a.family}); set share_stem false (one stem each)"
+            )
 
     @property
     def num_classes(self) -> int:

@@ -34,6 +34,18 @@ class SegmentationConfig:
         values = json.loads(json.dumps(dataclasses.asdict(self)))
         return {"model_type": self.model_type, **values}
 
+    def run_dict(self) -> dict[str, Any]:
+        """The config as a training run's fingerprint records it (:meth:`to_dict`; a config
+        leaves out the fields it gained later while they are at the value older versions
+        implied, so that runs recorded before them resume)."""
+        values = self.to_dict()
+        for name, implied in self.implied_by_older_versions.items():
+            if name in values and values[name] == implied:
+                values.pop(name)
+        return values
+
+    implied_by_older_versions: ClassVar[dict[str, Any]] = {}
+
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 

@@ -7,6 +7,10 @@ fully supervised segmentation trained on AGEN's pseudo labels.
 * ``backbone="vgg16"``: DeepLab-v1/v2 on VGG16 (pool4/pool5 stride 1, conv5 dilated 2, output
   stride 8) with ``head="largefov"`` (fc6 3x3 dilation 12 -> fc7 1x1 -> fc8) or
   ``head="aspp"`` (DeepLab-v2 ASPP-L: four such branches at dilations 6, 12, 18, 24, summed).
+* any other registered backbone (:mod:`agen_hf.backbones`: ``resnet50``, ``convnext_tiny``,
+  ``resnet38``, ``timm:<model>`` ...): its stem and body with the LargeFOV or ASPP-L head on
+  its features, the dilations scaled to its output stride (``backbone_options``: the
+  backbone's options). The two above keep Table 5's networks and their weight names.
 
 Both have the :class:`agen_hf.AgenModel` inference interface (``model(pixel_values).logits``),
 so the image processor, ``eval_voc.py`` and ``predict.py`` take them as they are.
@@ -23,7 +27,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation import deeplabv3_resnet101
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
-from .backbones import VggBlock, max_pool
+from .backbones import VggBlock, check_options, max_pool, spec_of
 from .configuration_utils import SegmentationConfig
 from .hub import SegmentationHubMixin
 from .labels import default_id2label
@@ -33,7 +37,7 @@ from .modeling_outputs import SegmenterOutput
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 from .parameter_groups import split_parameters
 
-BACKBONES = ("resnet101", "vgg16")
+BACKBONES = ("resnet101", "vgg16")  # Table 5's networks; any registered backbone works too
 VGG_HEADS = ("largefov", "aspp")
 
 
@@ -41,7 +45,8 @@ VGG_HEADS = ("largefov", "aspp")
 class DeepLabConfig(SegmentationConfig):
     """Configuration of :class:`DeepLabModel`.
 
-    backbone: ``"resnet101"`` or ``"vgg16"``.
+    backbone: ``"resnet101"``, ``"vgg16"`` (Table 5's) or any registered backbone;
+    backbone_options: its options (``{"layers": [3, 4, 6, 3]}``, timm's keywords).
     head: for VGG16, ``"largefov"`` (DeepLab-LargeFOV) or ``"aspp"`` (DeepLab-v2 ASPP-L).
     num_labels: classes with background (the paper's VOC: 21; the recipe takes them from the
         pseudo-label dataset); id2label / label2id: their names (``LABEL_i``/VOC's when none
@@ -53,8 +58,10 @@ class DeepLabConfig(SegmentationConfig):
     """
 
     model_type: ClassVar[str] = "deeplab"
+    implied_by_older_versions: ClassVar[dict] = {"backbone_options": {}}
 
     backbone: str = "resnet101"
+    backbone_options: dict = dataclasses.field(default_factory=dict)
     head: str = "largefov"
     num_labels: int = 21
     id2label: dict[int, str] | None = None
@@ -79,7 +86,10 @@ class DeepLabConfig(SegmentationConfig):
         ):
             setattr(self, name, tuple(getattr(self, name)))
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: must be one of {BACKBONES}, got {self.backbone!r}")
+            try:
+                check_options(spec_of(self.backbone), dict(self.backbone_options))
+            except ValueError as e:
+                raise ValueError(f"backbone: {e}") from None
         if self.head not in VGG_HEADS:
             raise ValueError(f"head: must be one of {VGG_HEADS}, got {self.head!r}")
         if len(self.resnet_layers) != 4 or len(self.vgg_channels) != 5 or len(self.vgg_depths) != 5:
@@ -172,6 +182,32 @@ def _deeplabv3(config: DeepLabConfig) -> DeepLabV3:
     )
 
 
+class RegistryDeepLab(nn.Module):
+    """A registered backbone's stem and body with the LargeFOV (one branch) or ASPP-L (four,
+    summed) head of :class:`DeepLabVGG`, its dilations scaled to the body's output stride."""
+
+    def __init__(self, config: DeepLabConfig) -> None:
+        super().__init__()
+        spec, options = spec_of(config.backbone), dict(config.backbone_options)
+        self.stem = spec.stem(config, options)
+        self.body = spec.body(config, options, self.stem)
+        stride = self.body.output_stride
+        rates = (12,) if config.head == "largefov" else config.aspp_dilations
+        self.heads = nn.ModuleList(
+            LargeFovHead(
+                self.body.out_channels,
+                config.fc_channels,
+                max(1, r * 8 // stride),
+                config.num_labels,
+            )
+            for r in rates
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, features = self.body(self.stem(x))
+        return torch.stack([head(features) for head in self.heads]).sum(dim=0)
+
+
 class DeepLabModel(
     nn.Module, SegmentationHubMixin, tags=["deeplab"], model_card_template=DEEPLAB_CARD
 ):
@@ -184,7 +220,12 @@ class DeepLabModel(
         if not isinstance(config, DeepLabConfig):
             raise TypeError(f"config: expected a DeepLabConfig, got {type(config).__name__}")
         self.config = config
-        self.net = _deeplabv3(config) if config.backbone == "resnet101" else DeepLabVGG(config)
+        if config.backbone == "resnet101":
+            self.net = _deeplabv3(config)
+        elif config.backbone == "vgg16":
+            self.net = DeepLabVGG(config)
+        else:
+            self.net = RegistryDeepLab(config)
         for m in self.net.modules():
             if isinstance(m, nn.Conv2d) and m.out_channels == config.num_labels:
                 nn.init.normal_(m.weight, std=0.01)  # class scores start near 0
@@ -218,7 +259,14 @@ class DeepLabModel(
             out.loss, out.loss_terms = loss, {"seg": loss}
         return out
 
+    @property
+    def output_stride(self) -> int:
+        """What an input's size must be a multiple of (8 for Table 5's networks)."""
+        return self.net.body.output_stride if isinstance(self.net, RegistryDeepLab) else 8
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``"backbone"``: what ImageNet weights initialise; ``"new"``: the head (10x lr)."""
+        if isinstance(self.net, RegistryDeepLab):
+            return split_parameters(self, [self.net.stem, *self.net.body.pretrained_modules()])
         backbone = self.net.backbone if self.config.backbone == "resnet101" else self.net.features
         return split_parameters(self, [backbone])

@@ -108,7 +108,9 @@ class SegmentationHubMixin(
         training ``checkpoint-<step>`` is written so)."""
         self.config.to_json_file(Path(save_directory, "config.json"))  # with its model_type
         AgenImageProcessor(
-            image_mean=self.config.image_mean, image_std=self.config.image_std
+            image_mean=self.config.image_mean,
+            image_std=self.config.image_std,
+            size_divisor=getattr(self, "output_stride", 8),
         ).save_pretrained(save_directory)
 
     @classmethod

@@ -1,12 +1,19 @@
 """AgenModel: the attention guided enhancement network (Fig. 1), loadable the Hugging Face way."""
 
 import logging
+import math
 
 import torch
 from torch import nn
 
 from .agm import AttentionGuidedModule
-from .backbones import DeepLabVGG16, ResNet38, SharedStem
+from .backbones import frozen_batch_norm, spec_of
+from .branches import (
+    add_classification_head,
+    add_segmentation_head,
+    class_maps,
+    segmentation_logits,
+)
 from .cam import pseudo_labels
 from .coam import ContextAttention
 from .configuration_agen import AgenConfig
@@ -43,9 +50,12 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_template=AGEN_CARD):
-    """AGEN (Fig. 1): shared VGG stem; classification branch A (DeepLab-VGG16); segmentation
-    branch B (ResNet-38); AGM-n on the stage-n taps of A and B for n in ``config.agm_stages``;
-    CoAM-n on AGM-n's class-aware maps for n in ``config.coam_stages``, accumulated top-down."""
+    """AGEN (Fig. 1): a stem (the paper's: VGG16's conv1-conv2, shared by both branches);
+    classification branch A (the paper's: DeepLab-VGG16); segmentation branch B (the paper's:
+    ResNet-38); AGM-n on the stage-n taps of A and B for n in ``config.agm_stages``; CoAM-n on
+    AGM-n's class-aware maps for n in ``config.coam_stages``, accumulated top-down. The
+    backbones are ``config.branch_a`` / ``config.branch_b`` (:mod:`agen_hf.backbones`); branch
+    B has a stem of its own (``stem_b``) when ``config.share_stem`` is False."""
 
     config_class = AgenConfig
 
@@ -57,9 +67,20 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         # how many processes the boundary loss's pydensecrf spreads a batch over (0: inline);
         # a run-time setting, not part of the model: --boundary_crf_processes
         self.boundary_crf_processes = 0
-        self.stem = SharedStem(config)
-        self.branch_a = DeepLabVGG16(config)
-        self.branch_b = ResNet38(config, self.stem.out_channels)
+        spec_a, spec_b = spec_of(config.branch_a), spec_of(config.branch_b)
+        self.stem = spec_a.stem(config, config.branch_a_options)
+        self.branch_a = add_classification_head(
+            spec_a.body(config, config.branch_a_options, self.stem), config
+        )
+        self.stem_b = None if config.share_stem else spec_b.stem(config, config.branch_b_options)
+        self.branch_b = add_segmentation_head(
+            spec_b.body(config, config.branch_b_options, self.stem_b or self.stem), config
+        )
+        timm_version = getattr(self.branch_a, "timm_version", None) or getattr(
+            self.branch_b, "timm_version", None
+        )
+        if timm_version and config.timm_version is None:
+            config.timm_version = timm_version  # what built it, recorded in config.json
         self.agm = (
             AttentionGuidedModule(
                 config.agm_stages,
@@ -80,10 +101,8 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
             if scores.bias is not None:
                 nn.init.zeros_(scores.bias)
         if config.freeze_batch_norm:
-            for m in self.branch_b.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.weight.requires_grad_(False)
-                    m.bias.requires_grad_(False)
+            for part in self.frozen_parts():
+                frozen_batch_norm(part)
         if config.use_boundary_loss and config.boundary_crf == "torch":
             logger.warning(
                 "AGEN boundary loss uses the pure-torch dense CRF "
@@ -97,13 +116,22 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
             layers += [self.agm.cls_shared[-1], self.agm.seg_shared[-1]]
         return layers
 
+    def frozen_parts(self) -> list[nn.Module]:
+        """Branch B and its own stem, whose batch norms ``freeze_batch_norm`` keeps."""
+        return [self.branch_b] + ([self.stem_b] if self.stem_b is not None else [])
+
     def train(self, mode: bool = True) -> "AgenModel":
         super().train(mode)
         if self.config.freeze_batch_norm:  # ImageNet statistics stay as they are
-            for m in self.branch_b.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
+            for part in self.frozen_parts():
+                frozen_batch_norm(part)
         return self
+
+    @property
+    def output_stride(self) -> int:
+        """What an input's size must be a multiple of for every map to align: the least
+        common multiple of the two branches' output strides (8 for the paper's pair)."""
+        return math.lcm(self.branch_a.output_stride, self.branch_b.output_stride)
 
     @property
     def heads(self) -> list[str]:
@@ -142,7 +170,8 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
                 "pass segmentation_only=True"
             )
         stem = self.stem(pixel_values)
-        taps_b, logits = (None, None) if classification_only else self.branch_b(stem)
+        stem_b = stem if self.stem_b is None else self.stem_b(pixel_values)
+        taps_b, logits = (None, None) if classification_only else self._segment(stem_b)
         if segmentation_only:
             out = AgenOutput(logits=logits)
             if masks is not None:
@@ -151,7 +180,8 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
             return out
 
         size = tuple(pixel_values.shape[-2:])
-        taps_a, maps_a = self.branch_a(stem)
+        taps_a, features_a = self.branch_a(stem)
+        maps_a = class_maps(self.branch_a, features_a)
         out = AgenOutput(logits=logits, class_maps={"A": maps_a})
         high = maps_a
         for n in sorted(self.config.agm_stages, reverse=True):
@@ -169,6 +199,11 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         if labels is not None:
             self._add_loss(out, pixel_values, labels, process_group, classification_only)
         return out
+
+    def _segment(self, stem: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """Branch B: its stage taps and its logits."""
+        taps, features = self.branch_b(stem)
+        return taps, segmentation_logits(self.branch_b, features)
 
     def _add_loss(
         self,
@@ -269,7 +304,8 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         """``"backbone"``: layers initialised from ImageNet (VGG16 conv1-conv5, ResNet-38);
         ``"new"``: everything else (fc6/fc7, classifiers, heads, AGMs, CoAMs), which the paper
         trains with a 10x learning rate."""
+        stems = [self.stem] + ([self.stem_b] if self.stem_b is not None else [])
         return split_parameters(
             self,
-            [self.stem, *self.branch_a.pretrained_modules(), *self.branch_b.pretrained_modules()],
+            [*stems, *self.branch_a.pretrained_modules(), *self.branch_b.pretrained_modules()],
         )

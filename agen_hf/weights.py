@@ -112,6 +112,9 @@ def _vgg_mapping(
     mapping, index = {}, 0
     for block, depth in enumerate(depths, start=1):
         for j in range(1, depth + 1):
+            if block not in prefixes:  # a stem this branch does not have
+                index += 3 if batch_norm else 2
+                continue
             conv = f"{prefixes[block]}conv{block}_{j}"
             for p in ("weight", "bias"):
                 mapping[f"{conv}.{p}"] = f"features.{index}.{p}"
@@ -125,30 +128,25 @@ def _vgg_mapping(
     return {d: s for d, s in mapping.items() if d in target}
 
 
-def load_vgg16(model: nn.Module, source) -> LoadReport:
-    """torchvision VGG16 (or VGG16-BN, matching ``vgg_batch_norm``) ImageNet weights into
-    AGEN's stem + branch A, or into a VGG16 :class:`~agen_hf.deeplab.DeepLabModel`."""
-    from .deeplab import DeepLabModel
-    from .modeling_agen import AgenModel
-
+def load_vgg16_into(
+    model: nn.Module, stem_prefix: str | None, body_prefix: str, source
+) -> LoadReport:
+    """torchvision VGG16 (or VGG16-BN, matching the config's ``vgg_batch_norm``) ImageNet
+    weights into a VGG16 stem (conv1-conv2, keys under ``stem_prefix``; None: the body follows
+    another branch's stem) and body (conv3-conv5, under ``body_prefix``) of ``model``."""
     state, name = read_state_dict(source)
-    if isinstance(model, AgenModel):
-        cfg = model.config
-        prefixes = {
-            1: "stem.conv1.",
-            2: "stem.conv2.",
-            3: "branch_a.conv3.",
-            4: "branch_a.conv4.",
-            5: "branch_a.conv5.",
-        }
-        mapping = _vgg_mapping(model, prefixes, cfg.vgg_depths, cfg.vgg_batch_norm)
-    elif isinstance(model, DeepLabModel) and model.config.backbone == "vgg16":
-        prefixes = {b: f"net.features.{2 * (b - 1)}." for b in range(1, 6)}
-        mapping = _vgg_mapping(model, prefixes, model.config.vgg_depths, False)
-    else:
-        raise TypeError(
-            f"load_vgg16: expected an AgenModel or a VGG16 DeepLabModel, got {type(model).__name__}"
-        )
+    cfg = model.config
+    prefixes = {b: f"{body_prefix}conv{b}." for b in (3, 4, 5)}
+    if stem_prefix is not None:
+        prefixes.update({1: f"{stem_prefix}conv1.", 2: f"{stem_prefix}conv2."})
+    mapping = _vgg_mapping(
+        model, prefixes, cfg.vgg_depths, bool(getattr(cfg, "vgg_batch_norm", False))
+    )
+    _check_vgg_batch_norm(state, mapping, name)
+    return load_mapped(model, state, mapping, list(mapping), name)
+
+
+def _check_vgg_batch_norm(state: dict, mapping: dict, name: str) -> None:
     bn_in_file = any(k.endswith("running_mean") for k in state)
     bn_in_model = any(k.endswith("running_mean") for k in mapping)
     if bn_in_file != bn_in_model:
@@ -156,23 +154,114 @@ def load_vgg16(model: nn.Module, source) -> LoadReport:
             f"{name}: a VGG16{'-BN' if bn_in_file else ''} file for a VGG16"
             f"{'-BN' if bn_in_model else ''} model; set vgg_batch_norm to match"
         )
+
+
+def load_resnet38_into(
+    model: nn.Module, stem_prefix: str | None, body_prefix: str, source
+) -> LoadReport:
+    """The ImageNet ResNet-38 of PSA/SEAM/RRM into a ResNet-38 body (``b3 ... bn7`` under
+    ``body_prefix``; its head is new) and, when it has one, its own stem (``conv1a``, ``b2``
+    under ``stem_prefix``): the same unit names. Following VGG's stem (the paper), the file's
+    ``conv1a`` and ``b2`` are reported unexpected."""
+    state, name = read_state_dict(source)
+    keys = list(model.state_dict())
+    body = [k for k in keys if k.startswith(body_prefix) and not _is_head(k, body_prefix)]
+    stem = [
+        k
+        for k in keys
+        if stem_prefix is not None
+        and k.startswith(stem_prefix)
+        and k.removeprefix(stem_prefix).startswith(("conv1a", "b2"))
+    ]
+    mapping = {k: k.removeprefix(body_prefix) for k in body}
+    mapping.update({k: k.removeprefix(stem_prefix) for k in stem})
+    return load_mapped(model, state, mapping, body + stem, name)
+
+
+HEAD_NAMES = ("fc6.", "fc7.", "classifier.", "head.")
+
+
+def _is_head(key: str, body_prefix: str) -> bool:
+    """A key of the branch head added beside a body's layers (:mod:`agen_hf.branches`)."""
+    return key.removeprefix(body_prefix).startswith(HEAD_NAMES)
+
+
+def load_by_name(model: nn.Module, prefixes: dict[str, str], source) -> LoadReport:
+    """Weights whose names are the backbone family's own (torchvision's, timm's) into the
+    keys of ``model`` under each ``target prefix: file prefix`` of ``prefixes`` (a branch's
+    head, added beside the body, is not the file's). The longest target prefix wins."""
+    state, name = read_state_dict(source)
+    mapping, scope = {}, []
+    prefixes = {k: v for k, v in prefixes.items() if k is not None}
+    order = sorted(prefixes, key=len, reverse=True)
+    for key in model.state_dict():
+        prefix = next((p for p in order if p and key.startswith(p)), None)
+        if prefix is None or _is_head(key, prefix):
+            continue
+        scope.append(key)
+        mapping[key] = prefixes[prefix] + key.removeprefix(prefix)
+    return load_mapped(model, state, mapping, scope, name)
+
+
+def load_branch(model: nn.Module, branch: str, source) -> LoadReport:
+    """ImageNet weights for ``branch`` (``"a"`` or ``"b"``) of an AgenModel, from a file of
+    its backbone's family (:class:`agen_hf.backbones.BackboneSpec`'s ``load``): into its body
+    and its stem (branch A's, shared by B in the paper's pair, or B's own)."""
+    from .backbones import spec_of
+
+    if branch not in ("a", "b"):
+        raise ValueError(f"branch: 'a' or 'b', got {branch!r}")
+    name = getattr(model.config, f"branch_{branch}")
+    spec = spec_of(name)
+    if spec.load is None:
+        raise ValueError(f"backbone {name}: no weight loader")
+    if branch == "a":
+        stem_prefix = "stem."
+    else:  # following A's stem, B has none of its own: that stem takes A's file
+        stem_prefix = None if model.stem_b is None else "stem_b."
+    return spec.load(model, stem_prefix, f"branch_{branch}.", source)
+
+
+def branch_of(model: nn.Module, backbone: str) -> str:
+    """``"a"`` or ``"b"``: the branch of an AgenModel whose backbone is ``backbone`` (branch
+    A when both are); an error naming the model's backbones when neither is."""
+    for branch in ("a", "b"):
+        if getattr(model.config, f"branch_{branch}") == backbone:
+            return branch
+    raise ValueError(
+        f"no branch of this model is {backbone} (branch A: {model.config.branch_a}, branch B: "
+        f"{model.config.branch_b})"
+    )
+
+
+def load_vgg16(model: nn.Module, source) -> LoadReport:
+    """torchvision VGG16 (or VGG16-BN, matching ``vgg_batch_norm``) ImageNet weights into
+    AGEN's VGG16 branch and its stem (the paper's stem + branch A), or into a VGG16
+    :class:`~agen_hf.deeplab.DeepLabModel`."""
+    from .deeplab import DeepLabModel
+    from .modeling_agen import AgenModel
+
+    if isinstance(model, AgenModel):
+        return load_branch(model, branch_of(model, "vgg16"), source)
+    if not (isinstance(model, DeepLabModel) and model.config.backbone == "vgg16"):
+        raise TypeError(
+            f"load_vgg16: expected an AgenModel or a VGG16 DeepLabModel, got {type(model).__name__}"
+        )
+    state, name = read_state_dict(source)
+    prefixes = {b: f"net.features.{2 * (b - 1)}." for b in range(1, 6)}
+    mapping = _vgg_mapping(model, prefixes, model.config.vgg_depths, False)
+    _check_vgg_batch_norm(state, mapping, name)
     return load_mapped(model, state, mapping, list(mapping), name)
 
 
 def load_resnet38(model: nn.Module, source) -> LoadReport:
-    """The ImageNet ResNet-38 of PSA/SEAM/RRM into AGEN's branch B (same unit names)."""
+    """The ImageNet ResNet-38 of PSA/SEAM/RRM into AGEN's ResNet-38 branch (the paper's
+    branch B; same unit names)."""
     from .modeling_agen import AgenModel
 
     if not isinstance(model, AgenModel):
         raise TypeError(f"load_resnet38: expected an AgenModel, got {type(model).__name__}")
-    state, name = read_state_dict(source)
-    scope = [
-        k
-        for k in model.state_dict()
-        if k.startswith("branch_b.") and not k.startswith("branch_b.head.")
-    ]
-    mapping = {k: k.removeprefix("branch_b.") for k in scope}
-    return load_mapped(model, state, mapping, scope, name)
+    return load_branch(model, branch_of(model, "resnet38"), source)
 
 
 def load_resnet101(model: nn.Module, source) -> LoadReport:
@@ -187,3 +276,19 @@ def load_resnet101(model: nn.Module, source) -> LoadReport:
     scope = [k for k in model.state_dict() if k.startswith("net.backbone.")]
     mapping = {k: k.removeprefix("net.backbone.") for k in scope}
     return load_mapped(model, state, mapping, scope, name)
+
+
+def load_deeplab_backbone(model: nn.Module, source) -> LoadReport:
+    """ImageNet weights into a DeepLabModel's backbone: torchvision's VGG16 or ResNet-101 for
+    Table 5's networks, the backbone family's own file for any other registered backbone."""
+    from .backbones import spec_of
+
+    backbone = model.config.backbone
+    if backbone == "vgg16":
+        return load_vgg16(model, source)
+    if backbone == "resnet101":
+        return load_resnet101(model, source)
+    spec = spec_of(backbone)
+    if spec.load is None:
+        raise ValueError(f"backbone {backbone}: no weight loader")
+    return spec.load(model, "net.stem.", "net.body.", source)

@@ -30,10 +30,10 @@ from typing import ClassVar, NamedTuple
 import datasets
 from accelerate.utils import set_seed
 
-from agen_hf.arguments import ArgumentParser, flag, flag_values, run_defining
+from agen_hf.arguments import ArgumentParser, flag, flag_values, json_object, run_defining
 from agen_hf.data import DataError, class_names, load_voc
 from agen_hf.data.sources import DataArguments, card_dataset, load_split, with_masks
-from agen_hf.deeplab import BACKBONES, VGG_HEADS, DeepLabConfig, DeepLabModel
+from agen_hf.deeplab import VGG_HEADS, DeepLabConfig, DeepLabModel
 from agen_hf.engine.accelerator import prepare_training, training_accelerator
 from agen_hf.engine.arguments import TrainingArguments
 from agen_hf.engine.distributed import main_process_first
@@ -45,7 +45,7 @@ from agen_hf.engine.run import TrainingRun, model_card
 from agen_hf.engine.supervision import Supervision
 from agen_hf.hub import model_for_classes
 from agen_hf.labels import id2label_for
-from agen_hf.weights import load_resnet101, load_vgg16
+from agen_hf.weights import load_deeplab_backbone
 
 logger = logging.getLogger("train_deeplab")
 
@@ -64,7 +64,14 @@ class DeepLabArguments:
     """The DeepLab a run trains: fresh (a backbone and head, or a config file) or saved."""
 
     group: ClassVar[str] = "model"
-    backbone: str = flag("resnet101", choices=BACKBONES)
+    backbone: str = flag(
+        "resnet101",
+        "resnet101 or vgg16 (Table 5's DeepLab-v3 and DeepLab-LargeFOV/ASPP-L), or any "
+        "registered backbone with the LargeFOV/ASPP-L head (python -m agen_hf.backbones)",
+    )
+    backbone_options: dict | None = flag(
+        None, "the backbone's options as JSON, e.g. '{\"layers\": [3, 4, 6, 3]}'", type=json_object
+    )
     head: str = flag("aspp", "VGG16 head: largefov or aspp (DeepLab-v2 ASPP-L)", choices=VGG_HEADS)
     model_config: str | None = flag(None, "a DeepLabConfig JSON (overrides --backbone/--head)")
     model_name_or_path: str | None = flag(
@@ -124,7 +131,14 @@ def model_config(args: DeepLabArguments, id2label: dict[int, str]) -> DeepLabCon
         except (OSError, ValueError, TypeError) as e:
             raise SystemExit(f"--model_config {args.model_config}: {e}") from None
     else:
-        config = DeepLabConfig(backbone=args.backbone, head=args.head)
+        try:
+            config = DeepLabConfig(
+                backbone=args.backbone,
+                head=args.head,
+                backbone_options=args.backbone_options or {},
+            )
+        except ValueError as e:
+            raise SystemExit(f"--backbone {args.backbone}: {e}") from None
     return config.with_classes(id2label)
 
 
@@ -157,8 +171,7 @@ def build_model(args: DeepLabArguments, id2label: dict[int, str]) -> DeepLabMode
         else DeepLabModel(model_config(args, id2label))
     )
     if args.backbone_weights:
-        load = load_resnet101 if model.config.backbone == "resnet101" else load_vgg16
-        logger.info("%s", load(model, args.backbone_weights))
+        logger.info("%s", load_deeplab_backbone(model, args.backbone_weights))
     return model
 
 

@@ -29,7 +29,14 @@ import datasets
 from accelerate.utils import set_seed
 
 from agen_hf import AgenConfig, AgenModel
-from agen_hf.arguments import ArgumentParser, flag, flag_values, non_negative, run_defining
+from agen_hf.arguments import (
+    ArgumentParser,
+    flag,
+    flag_values,
+    json_object,
+    non_negative,
+    run_defining,
+)
 from agen_hf.configuration_agen import TABLE1_PRESETS
 from agen_hf.data import class_names
 from agen_hf.data.sources import SyntheticDataArguments, card_dataset, load_split, with_masks
@@ -45,7 +52,7 @@ from agen_hf.engine.supervision import Supervision
 from agen_hf.hub import model_for_classes
 from agen_hf.labels import id2label_for
 from agen_hf.visualization import write_cam_figure
-from agen_hf.weights import load_resnet38, load_vgg16
+from agen_hf.weights import load_branch, load_resnet38, load_vgg16
 
 logger = logging.getLogger("train_voc")
 
@@ -88,6 +95,25 @@ class AgenArguments:
         nargs="*",
         metavar="N",
     )
+    branch_a: str | None = flag(
+        None,
+        "a fresh model's branch A backbone (the paper's: vgg16; also resnet38, resnet50, "
+        "resnet101, convnext_tiny, timm:<model>: python -m agen_hf.backbones)",
+    )
+    branch_b: str | None = flag(None, "its branch B backbone (the paper's: resnet38)")
+    branch_a_options: dict | None = flag(
+        None,
+        "branch A's backbone options as JSON, e.g. '{\"layers\": [3, 4, 6, 3]}' (timm: "
+        "create_model's keywords)",
+        type=json_object,
+    )
+    branch_b_options: dict | None = flag(None, "branch B's backbone options", type=json_object)
+    share_stem: str | None = flag(
+        None,
+        "branch B follows branch A's stem (true: the paper's VGG conv1-conv2; default: where "
+        "the pair can)",
+        choices=["true", "false"],
+    )
     boundary_crf: str | None = flag(None, choices=["pydensecrf", "torch"])
     boundary_crf_processes: int = flag(
         0,
@@ -110,10 +136,16 @@ class AgenArguments:
         "classification-first phase: --seeding_warmup_steps and --lr_restart_at do not apply)",
         run=True,
     )
-    vgg16_weights: str | None = flag(
-        None, "torchvision VGG16(-BN) ImageNet state dict for the stem + branch A"
+    branch_a_weights: str | None = flag(
+        None, "ImageNet weights of branch A's backbone (and its stem): a file of its family"
     )
-    resnet38_weights: str | None = flag(None, "PSA's ImageNet ResNet-38 (.pth) for branch B")
+    branch_b_weights: str | None = flag(None, "ImageNet weights of branch B's backbone")
+    vgg16_weights: str | None = flag(
+        None, "torchvision VGG16(-BN) ImageNet state dict for the vgg16 branch and its stem"
+    )
+    resnet38_weights: str | None = flag(
+        None, "PSA's ImageNet ResNet-38 (.pth) for the resnet38 branch"
+    )
     cam_figure: int = flag(
         0,
         "write cams.png with the first N val images after training (0: off)",
@@ -183,21 +215,34 @@ def build_model(args: AgenArguments, id2label: dict[int, str], data_name: str) -
         for name in ("agm_stages", "coam_stages")
         if getattr(args, name) is not None
     }
-    if (args.preset or stages) and saved:
+    backbones = {
+        name: getattr(args, name)
+        for name in ("branch_a", "branch_b", "branch_a_options", "branch_b_options")
+        if getattr(args, name) is not None
+    }
+    if args.share_stem is not None:
+        backbones["share_stem"] = args.share_stem == "true"
+    elif backbones:
+        backbones["share_stem"] = None  # resolved again for the new pair
+    if (args.preset or stages or backbones) and saved:
         option, what = (
             (f"--preset {args.preset}", "a preset")
             if args.preset
-            else (f"--{next(iter(stages))}", "a stage flag")
+            else (f"--{next(iter(stages or backbones))}", "a stage or backbone flag")
         )
         raise SystemExit(
-            f"{option}: {args.model_name_or_path} has its own AGM and CoAM stages; "
-            f"{what} builds a fresh model"
+            f"{option}: {args.model_name_or_path} has its own AGM and CoAM stages and "
+            f"backbones; {what} builds a fresh model"
         )
     config = config.with_preset(args.preset) if args.preset else config
     try:
         config = dataclasses.replace(config, **stages)
     except ValueError as e:
         raise SystemExit(f"--agm_stages / --coam_stages: {e}") from None
+    try:
+        config = dataclasses.replace(config, **backbones)
+    except ValueError as e:
+        raise SystemExit(f"--{next(iter(backbones))}: {e}") from None
     changes = {
         "boundary_crf": args.boundary_crf,
         "use_boundary_loss": None
@@ -210,9 +255,17 @@ def build_model(args: AgenArguments, id2label: dict[int, str], data_name: str) -
     if saved:
         model.load_state_dict(saved.state_dict())
     model.boundary_crf_processes = args.boundary_crf_processes
-    for path, load in ((args.vgg16_weights, load_vgg16), (args.resnet38_weights, load_resnet38)):
+    for path, load in (
+        (args.branch_a_weights, lambda m, p: load_branch(m, "a", p)),
+        (args.branch_b_weights, lambda m, p: load_branch(m, "b", p)),
+        (args.vgg16_weights, load_vgg16),
+        (args.resnet38_weights, load_resnet38),
+    ):
         if path:
-            logger.info("%s", load(model, path))
+            try:
+                logger.info("%s", load(model, path))
+            except ValueError as e:
+                raise SystemExit(f"{path}: {e}") from None
     logger.info("model %s", args.model_name_or_path or f"config {args.model_config}")
     return model
 
@@ -250,15 +303,33 @@ def card(
     config: AgenConfig,
     argv: list[str],
     data: SyntheticDataArguments,
+    agen: AgenArguments,
     num_processes: int = 1,
 ) -> dict:
-    """The model card: IoU table, model-index result, the stages, the command and config."""
+    """The model card: IoU table, model-index result, the backbones and their weight files,
+    the stages, the command and config."""
+    files = {
+        "a": agen.branch_a_weights or (agen.vgg16_weights if config.branch_a == "vgg16" else None),
+        "b": agen.branch_b_weights
+        or (agen.resnet38_weights if config.branch_b == "resnet38" else None),
+    }
+    start = (
+        f"from {agen.model_name_or_path}"
+        if agen.model_name_or_path
+        else "no pretrained weights: from scratch"
+    )
+    backbones = ", ".join(
+        f"branch {b.upper()} {getattr(config, f'branch_{b}')} "
+        f"({'ImageNet weights ' + files[b] if files[b] else start})"
+        for b in ("a", "b")
+    )
+    stem = "shared stem" if config.share_stem else "a stem each"
     stages = f"AGM {list(config.agm_stages)}, CoAM {list(config.coam_stages)}"
     return model_card(
         metrics,
         config.label_names,
         command_line("recipes/train_voc.py", argv, num_processes=num_processes),
-        f"{stages}.\n\n```json\n{config.to_json_string()}\n```",
+        f"Backbones: {backbones}; {stem}. {stages}.\n\n```json\n{config.to_json_string()}\n```",
         card_dataset(data),
     )
 
@@ -309,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
         model,
         val_dl,
         state,
-        lambda metrics: card(metrics, config, argv, data, accelerator.num_processes),
+        lambda metrics: card(metrics, config, argv, data, agen, accelerator.num_processes),
         loaded=(train_ds, val_ds),
         supervision="full" if agen.full_supervision else "image-level",
     )

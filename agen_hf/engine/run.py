@@ -109,7 +109,7 @@ class TrainingRun:
         ids = list(train_ds["id"]) if "id" in train_ds.column_names else len(train_ds)
         return fingerprint(
             {
-                "model": base_model(self.accelerator, model).config.to_dict(),
+                "model": base_model(self.accelerator, model).config.run_dict(),
                 "data": {"samples": len(train_ds), "ids": ids},
                 **self.defines_run,
                 "mixed_precision": self.accelerator.mixed_precision,

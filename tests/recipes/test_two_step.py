@@ -187,7 +187,7 @@ def test_deeplab_models_shapes_groups_and_round_trip(tmp_path):
     assert torch.equal(model(x).logits, loaded(x).logits)
     resnet = DeepLabModel(DeepLabConfig(resnet_layers=(1, 1, 1, 1))).eval()
     assert resnet(x[:1]).logits.shape == (1, 21, 41, 50)  # torchvision upsamples to the input
-    with pytest.raises(ValueError, match="backbone: must be one of"):
-        DeepLabConfig(backbone="resnet50")
+    with pytest.raises(ValueError, match="backbone: backbone 'alexnet': not registered"):
+        DeepLabConfig(backbone="alexnet")
     with pytest.raises(ValueError, match="head: must be one of"):
         DeepLabConfig(head="psp")
