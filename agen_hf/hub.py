@@ -88,6 +88,8 @@ class SegmentationHubMixin(
         if eval_results:
             card_data.eval_results = [EvalResult(**r) for r in eval_results]
             card_data.model_name = Path(repo_id).name if repo_id else type(self).__name__
+        kwargs.setdefault("num_labels", self.config.num_labels)
+        kwargs.setdefault("logit_stride", getattr(self, "logit_stride", None))
         return ModelCard.from_template(
             card_data=card_data,
             template_str=info.model_card_template,

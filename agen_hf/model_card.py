@@ -17,8 +17,9 @@ packaged with the agen_hf library.
 
 ```python
 from agen_hf import AgenModel
+
 model = AgenModel.from_pretrained("{{ repo_id }}")
-logits = model(pixel_values, segmentation_only=True).logits  # (B, {{ num_labels | default("num_labels", true) }}, H/8, W/8)
+logits = model(pixel_values, segmentation_only=True).logits  # (B, {{ num_labels | default("num_labels", true) }}, H/{{ logit_stride | default(8, true) }}, W/{{ logit_stride | default(8, true) }})
 ```
 
 ## Evaluation
@@ -44,6 +45,7 @@ Journal of Electronics 2023, Table 5), packaged with agen_hf. Image-level labels
 
 ```python
 from agen_hf.deeplab import DeepLabModel
+
 model = DeepLabModel.from_pretrained("{{ repo_id }}")
 ```
 

@@ -134,6 +134,11 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
         return math.lcm(self.branch_a.output_stride, self.branch_b.output_stride)
 
     @property
+    def logit_stride(self) -> int:
+        """The stride of the segmentation logits: branch B's output stride."""
+        return self.branch_b.output_stride
+
+    @property
     def heads(self) -> list[str]:
         """Head names in the top-down order CoAM is accumulated: A, agm5, agm4, agm3."""
         return ["A"] + [f"agm{n}" for n in sorted(self.config.agm_stages, reverse=True)]

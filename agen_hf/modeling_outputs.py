@@ -76,7 +76,8 @@ class AgenOutput(SegmenterOutput):
             upper bound's cross-entropy of branch B (when masks are given).
         loss_terms: every term by name: ``cls_A``, ``cls_agm5``..., ``seg_B``, ``seg_agm5``...,
             ``boundary``; ``seg_B_full`` for the upper bound.
-        logits: branch B's segmentation logits (B, num_labels, ceil(H/8), ceil(W/8)).
+        logits: branch B's segmentation logits (B, num_labels, ceil(H/s), ceil(W/s)), s its output
+            stride (8 for the paper's ResNet-38).
         class_logits: ``GAP(F_c)`` of every head (B, C); ``sigmoid`` gives ``p`` of eq. 1.
         class_maps: class-aware maps ``F_c`` of every head (B, C, h, w), after CoAM where on.
         class_maps_before_coam: AGM maps before CoAM, for the stages that have one.

@@ -298,3 +298,14 @@ def test_a_timm_model_names_the_extra_where_timm_is_missing(tmp_path, monkeypatc
     monkeypatch.setitem(__import__("sys").modules, "timm", None)
     with pytest.raises(ImportError, match=r"pip install 'agen_hf\[timm\]'"):
         AgenModel.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("b, stride", [("resnet38", 8), ("convnext_tiny", 32)])
+def test_the_model_card_states_the_logits_shape_it_gives(b, stride, tmp_path):
+    model = AgenModel(config("vgg16", b)).eval()
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert f"# (B, 21, H/{stride}, W/{stride})" in card
+    with torch.no_grad():
+        logits = model(batch()[0], segmentation_only=True).logits
+    assert model.logit_stride == stride and logits.shape == (2, 21, H // stride, W // stride)
