@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .backbones import check_options, prefixes, spec_of
+from .backbones import check_options, spec_of
 from .configuration_utils import SegmentationConfig
 from .labels import IGNORE_INDEX, VOC_CLASSES, default_id2label
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -280,7 +280,7 @@ class AgenConfig(SegmentationConfig):
             except ValueError as e:
                 raise ValueError(f"{branch}: {e}") from None
         a, b = specs["branch_a"], specs["branch_b"]
-        can = b.can_follow(a.family) and not a.family.startswith(tuple(f"{p}:" for p in prefixes()))
+        can = a.stem_shareable and b.can_follow(a.family)
         if self.share_stem is None:
             self.share_stem = can
         elif self.share_stem and not can:

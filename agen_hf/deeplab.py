@@ -28,6 +28,7 @@ from torchvision.models.segmentation import deeplabv3_resnet101
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
 from .backbones import VggBlock, check_options, max_pool, spec_of
+from .branches import scaled_dilation
 from .configuration_utils import SegmentationConfig
 from .hub import SegmentationHubMixin
 from .labels import default_id2label
@@ -138,6 +139,26 @@ class LargeFovHead(nn.Sequential):
         )
 
 
+def deeplab_heads(config: DeepLabConfig, in_channels: int, output_stride: int) -> nn.ModuleList:
+    """The LargeFOV head (one branch, fc6 dilated 12) or ASPP-L (one a rate of
+    ``aspp_dilations``), the dilations given at stride 8 and scaled to ``output_stride``."""
+    rates = (12,) if config.head == "largefov" else config.aspp_dilations
+    return nn.ModuleList(
+        LargeFovHead(
+            in_channels,
+            config.fc_channels,
+            scaled_dilation(r, output_stride),
+            config.num_labels,
+        )
+        for r in rates
+    )
+
+
+def summed_heads(heads: nn.ModuleList, features: torch.Tensor) -> torch.Tensor:
+    """The logits: the sum of the heads' (ASPP-L's four branches; LargeFOV's one)."""
+    return torch.stack([head(features) for head in heads]).sum(dim=0)
+
+
 class DeepLabVGG(nn.Module):
     """VGG16 conv1-conv5 (DeepLab's pooling: stride 8) and a LargeFOV or ASPP-L head."""
 
@@ -155,14 +176,10 @@ class DeepLabVGG(nn.Module):
             layers.append(max_pool(strides[block - 1]))
             in_ch = ch[block - 1]
         self.features = nn.Sequential(*layers)
-        rates = (12,) if config.head == "largefov" else config.aspp_dilations
-        self.heads = nn.ModuleList(
-            LargeFovHead(in_ch, config.fc_channels, r, config.num_labels) for r in rates
-        )
+        self.heads = deeplab_heads(config, in_ch, output_stride=8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        return torch.stack([head(x) for head in self.heads]).sum(dim=0)
+        return summed_heads(self.heads, self.features(x))
 
 
 def _deeplabv3(config: DeepLabConfig) -> DeepLabV3:
@@ -191,21 +208,11 @@ class RegistryDeepLab(nn.Module):
         spec, options = spec_of(config.backbone), dict(config.backbone_options)
         self.stem = spec.stem(config, options)
         self.body = spec.body(config, options, self.stem)
-        stride = self.body.output_stride
-        rates = (12,) if config.head == "largefov" else config.aspp_dilations
-        self.heads = nn.ModuleList(
-            LargeFovHead(
-                self.body.out_channels,
-                config.fc_channels,
-                max(1, r * 8 // stride),
-                config.num_labels,
-            )
-            for r in rates
-        )
+        self.heads = deeplab_heads(config, self.body.out_channels, self.body.output_stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, features = self.body(self.stem(x))
-        return torch.stack([head(features) for head in self.heads]).sum(dim=0)
+        return summed_heads(self.heads, features)
 
 
 class DeepLabModel(

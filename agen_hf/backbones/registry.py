@@ -69,7 +69,8 @@ class BackboneSpec:
     into the model's stem and body (their key prefixes in ``model.state_dict()``).
     summary: one line for ``python -m agen_hf.backbones``; weights: the file it loads;
     option_names: the options it takes; output_stride: of its features (8: dilated as the
-    paper's; 32 or 16 where the family cannot dilate).
+    paper's; 32 or 16 where the family cannot dilate); stem_shareable: False where the stem
+    cannot be split off (the body reads the image), so that no other branch follows it.
     """
 
     name: str
@@ -83,6 +84,7 @@ class BackboneSpec:
     option_names: tuple[str, ...] | None = ()  # None: any (passed on, as timm's)
     extra: str | None = None  # the pip extra it needs (``timm``)
     output_stride: int | None = 8  # None: known once built (a timm model's)
+    stem_shareable: bool = True
 
     def can_follow(self, family: str) -> bool:
         """Whether this body can take the output of a stem of ``family``."""

@@ -107,6 +107,7 @@ def timm_spec(model_name: str) -> BackboneSpec:
         option_names=None,
         extra=EXTRA,
         output_stride=None,
+        stem_shareable=False,
     )
 
 

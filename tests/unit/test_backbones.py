@@ -243,6 +243,10 @@ def test_a_stem_sharing_pair_and_a_pair_with_a_stem_each():
         match="share_stem: branch_b resnet38 cannot follow branch_a convnext_tiny's stem",
     ):
         config("convnext_tiny", "resnet38", share_stem=True)
+    timm_pair = config("timm:resnet18", "timm:resnet18")  # a timm model keeps its stem
+    assert timm_pair.share_stem is False
+    with pytest.raises(ValueError, match="cannot follow branch_a timm:resnet18's stem"):
+        config("timm:resnet18", "timm:resnet18", share_stem=True)
     paper = AgenConfig()
     assert (paper.branch_a, paper.branch_b, paper.share_stem) == ("vgg16", "resnet38", True)
     with pytest.raises(ValueError, match="branch_a: backbone resnet50: unknown option"):
