@@ -23,8 +23,8 @@ A backbone is a **stem** (:class:`Stem`) and a **body** (:class:`Backbone`).
   train it).
 * Weights: ``spec.load(model, stem_prefix, body_prefix, file)`` copies an ImageNet weight file
   (the family's own names: torchvision's, PSA's, timm's) into the stem and the body and
-  reports what was loaded, missing and unexpected (:class:`agen_hf.weights.LoadReport`).
-  Nothing is ever downloaded.
+  reports what was loaded, missing and unexpected (:mod:`agen_hf.backbones.weight_files`'s
+  ``LoadReport``). Nothing is ever downloaded.
 
 Heads are the model's (:mod:`agen_hf.branches`): branch A's 3x3 fc6/fc7 and class-aware 1x1
 convolution, branch B's segmentation head, DeepLab's LargeFOV/ASPP; their dilations follow the

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .registry import Backbone, BackboneSpec, Stem, register
+from .weight_files import load_resnet38_into
 
 RESNET38_WIDTHS = (256, 512, 1024, 2048, 4096)
 RESNET38_DEPTHS = (3, 6, 3)
@@ -167,19 +168,13 @@ class ResNet38Body(Backbone):
         return list(self._pretrained)
 
 
-def _load(model, stem_prefix: str, body_prefix: str, source):
-    from ..weights import load_resnet38_into
-
-    return load_resnet38_into(model, stem_prefix, body_prefix, source)
-
-
 RESNET38 = register(
     BackboneSpec(
         name="resnet38",
         family="resnet38",
         stem=lambda config, options: ResNet38Stem(config),
         body=lambda config, options, stem: ResNet38Body(config, stem.out_channels),
-        load=_load,
+        load=load_resnet38_into,
         follows=("vgg",),
         summary="the paper's branch B: the wide ResNet-38 of PSA/SEAM/RRM, output stride 8; "
         "follows VGG16's conv1-conv2 as in the paper, or its own conv1a + b2; widths from "

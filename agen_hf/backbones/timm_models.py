@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .registry import Backbone, BackboneSpec, IdentityStem, register_prefix
+from .weight_files import load_by_name
 
 EXTRA = "timm"
 
@@ -88,8 +89,6 @@ def _cnn(timm, name: str, options: dict):
 
 
 def _load(model, stem_prefix: str, body_prefix: str, source):
-    from ..weights import load_by_name
-
     # the feature net's names are the model's (a ViT's under ``model.``), behind ``net.``
     return load_by_name(model, {body_prefix + "net.": "", body_prefix + "net.model.": ""}, source)
 

@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.models import convnext, resnet
 
 from .registry import Backbone, BackboneSpec, Stem, register
+from .weight_files import load_by_name
 
 RESNET_LAYERS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 
@@ -125,8 +126,6 @@ class ConvNextBody(Backbone):
 
 
 def _load(model, stem_prefix: str, body_prefix: str, source):
-    from ..weights import load_by_name
-
     return load_by_name(model, {stem_prefix: "", body_prefix: ""}, source)
 
 

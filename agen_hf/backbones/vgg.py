@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .registry import Backbone, BackboneSpec, Stem, register
+from .weight_files import load_vgg16_into
 
 VGG16_CHANNELS = (64, 128, 256, 512, 512)
 VGG16_DEPTHS = (2, 2, 3, 3, 3)
@@ -103,19 +104,13 @@ class Vgg16Body(Backbone):
         return [self.conv3, self.conv4, self.conv5]
 
 
-def _load(model, stem_prefix: str, body_prefix: str, source):
-    from ..weights import load_vgg16_into
-
-    return load_vgg16_into(model, stem_prefix, body_prefix, source)
-
-
 VGG16 = register(
     BackboneSpec(
         name="vgg16",
         family="vgg",
         stem=lambda config, options: VggStem(config),
         body=lambda config, options, stem: Vgg16Body(config, stem.out_channels),
-        load=_load,
+        load=load_vgg16_into,
         follows=("resnet38",),
         summary="the paper's branch A: VGG16 (-BN with vgg_batch_norm), DeepLab-LargeFOV "
         "layout, output stride 8; widths from the config's vgg_* fields",
