@@ -168,11 +168,60 @@ def bench_config(name: str, base: AgenConfig, args, dtype: torch.dtype, peak: fl
         }
         if args.device.startswith("cuda"):
             entry["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if args.ops and row == "full":
+            entry["ops"] = op_breakdown(
+                model, pixel_values, labels, dtype, seconds, flops, args.ops
+            )
         result[row] = entry
         print(f"{name} {row}: {json.dumps(entry)}", flush=True)
         del model
     result["full_over_baseline_time"] = result["full"]["step_s"] / result["baseline"]["step_s"]
     result["full_over_baseline_flops"] = result["full"]["gflop"] / result["baseline"]["gflop"]
+    return result
+
+
+# Matrix products: the ops whose FLOPs FlopCounterMode counts (all of a step's FLOPs)
+GEMM_OPS = ("convolution", "mm", "bmm", "addmm", "baddbmm", "scaled_dot_product", "linear")
+
+
+def op_breakdown(model, pixel_values, labels, dtype, step_s: float, flops: int, top: int) -> dict:
+    """One profiled CPU step (forward + backward, autocast as timed): the ``top`` aten ops by
+    self time, each with its share of the step; the matrix products' share and their own
+    GFLOP/s (every FLOP of the step is theirs), and what the rest costs."""
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with autocast:
+            out = model(pixel_values, labels)
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    gemm = sum(e.self_cpu_time_total for e in events if any(g in e.key for g in GEMM_OPS)) / 1e6
+    rows = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
+    result = {
+        "profiled_aten_s": total,
+        "matrix_products_s": gemm,
+        "matrix_products_share": gemm / total,
+        "matrix_products_gflop_per_s": flops / gemm / 1e9,
+        "other_s": total - gemm,
+        "top_ops": [
+            {
+                "op": e.key,
+                "self_ms": e.self_cpu_time_total / 1e3,
+                "share": e.self_cpu_time_total / 1e6 / total,
+                "calls": e.count,
+            }
+            for e in rows
+        ],
+    }
+    print(
+        f"  op by op ({'bf16' if dtype != torch.float32 else 'fp32'}, one profiled step, "
+        f"{total:.2f} s of aten self time against {step_s:.2f} s un-profiled): matrix products "
+        f"{100 * gemm / total:.1f} % at {flops / gemm / 1e9:.0f} GFLOP/s, the rest "
+        f"{total - gemm:.2f} s"
+    )
+    for r in result["top_ops"]:
+        print(f"    {r['op']:48s} {r['self_ms']:9.1f} ms {100 * r['share']:5.1f} %  x{r['calls']}")
     return result
 
 
@@ -477,6 +526,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="default: 1, --quickstart 16")
     p.add_argument("--size", type=int, default=None, help="default: 321, --quickstart 64")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--ops",
+        type=int,
+        default=0,
+        help="--configs on the CPU: the full AGEN's N costliest aten ops in one profiled step",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     p.add_argument("--gemm_sizes", type=int, nargs="+", default=[1024, 2048, 4096])

@@ -1,9 +1,9 @@
 """The floors job's smoke check (run by ``.ci/floors`` in a venv holding the oldest declared
 versions of every dependency, ``.ci/floors.txt``): not collected by the default ``pytest`` run.
 
-Imports every ``agen_hf`` module, runs the training transform (whose ``RandomLongSideResize``
-overrides ``make_params``/``transform``: torchvision >= 0.21), one forward + backward of a tiny
-``AgenModel``, a ``save_pretrained``/``from_pretrained`` round trip (``PyTorchModelHubMixin``
+Imports every ``agen_hf`` module, runs the training transform (torchvision's v2 kernels,
+``resize_mask`` with ``max_size`` among them: torchvision >= 0.21), one forward + backward of a
+tiny ``AgenModel``, a ``save_pretrained``/``from_pretrained`` round trip (``PyTorchModelHubMixin``
 with ``paper_url=``: huggingface-hub >= 0.30) and ``evaluate.load`` of the bundled mean IoU
 offline. Prints each step; exits non-zero (an exception) on any failure."""
 
@@ -68,31 +68,27 @@ def import_everything() -> None:
 
 def check_transforms() -> None:
     import torch
-    from torchvision import tv_tensors
 
-    from agen_hf.data.transforms import RandomLongSideResize, train_transform
+    from agen_hf.data.transforms import train_transform
 
     lo, hi = 40, 56
-    image = tv_tensors.Image(torch.randint(0, 256, (3, 30, 20), dtype=torch.uint8))
-    mask = tv_tensors.Mask(torch.randint(0, 21, (30, 20), dtype=torch.uint8))
-    resize = RandomLongSideResize(lo, hi)
+    image = torch.randint(0, 256, (3, 30, 20), dtype=torch.uint8)
+    mask = torch.randint(0, 21, (30, 20), dtype=torch.uint8)
+    transform = train_transform(crop_size=64, scale_range=(lo, hi))
     for _ in range(5):
-        out_image, out_mask = resize(image, mask)
-        h, w = out_image.shape[-2:]
-        assert lo <= max(h, w) <= hi, f"RandomLongSideResize({lo}, {hi}): long side {max(h, w)}"
-        assert tuple(out_mask.shape[-2:]) == (h, w), (out_mask.shape, out_image.shape)
+        pixel_values, out_mask = transform(image, mask)
+        inside = (out_mask != 255).nonzero()
+        h, w = (inside.max(0).values - inside.min(0).values + 1).tolist()
+        assert lo <= max(h, w) <= hi, f"long side {max(h, w)} outside [{lo}, {hi}]"
         assert abs(h / w - 30 / 20) < 0.1, f"aspect ratio changed: {h}x{w}"
-    transform = train_transform(crop_size=32, scale_range=(lo, hi))
-    assert isinstance(transform.transforms[0], RandomLongSideResize)
-    pixel_values, out_mask = transform(image, mask)
-    assert pixel_values.shape == (3, 32, 32) and pixel_values.dtype == torch.float32, (
+    assert pixel_values.shape == (3, 64, 64) and pixel_values.dtype == torch.float32, (
         pixel_values.shape,
         pixel_values.dtype,
     )
-    assert out_mask.shape == (32, 32) and out_mask.dtype == torch.uint8
+    assert out_mask.shape == (64, 64) and out_mask.dtype == torch.uint8
     step(
-        f"train_transform: long side resized into [{lo}, {hi}] (last {h}x{w}), "
-        f"crop -> {tuple(pixel_values.shape)}"
+        f"train_transform: long side resized into [{lo}, {hi}] (last {h}x{w}), padded and "
+        f"cropped -> {tuple(pixel_values.shape)}"
     )
 
 

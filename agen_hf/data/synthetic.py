@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing as mp
 import os
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -268,8 +270,39 @@ def make_synthetic(
 def _build(
     num_images: int, seed: int, image_size: int, min_classes: int, max_classes: int
 ) -> datasets.Dataset:
+    """Every sample rendered and PNG-encoded, split over the CPU cores this process may use
+    (each sample depends only on ``(seed, i)``: the same dataset on any number of cores)."""
+    work = partial(
+        _encoded_range,
+        seed=seed,
+        image_size=image_size,
+        min_classes=min_classes,
+        max_classes=max_classes,
+        num_images=num_images,
+    )
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, 8)
+    chunk = 250
+    ranges = [range(i, min(i + chunk, num_images)) for i in range(0, num_images, chunk)]
+    if workers > 1 and len(ranges) > 1 and "fork" in mp.get_all_start_methods():
+        # forked workers run numpy and PIL only (no torch, no threads of their own)
+        with mp.get_context("fork").Pool(min(workers, len(ranges))) as pool:
+            parts = pool.map(work, ranges)
+    else:
+        parts = [work(r) for r in ranges]
     rows = {"id": [], "image": [], "labels": [], "mask": []}
-    for i in range(num_images):
+    for part in parts:
+        for key in rows:
+            rows[key].extend(part[key])
+    return datasets.Dataset.from_dict(rows, features=FEATURES)
+
+
+def _encoded_range(
+    indices: range, seed: int, image_size: int, min_classes: int, max_classes: int, num_images: int
+) -> dict[str, list]:
+    """Samples ``indices`` as rows of the schema (PNG bytes); an image without a visible
+    foreground class is redrawn (index + k * num_images)."""
+    rows = {"id": [], "image": [], "labels": [], "mask": []}
+    for i in indices:
         draw = i
         while True:
             img, mask, labels = render_sample(draw, seed, image_size, min_classes, max_classes)
@@ -280,4 +313,4 @@ def _build(
         rows["image"].append({"bytes": _png(img, palette=False), "path": None})
         rows["mask"].append({"bytes": _png(mask, palette=True), "path": None})
         rows["labels"].append(labels)
-    return datasets.Dataset.from_dict(rows, features=FEATURES)
+    return rows

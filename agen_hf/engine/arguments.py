@@ -74,6 +74,13 @@ class TrainingArguments:
     )
     skip_bad_samples: bool = flag(False, group=LOADING)
     num_workers: int = flag(2, type=non_negative, group=LOADING)
+    hold_decoded: bool = flag(
+        False,
+        "keep each training image decoded in memory after its first epoch (3 H W + H W bytes "
+        "an image, in every loader worker): the same batches, later epochs without reading "
+        "or decoding",
+        group=LOADING,
+    )
 
     per_device_train_batch_size: int = flag(15, type=positive, group=OPTIMISATION, run=True)
     per_device_eval_batch_size: int = flag(1, type=positive, group=OPTIMISATION)

@@ -28,11 +28,14 @@ def train_loader(
     seed: int,
     num_workers: int = 0,
     skip_bad_samples: bool = False,
+    hold_decoded: bool = False,
 ) -> DataLoader:
     """Shuffled batches of augmented ``train_ds`` samples, each drawn from ``(seed, epoch,
-    index)`` alone (:mod:`agen_hf.engine.sampling`)."""
+    index)`` alone (:mod:`agen_hf.engine.sampling`); ``hold_decoded``: each image kept
+    decoded after its first read (:class:`~agen_hf.data.transforms.TransformedSamples`)."""
     transform = train_transform(crop_size, tuple(scale_range), image_mean, image_std)
-    samples = SeededSamples(with_transforms(train_ds, transform, skip_bad_samples), seed)
+    transformed = with_transforms(train_ds, transform, skip_bad_samples, hold_decoded)
+    samples = SeededSamples(transformed, seed)
     return DataLoader(
         samples,
         batch_size=batch_size,
@@ -87,6 +90,7 @@ def training_loaders(
             crop_size=training.crop_size,
             scale_range=training.scale_range,
             seed=training.seed,
+            hold_decoded=training.hold_decoded,
             **common,
         ),
         None

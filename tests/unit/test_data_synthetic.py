@@ -70,3 +70,22 @@ def test_bad_arguments():
         make_synthetic(4, image_size=8)
     with pytest.raises(ValueError, match="max_classes"):
         make_synthetic(4, min_classes=3, max_classes=2)
+
+
+def test_rendering_over_several_cores_gives_the_same_rows(tmp_path, monkeypatch):
+    """Chunks rendered by forked workers are the rows a single process renders, in order."""
+    import os
+
+    from agen_hf.data import synthetic
+
+    pools = []
+    get_context = synthetic.mp.get_context
+    monkeypatch.setattr(synthetic.mp, "get_context", lambda m: pools.append(m) or get_context(m))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    parallel = make_synthetic(600, seed=4, image_size=32, cache_dir=tmp_path / "p")  # 3 chunks
+    assert pools == ["fork"]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    serial = make_synthetic(600, seed=4, image_size=32, cache_dir=tmp_path / "s")
+    assert pools == ["fork"]  # one core: no pool
+    assert parallel.data.table.equals(serial.data.table)
+    assert parallel[599]["id"] == "synthetic-4-599"

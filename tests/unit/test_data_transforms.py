@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -175,3 +176,109 @@ def test_decompression_bombs_and_late_truncation_are_bad_samples(tmp_path, monke
         assert substitute["replaced"] == f"img{bad}" and substitute["id"] == "img0"
         assert torch.equal(substitute["pixel_values"], good["pixel_values"])
     assert collate([samples[0], samples[1]])["replaced"] == ["img1"]
+
+
+def v2_reference(crop_size, scale_range, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The paper's augmentation written as torchvision's v2 composition: the slow, obvious
+    form that :class:`TrainAugmentation` must equal sample for sample."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
+
+    class LongSide(v2.Transform):
+        def make_params(self, flat_inputs):
+            return {"long_side": int(torch.randint(scale_range[0], scale_range[1] + 1, ()))}
+
+        def transform(self, inpt, params):
+            return self._call_kernel(
+                TF.resize, inpt, size=None, max_size=params["long_side"], antialias=True
+            )
+
+    fill = {tv_tensors.Image: tuple(round(255 * m) for m in mean), tv_tensors.Mask: 255}
+    return v2.Compose(
+        [
+            LongSide(),
+            v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "size, crop, scale",
+    [
+        ((144, 208), 161, (161, 241)),
+        ((60, 80), 121, (80, 80)),
+        ((64, 64), 64, (64, 64)),
+        ((30, 200), 56, (40, 90)),
+        ((300, 50), 96, (100, 140)),
+    ],
+)
+def test_train_augmentation_equals_torchvision_v2_composition(size, crop, scale):
+    """The same random draws in the same order, the same kernels: equal images, masks and
+    generator states after every sample (upscaled, downscaled, padded, cropped, flipped)."""
+    image, mask = coordinate_pair(*size)
+    image, mask = torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)
+    ours, theirs = train_transform(crop, scale), v2_reference(crop, scale)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        pv, m = ours(image, mask)
+        state = torch.get_rng_state()
+        torch.manual_seed(seed)
+        ref_pv, ref_m = theirs(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        assert torch.equal(pv, ref_pv.as_subclass(torch.Tensor))
+        assert torch.equal(m, ref_m.as_subclass(torch.Tensor)) and m.dtype == torch.uint8
+        assert torch.equal(state, torch.get_rng_state())
+    with pytest.raises(ValueError, match="scale_range: need 0 < min <= max"):
+        train_transform(64, (80, 60))
+
+
+def test_eval_transform_equals_torchvision_v2_normalisation():
+    from torchvision.transforms import v2
+
+    image = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8)
+    mask = torch.randint(0, 21, (37, 53), dtype=torch.uint8)
+    reference = v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    pv, m = eval_transform()(image, mask)
+    assert torch.equal(pv, reference(image)) and torch.equal(m, mask)
+
+
+def test_held_decoded_samples_are_the_same_and_decoded_once(tmp_path, monkeypatch):
+    """hold_decoded keeps each decoded sample: the same samples at the same seeds, one decode a
+    sample over several epochs, a bad sample's problem held (logged once) like a good one."""
+    from PIL import Image
+
+    from agen_hf.data import make_synthetic, transforms
+    from agen_hf.engine.sampling import SeededSamples
+
+    ds = make_synthetic(6, image_size=48, cache_dir=tmp_path)
+    bad = tmp_path / "bad.png"
+    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:60])
+    ds = ds.cast_column("image", datasets.Image(decode=False))
+    ds = ds.map(
+        lambda row, i: {"image": {"path": str(bad), "bytes": None} if i == 4 else row["image"]},
+        with_indices=True,
+        features=ds.features,
+    )
+    decodes = []
+    real_decode = transforms.decode_sample
+    monkeypatch.setattr(
+        transforms, "decode_sample", lambda *a: decodes.append(a) or real_decode(*a)
+    )
+    augmentation = train_transform(40, (40, 56))
+    lazy = SeededSamples(with_transforms(ds, augmentation, skip_bad_samples=True), seed=3)
+    held_ds = with_transforms(ds, augmentation, skip_bad_samples=True, hold_decoded=True)
+    held = SeededSamples(held_ds, seed=3)
+    for virtual in range(18):  # 3 epochs of 6 samples
+        a, b = lazy[virtual], held[virtual]
+        assert a["id"] == b["id"] and a.get("replaced") == b.get("replaced")
+        assert torch.equal(a["pixel_values"], b["pixel_values"])
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["labels"], b["labels"])
+    assert held[4]["replaced"] == "synthetic-0-4"
+    lazy_decodes = 18 + 3  # every read, and the bad sample's substitute on each of 3 epochs
+    assert len(decodes) == lazy_decodes + 6  # the held dataset decoded each sample once
+    assert held_ds.skipped == 1 and len(held_ds.held) == 6

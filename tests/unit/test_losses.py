@@ -237,6 +237,30 @@ def test_missing_pydensecrf_is_a_clear_error(monkeypatch):
         )
 
 
+def test_seeding_loss_with_far_apart_logits_equals_the_log_softmax_form():
+    """A trained network's logits lie hundreds apart: the exponentials below float32's normal
+    range are floored (EXP_FLOOR, a CPU's exp slows down there), which changes no loss value
+    and no gradient entry by more than 2e-38 against the float64 log-softmax form."""
+    from agen_hf.losses import EXP_FLOOR
+
+    torch.manual_seed(1)
+    logits = 150 * torch.randn(2, 5, 6, 8)  # most classes > 87 below the peak
+    seeds = torch.randint(0, 5, (2, 6, 8))
+    peak = logits.amax(dim=1, keepdim=True)
+    assert ((logits - peak) < EXP_FLOOR).float().mean() > 0.5
+    ours = logits.clone().requires_grad_()
+    ref = logits.clone().double().requires_grad_()
+    loss = balanced_seeding_loss(ours, seeds)
+    expected = reference_seeding_loss(ref, seeds)
+    loss.backward()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert (ours.grad.double() - ref.grad).abs().max() < 1e-6
+    target = torch.nn.functional.one_hot(seeds, 5).permute(0, 3, 1, 2).bool()
+    floored = ((logits - peak) < EXP_FLOOR) & ~target
+    assert ours.grad[floored].abs().max() <= 2e-38  # the floor's softmax, divided by total >= 1
+
+
 def test_data_parallel_seeding_loss_pools_the_global_batch():
     from agen_hf.losses import ProcessGroup, fully_supervised_loss
 

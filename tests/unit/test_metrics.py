@@ -157,7 +157,7 @@ def loop_confusion(preds, refs, n, ignore):
     return conf
 
 
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.int8])
 def test_argmax_maps_that_fit_in_a_byte_take_the_byte_pair_path(dtype):
     """``logits.argmax(1)`` is int64; its values fit in 8 bits, so it is counted
     by byte pairs like a uint8 PNG (the fast path), with the same numbers."""
@@ -173,6 +173,8 @@ def test_argmax_maps_that_fit_in_a_byte_take_the_byte_pair_path(dtype):
 def test_values_outside_a_byte_take_the_general_path_with_the_same_numbers():
     preds, refs = random_maps(6, n=3, labels=21, shape=(10, 12))
     preds[0][0, :3] = [300, -1, 70000]
+    preds[1] = preds[1].astype(np.int64)
+    preds[1][0, 0] = 2**40 + 5  # 5 in its lowest 32 bits: no byte pair
     metric = StreamingMeanIoU(21)
     for p, r in zip(preds, refs):
         metric.update(p, r)
