@@ -214,18 +214,19 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     sizes = torch.tensor([s["pixel_values"].shape[-2:] for s in samples])
     h, w = sizes.max(dim=0).values.tolist()
-    if (sizes == sizes[0]).all():  # training crops: one size, nothing to pad
-        pixel_values, masks = [s["pixel_values"] for s in samples], [s["mask"] for s in samples]
-        valid = [torch.ones(h, w, dtype=torch.bool)] * len(samples)
-    else:
-        pixel_values, masks, valid = [], [], []
-        for s in samples:
-            ph, pw = h - s["pixel_values"].shape[-2], w - s["pixel_values"].shape[-1]
-            pixel_values.append(F.pad(s["pixel_values"], (0, pw, 0, ph)))
-            masks.append(F.pad(s["mask"], (0, pw, 0, ph), value=IGNORE_INDEX))
-            v = torch.zeros(h, w, dtype=torch.bool)
-            v[: h - ph, : w - pw] = True
-            valid.append(v)
+    pixel_values, masks, valid = [], [], []
+    for s in samples:
+        ph, pw = h - s["pixel_values"].shape[-2], w - s["pixel_values"].shape[-1]
+        if not (ph or pw):  # a training crop, the batch's size: nothing to pad
+            pixel_values.append(s["pixel_values"])
+            masks.append(s["mask"])
+            valid.append(torch.ones(h, w, dtype=torch.bool))
+            continue
+        pixel_values.append(F.pad(s["pixel_values"], (0, pw, 0, ph)))
+        masks.append(F.pad(s["mask"], (0, pw, 0, ph), value=IGNORE_INDEX))
+        v = torch.zeros(h, w, dtype=torch.bool)
+        v[: h - ph, : w - pw] = True
+        valid.append(v)
     return {
         "pixel_values": torch.stack(pixel_values),
         "labels": torch.stack([s["labels"] for s in samples]),
