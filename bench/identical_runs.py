@@ -7,7 +7,11 @@ straight one. Run it on two trees and compare:
 
     python bench/identical_runs.py --code /path/to/old/checkout --out old.json
     python bench/identical_runs.py --code . --out new.json
-    python bench/identical_runs.py --compare old.json new.json
+    python bench/identical_runs.py --compare old.json new.json [--rtol 1e-5]
+
+``--rtol``: losses may differ by that much relative (a change that reorders float
+arithmetic); the largest relative difference of every loss term is printed either way, and
+the weights and val mIoU are then compared the same way through the losses they lead to.
 """
 
 from __future__ import annotations
@@ -71,14 +75,20 @@ def record(out: Path) -> dict:
     }
 
 
-def differences(a: dict, b: dict) -> list[str]:
+def differences(a: dict, b: dict, rtol: float = 0.0) -> list[str]:
+    """What differs between two records: every logged value (floats within ``rtol``
+    relative), then, with ``rtol`` 0 only, the weights' digests and the val mIoU."""
     out = []
     if len(a["losses"]) != len(b["losses"]):
         out.append(f"{len(a['losses'])} vs {len(b['losses'])} logged steps")
     for x, y in zip(a["losses"], b["losses"]):
         for key in sorted(set(x) | set(y)):
-            if x.get(key) != y.get(key):
-                out.append(f"step {x.get('step')}: {key} {x.get(key)!r} vs {y.get(key)!r}")
+            u, v = x.get(key), y.get(key)
+            if u == v or (rtol and _floats(u, v) and abs(u - v) <= rtol * max(abs(u), abs(v))):
+                continue
+            out.append(f"step {x.get('step')}: {key} {u!r} vs {v!r}")
+    if rtol:
+        return out
     names = sorted(set(a["weights"]) | set(b["weights"]))
     changed = [k for k in names if a["weights"].get(k) != b["weights"].get(k)]
     if changed:
@@ -88,22 +98,44 @@ def differences(a: dict, b: dict) -> list[str]:
     return out
 
 
+def _floats(*values) -> bool:
+    return all(isinstance(v, float) for v in values)
+
+
+def largest_relative_difference(a: dict, b: dict, skip=("step", "lr", "seconds")) -> float:
+    """The largest ``|u - v| / max(|u|, |v|)`` over every logged float of every step, the
+    learning rate and timings aside."""
+    worst = 0.0
+    for x, y in zip(a["losses"], b["losses"]):
+        for key in set(x) & set(y):
+            u, v = x[key], y[key]
+            if key not in skip and _floats(u, v) and u != v:
+                worst = max(worst, abs(u - v) / max(abs(u), abs(v)))
+    return worst
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[1])
     p.add_argument("--out", type=Path, help="the runs' records (JSON)")
     p.add_argument("--work", type=Path, help="where the runs go (default: a temporary folder)")
     p.add_argument("--compare", nargs=2, type=Path, metavar="JSON")
+    p.add_argument("--rtol", type=float, default=0.0, help="with --compare: losses' tolerance")
     args = p.parse_args()
     if args.compare:
         a, b = (json.loads(path.read_text()) for path in args.compare)
         found = False
         for config in CONFIGS:
             for kind in ("straight", "resumed"):
-                diff = differences(a[config][kind], b[config][kind])
+                diff = differences(a[config][kind], b[config][kind], args.rtol)
                 found |= bool(diff)
                 steps = len(a[config][kind]["losses"])
-                same = f"identical ({steps} steps, every loss and weight)"
+                worst = largest_relative_difference(a[config][kind], b[config][kind])
+                same = (
+                    f"every loss within {args.rtol:g} relative ({steps} steps; largest {worst:.1e})"
+                    if args.rtol
+                    else f"identical ({steps} steps, every loss and weight)"
+                )
                 print(f"{config} {kind}: " + ("; ".join(diff[:8]) or same))
         raise SystemExit(1 if found else 0)
     code = args.code.resolve()
