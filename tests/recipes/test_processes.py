@@ -44,14 +44,14 @@ def test_processes_that_measure_take_one_decision(tmp_path):
 FAULTS_PER_STEP = """
 import resource, sys, torch
 from agen_hf import AgenConfig, AgenModel
-from agen_hf.engine.memory import keep_freed_memory
+from agen_hf.engine.memory import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
 if sys.argv[1] == "keep":
     choice = keep_freed_memory()
 else:  # glibc's starting thresholds (128 KiB), pinned: its dynamic raise after the first
     # frees would otherwise make this baseline depend on the order they came in
     import ctypes
-    libc = ctypes.CDLL("libc.so.6")
-    choice = libc.mallopt(-3, 128 * 1024) and libc.mallopt(-1, 128 * 1024)
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    choice = mallopt(_M_MMAP_THRESHOLD, 128 * 1024) and mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
 torch.manual_seed(0)
 model = AgenModel(AgenConfig.tiny())
 x, labels = torch.randn(8, 3, 64, 64), torch.zeros(8, 20)
