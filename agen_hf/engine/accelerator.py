@@ -55,7 +55,7 @@ def training_accelerator(
     timeout and trackers from ``training`` (a missing tracker is an error at start);
     ``find_unused_parameters`` when some steps train part of the model (DDP)."""
     training.check_trackers()
-    return make_accelerator(
+    accelerator = make_accelerator(
         training.cpu,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         mixed_precision=training.mixed_precision,
@@ -66,6 +66,19 @@ def training_accelerator(
             DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
         ],
     )
+    check_sync_bn(training.sync_bn, accelerator.num_processes, accelerator.device.type)
+    return accelerator
+
+
+def check_sync_bn(sync_bn: bool, num_processes: int, device_type: str) -> None:
+    """``--sync_bn`` where it can run: DDP refuses SyncBatchNorm in processes on the CPU, and
+    would say so only once the model is wrapped, after the data and the model are built."""
+    if sync_bn and num_processes > 1 and device_type == "cpu":
+        raise ValueError(
+            f"--sync_bn: SyncBatchNorm pools batch statistics across GPUs only, and these "
+            f"{num_processes} processes run on the CPU (PyTorch's DDP refuses it there): drop "
+            "--sync_bn (each process then normalises over its own batch)"
+        )
 
 
 def prepare_training(

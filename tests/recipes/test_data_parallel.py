@@ -417,6 +417,19 @@ def test_a_preemption_signal_on_one_process_stops_every_process_with_75(tmp_path
     ]  # fmt: skip
 
 
+def test_sync_bn_on_cpu_processes_is_an_error_at_start(tmp_path, env):
+    """DDP refuses SyncBatchNorm on the CPU once it wraps the model; the recipe says so, naming
+    the flag, before it indexes the data or writes the run folder."""
+    out = tmp_path / "run"
+    args = ["--synthetic_size", "8", "--max_train_steps", "2", "--sync_bn", "--output_dir", out]
+    workers = spawn([sys.executable, str(TRAIN), *map(str, args)], env, tmp_path / "logs")
+    assert statuses(workers) == [1, 1], tails(workers)
+    for worker in workers:
+        assert "--sync_bn: SyncBatchNorm pools batch statistics across GPUs only" in worker.log
+        assert "only work with GPU modules" not in worker.log  # not DDP's own, later error
+    assert not out.exists()
+
+
 # -- predict.py --skip_existing ------------------------------------------------------------------
 
 
