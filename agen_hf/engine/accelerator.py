@@ -52,8 +52,9 @@ def training_accelerator(
     training: TrainingArguments, find_unused_parameters: bool = False
 ) -> Accelerator:
     """The Accelerator of a training recipe: its device, precision, accumulation, process-group
-    timeout and trackers from ``training`` (a missing tracker is an error at start);
-    ``find_unused_parameters`` when some steps train part of the model (DDP)."""
+    timeout and trackers from ``training`` (a missing tracker, and ``--sync_bn`` in several CPU
+    processes, are errors at start); ``find_unused_parameters`` when some steps train part of
+    the model (DDP)."""
     training.check_trackers()
     accelerator = make_accelerator(
         training.cpu,
