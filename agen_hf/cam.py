@@ -1,9 +1,12 @@
-"""Class activation maps and pseudo labels (eq. 2-4, section IV.1). Pure functions on tensors.
+"""Class scores, class activation maps and pseudo labels (eq. 1-4, section IV.1). Pure functions
+on tensors.
 
 Class index 0 is background; foreground class c (0-based among the C classes) is label c + 1.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.nn import functional as F
@@ -11,6 +14,20 @@ from torch.nn import functional as F
 from .upsampling import upsample_bilinear
 
 _EPS = 1e-5
+
+
+def class_scores(class_maps: torch.Tensor, lse_r: float = 0.0) -> torch.Tensor:
+    """Eq. 1's class scores (B, C) from the class-aware maps ``F_c`` (B, C, h, w).
+
+    ``lse_r = 0``: the paper's ``GAP(F_c)``, in the maps' dtype. ``lse_r = r > 0``: log-sum-exp
+    pooling ``(1/r) log((1/hw) sum_u exp(r F_c,u))`` in float32, a from-scratch choice: it is
+    GAP as r -> 0 and ``max_u F_c,u`` as r -> inf, equal to GAP on a constant map and never
+    below it, so the score (and its gradient) leans on the map's strongest positions.
+    """
+    if lse_r == 0:
+        return class_maps.mean(dim=(2, 3))
+    flat = class_maps.float().flatten(2)
+    return (torch.logsumexp(lse_r * flat, dim=2) - math.log(flat.shape[2])) / lse_r
 
 
 def class_activation_maps(class_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

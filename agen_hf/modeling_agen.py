@@ -14,7 +14,7 @@ from .branches import (
     class_maps,
     segmentation_logits,
 )
-from .cam import pseudo_labels
+from .cam import class_scores, pseudo_labels
 from .coam import ContextAttention
 from .configuration_agen import AgenConfig
 from .crf import CrfParams
@@ -200,7 +200,9 @@ class AgenModel(nn.Module, SegmentationHubMixin, tags=["agen"], model_card_templ
                 out.agm_logits[name] = upsample_bilinear(
                     self.agm.segment(n, taps_b[n]).float(), size
                 )
-        out.class_logits = {name: m.mean(dim=(2, 3)) for name, m in out.class_maps.items()}
+        out.class_logits = {
+            name: class_scores(m, self.config.lse_pooling_r) for name, m in out.class_maps.items()
+        }
         if labels is not None:
             self._add_loss(out, pixel_values, labels, process_group, classification_only)
         return out

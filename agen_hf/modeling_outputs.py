@@ -78,7 +78,8 @@ class AgenOutput(SegmenterOutput):
             ``boundary``; ``seg_B_full`` for the upper bound.
         logits: branch B's segmentation logits (B, num_labels, ceil(H/s), ceil(W/s)), s its output
             stride (8 for the paper's ResNet-38).
-        class_logits: ``GAP(F_c)`` of every head (B, C); ``sigmoid`` gives ``p`` of eq. 1.
+        class_logits: ``GAP(F_c)`` of every head (B, C), or its log-sum-exp pooling
+            (``config.lse_pooling_r``); ``sigmoid`` gives ``p`` of eq. 1.
         class_maps: class-aware maps ``F_c`` of every head (B, C, h, w), after CoAM where on.
         class_maps_before_coam: AGM maps before CoAM, for the stages that have one.
         agm_logits: segmentation logits of every AGM's branch D at input size (B, C+1, H, W).

@@ -509,8 +509,8 @@ def test_full_supervision_has_no_classification_phase_and_so_no_restart(recipe):
     the weak run: the upper bound from the same config trains branch B in one cycle."""
     quickstart = str(ROOT / "recipes" / "quickstart.yaml")
     weak = flag_values(*recipe.parse_args(["--config", quickstart]))
-    assert (weak["seeding_warmup_steps"], weak["lr_restart_at"]) == (3000, 3000)
-    assert weak["max_train_steps"] == 4400 and weak["mixed_precision"] == "auto"
+    assert (weak["seeding_warmup_steps"], weak["lr_restart_at"]) == (2000, 2000)
+    assert weak["max_train_steps"] == 3000 and weak["mixed_precision"] == "auto"
     full = flag_values(*recipe.parse_args(["--config", quickstart, "--full_supervision"]))
     assert (full["seeding_warmup_steps"], full["lr_restart_at"]) == (0, 0)
     # the upper bound's own command: one cycle, same network and data

@@ -1,8 +1,54 @@
+import math
+
 import pytest
 import torch
 from torch.nn import functional as F
 
-from agen_hf.cam import background_map, class_activation_maps, pseudo_labels
+from agen_hf.cam import background_map, class_activation_maps, class_scores, pseudo_labels
+
+
+def test_class_scores_by_hand():
+    maps = torch.tensor([[[[0.0, 0.0], [0.0, math.log(3.0)]], [[2.0, 2.0], [2.0, 2.0]]]])
+    # GAP (eq. 1): the mean of each map
+    torch.testing.assert_close(class_scores(maps), torch.tensor([[math.log(3.0) / 4, 2.0]]))
+    # r = 1: log((1 + 1 + 1 + 3) / 4) = log 1.5; a constant map scores its constant at any r
+    torch.testing.assert_close(class_scores(maps, 1.0), torch.tensor([[math.log(1.5), 2.0]]))
+    # r = 2: (1/2) log((3 + 9) / 4) = (1/2) log 3
+    torch.testing.assert_close(class_scores(maps, 2.0), torch.tensor([[math.log(3.0) / 2, 2.0]]))
+
+
+def test_class_scores_run_from_the_mean_to_the_maximum():
+    maps = torch.randn(2, 3, 5, 7) * 3
+    mean, peak = maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))
+    scores = [class_scores(maps, r) for r in (0.01, 0.5, 2.0, 8.0)]
+    # small r: GAP plus r/2 times the map's variance (the cumulant expansion)
+    variance = maps.var(dim=(2, 3), unbiased=False)
+    torch.testing.assert_close(scores[0], mean + 0.005 * variance, atol=1e-3, rtol=0)
+    for low, high in zip(scores, scores[1:]):
+        assert (high >= low - 1e-6).all()  # non-decreasing in r
+    assert (scores[-1] <= peak + 1e-6).all()
+    # max - log(hw) / r <= LSE <= max: within log(35) / 200 of the maximum at r = 200
+    torch.testing.assert_close(
+        class_scores(maps, 200.0), peak, atol=math.log(35) / 200 + 1e-5, rtol=0
+    )
+
+
+def test_class_scores_keep_gap_exact_and_lse_in_float32():
+    maps = torch.randn(1, 2, 4, 4, dtype=torch.bfloat16)
+    assert torch.equal(class_scores(maps), maps.mean(dim=(2, 3)))  # the paper's path untouched
+    assert class_scores(maps, 5.0).dtype == torch.float32
+    big = torch.full((1, 1, 3, 3), 100.0)  # exp(500) overflows float32: computed stably
+    torch.testing.assert_close(class_scores(big, 5.0), torch.tensor([[100.0]]))
+
+
+def test_class_scores_gradient_leans_on_the_strongest_positions():
+    maps = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]], requires_grad=True)
+    class_scores(maps, 2.0).sum().backward()
+    w = torch.exp(2.0 * torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    torch.testing.assert_close(maps.grad.flatten(), w / w.sum())  # softmax(r F) weights
+    maps.grad = None
+    class_scores(maps).sum().backward()
+    torch.testing.assert_close(maps.grad.flatten(), torch.full((4,), 0.25))
 
 
 def test_class_activation_maps_by_hand():

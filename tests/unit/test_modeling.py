@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from agen_hf import AgenConfig, AgenModel
+from agen_hf.cam import class_scores
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -260,6 +261,22 @@ def test_classifier_bias_starts_at_zero_and_round_trips(tmp_path):
     back = AgenModel.from_pretrained(tmp_path)
     assert back.config.classifier_bias
     torch.testing.assert_close(back.agm.cls_shared[-1].bias, model.agm.cls_shared[-1].bias)
+
+
+def test_lse_pooling_scores_every_head_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = AgenModel(AgenConfig.tiny(lse_pooling_r=5.0))
+    pixel_values, labels = batch()
+    out = model(pixel_values, labels=labels)
+    for name, maps in out.class_maps.items():
+        torch.testing.assert_close(out.class_logits[name], class_scores(maps, 5.0))
+        assert not torch.allclose(out.class_logits[name], maps.mean(dim=(2, 3)))
+    out.loss.backward()
+    assert model.branch_a.classifier.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    back = AgenModel.from_pretrained(tmp_path)
+    assert back.config.lse_pooling_r == 5.0
+    assert AgenConfig.tiny().lse_pooling_r == 0  # the paper's GAP is the default
 
 
 def test_weights_saved_by_a_wrapped_training_model_load(tmp_path):
