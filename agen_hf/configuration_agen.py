@@ -114,7 +114,9 @@ class AgenConfig(SegmentationConfig):
     """
 
     model_type: ClassVar[str] = "agen"
-    implied_by_older_versions: ClassVar[dict[str, Any]] = PAPER_BACKBONES
+    # fields added after runs were recorded, at the value those runs had: a run whose
+    # fingerprint lacks one resumes (see run_dict)
+    implied_by_older_versions: ClassVar[dict[str, Any]] = {**PAPER_BACKBONES, "lse_pooling_r": 0.0}
 
     num_labels: int = 21
     id2label: dict[int, str] | None = None

@@ -279,6 +279,12 @@ def test_lse_pooling_scores_every_head_and_round_trips(tmp_path):
     assert AgenConfig.tiny().lse_pooling_r == 0  # the paper's GAP is the default
 
 
+def test_a_run_recorded_before_lse_pooling_keeps_its_fingerprint():
+    # runs recorded before the field had GAP: their fingerprints lack it, and still resume
+    assert "lse_pooling_r" not in AgenConfig.tiny().run_dict()
+    assert AgenConfig.tiny(lse_pooling_r=5.0).run_dict()["lse_pooling_r"] == 5.0
+
+
 def test_weights_saved_by_a_wrapped_training_model_load(tmp_path):
     """A checkpoint-<step> of a DDP or torch.compile run names its weights ``module.*`` /
     ``_orig_mod.*``; from_pretrained strips the wrapper's prefix and still loads strictly."""
