@@ -32,7 +32,8 @@ def multilabel_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Eq. 10: sigmoid cross-entropy, summed over the C classes, mean over the batch.
 
     scores: the logits ``GAP(F_c)`` (B, C), so ``p_c = sigmoid(GAP(F_c))`` (eq. 1 with its sign
-    typo fixed); labels: multi-hot (B, C). Computed stably from the logits.
+    typo fixed), or another pooling of ``F_c`` (:func:`agen_hf.cam.class_scores`); labels:
+    multi-hot (B, C). Computed stably from the logits.
     """
     if scores.shape != labels.shape:
         raise ValueError(
