@@ -86,9 +86,10 @@ def main() -> None:
     with torch.no_grad():
         for i in range(len(val)):
             s = collate([val[i]])
-            maps = model(s["pixel_values"]).class_maps["A"]
+            out = model(s["pixel_values"])
+            maps = out.class_maps["A"]
             labels, mask = s["labels"], s["mask"]
-            pred = (maps.mean(dim=(2, 3)) > 0).float()
+            pred = (out.class_logits["A"] > 0).float()
             tp += (pred * labels).sum().item()
             fp += (pred * (1 - labels)).sum().item()
             fn += ((1 - pred) * labels).sum().item()
